@@ -1,0 +1,27 @@
+//! The linear interpolant and the velocity regression loss.
+
+use candle_core::{Result, Tensor};
+
+/// `x_t = t·x1 + (1 − t)·x0`, with `t` of shape `[B]` broadcast over the remaining dims.
+pub fn interpolate(x0: &Tensor, x1: &Tensor, t: &Tensor) -> Result<Tensor> {
+    let t = expand_time(t, x1)?;
+    // x0 + t·(x1 − x0) is the same point with one fewer broadcast multiply.
+    x0.add(&x1.sub(x0)?.broadcast_mul(&t)?)
+}
+
+/// The regression target of the linear path: `x1 − x0`.
+pub fn target_velocity(x0: &Tensor, x1: &Tensor) -> Result<Tensor> {
+    x1.sub(x0)
+}
+
+/// Mean squared error over all elements.
+pub fn velocity_mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    pred.sub(target)?.sqr()?.mean_all()
+}
+
+/// Reshape `[B]` times to `[B, 1, …, 1]` matching the rank of `like`.
+pub fn expand_time(t: &Tensor, like: &Tensor) -> Result<Tensor> {
+    let mut dims = vec![1usize; like.rank()];
+    dims[0] = t.dim(0)?;
+    t.reshape(dims)
+}
