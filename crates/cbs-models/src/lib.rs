@@ -1,1 +1,33 @@
-//! placeholder
+//! Backbones for `cbs`: velocity networks with PyTorch-identical parameter names.
+//!
+//! Every backbone is built by `fn new(cfg, vb)` from a candle `VarBuilder`, so the same
+//! constructor serves fresh training (a `VarMap`), checkpoint loading and shape inspection
+//! ([`shapes::parameter_shapes`], which allocates nothing). Initialisation lives in one place per
+//! backbone (`sit::init`), drawn from a seeded Rust RNG because candle's CPU RNG cannot be seeded.
+//!
+//! [`ModelSpec`] is what configs name (`preset = "sit-b-2"` plus image geometry); [`Model`] is
+//! the built network behind the [`cbs_flow::VelocityField`] trait.
+
+pub mod nn;
+pub mod shapes;
+pub mod sit;
+pub mod spec;
+pub mod weights;
+
+pub use sit::{Sit, SitConfig};
+pub use spec::{Architecture, Model, ModelSpec, Trainable};
+
+/// Errors of model construction and weight I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown model preset `{name}`; known presets: {known}")]
+    UnknownPreset { name: String, known: String },
+    #[error("invalid model configuration: {0}")]
+    Invalid(String),
+    #[error("{path}: {reason}")]
+    Weights { path: String, reason: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;

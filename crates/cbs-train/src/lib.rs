@@ -1,1 +1,65 @@
-//! placeholder
+//! Flow-matching training for `cbs`: configuration, AdamW with savable state, EMA, atomic
+//! checkpoints with exact resume, and the training loop itself ([`train`]).
+//!
+//! The same loop trains the auxiliary model, monolithic baselines and each time-specialised
+//! expert (an expert is a run whose `train.t_range` is its interval). All randomness comes from
+//! per-step counter-based generators ([`rng`]), so a run resumed from step `s` draws exactly the
+//! batches, times, noise and label drops that an uninterrupted run draws after step `s`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod ema;
+pub mod optim;
+pub mod rng;
+mod trainer;
+
+pub use config::{DataConfig, DataSource, TrainConfig, TrainSection};
+pub use trainer::{load_dataset, train, StepReport, TrainOptions, TrainSummary};
+
+use std::path::PathBuf;
+
+/// Errors of configuration, data, checkpoints and training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("invalid setting `{field}` = {value}: {expected}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error(transparent)]
+    Data(#[from] cbs_data::DataError),
+    #[error(transparent)]
+    Model(#[from] cbs_models::ModelError),
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error(
+        "loss became {loss} at step {step}; training stopped. {}",
+        match .last_checkpoint {
+            Some(p) => format!("The last good checkpoint is kept at {}.", p.display()),
+            None => "No checkpoint had been written yet.".to_string(),
+        }
+    )]
+    NonFinite {
+        step: u64,
+        loss: f64,
+        last_checkpoint: Option<PathBuf>,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io { path, source }
+}

@@ -1,0 +1,228 @@
+//! One function per subcommand: parse → call the library → report.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use cbs_flow::guidance::Guided;
+use cbs_flow::solver::{uniform_grid, Solver};
+use cbs_flow::VelocityField;
+use cbs_models::{shapes, ModelSpec};
+use cbs_sample::{images, SampleOptions, SampleShape};
+use cbs_train::checkpoint::{self, WeightsKind};
+use cbs_train::{TrainConfig, TrainOptions};
+
+use crate::cli::{
+    Cli, Command, DeviceArgs, InspectArgs, SampleArgs, SolverArg, TrainArgs, WeightsArg,
+};
+use crate::progress::bar;
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::TrainAux(a) => train_aux(a),
+        Command::Sample(a) => sample(a),
+        Command::Inspect(a) => inspect(a),
+        Command::EstimateSplits(_) => not_built("estimate-splits"),
+        Command::TrainExperts(_) => not_built("train-experts"),
+        Command::EvalFid(_) => not_built("eval-fid"),
+    }
+}
+
+fn not_built(name: &str) -> Result<()> {
+    bail!(
+        "`cbs {name}` is not available in this version of cbs yet. Available now: train-aux, \
+         sample, inspect. See the README for the roadmap."
+    )
+}
+
+pub fn device(a: &DeviceArgs) -> Result<Device> {
+    let d = a.device.trim();
+    if d == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match d.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .with_context(|| format!("--device `{d}`: expected cpu, cuda or cuda:N"))?,
+        None => bail!("--device `{d}`: expected cpu, cuda or cuda:N"),
+    };
+    Device::new_cuda(ordinal).with_context(|| {
+        format!("--device {d}: CUDA is unavailable (this binary must be built with --features cuda)")
+    })
+}
+
+fn train_aux(a: TrainArgs) -> Result<()> {
+    let stored = a.out.join("config.toml");
+    let mut cfg = match (&a.config, a.resume) {
+        (Some(p), _) => TrainConfig::from_file(p)?,
+        (None, true) if stored.is_file() => TrainConfig::from_file(&stored)?,
+        (None, _) => bail!("--config FILE is required (or --resume on a run directory)"),
+    };
+    if let Some(s) = a.steps {
+        cfg.train.steps = s;
+    }
+    if a.resume && a.config.is_some() && stored.is_file() {
+        // Only the step budget may change when continuing a run.
+        let mut prev = TrainConfig::from_file(&stored)?;
+        prev.train.steps = cfg.train.steps;
+        if prev != cfg {
+            bail!(
+                "--config differs from {} in more than train.steps; a resumed run keeps its \
+                 configuration",
+                stored.display()
+            );
+        }
+    }
+    let opts = TrainOptions {
+        resume: a.resume,
+        device: device(&a.device)?,
+    };
+    let data = cbs_train::load_dataset(&cfg)?;
+    eprintln!(
+        "training {} on {} images ({}x{}x{}) for {} steps, batch {} → {}",
+        cfg.model.preset,
+        data.len(),
+        data.channels,
+        data.height,
+        data.width,
+        cfg.train.steps,
+        cfg.train.batch_size,
+        a.out.display()
+    );
+    let pb = bar(cfg.train.steps, "steps");
+    let summary = cbs_train::train(&a.out, &cfg, &data, &opts, &mut |r| {
+        pb.set_position(r.step);
+        pb.set_message(format!("loss {:.4} | {:.1} img/s", r.loss, r.images_per_s));
+        if let Some(c) = &r.checkpoint {
+            pb.println(format!("step {}: checkpoint {}", r.step, c.display()));
+        }
+    });
+    pb.finish_and_clear();
+    let summary = summary?;
+    let last = summary.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
+    let steps_run = summary.final_step - summary.start_step;
+    eprintln!(
+        "done: steps {}..{} in {:.1}s ({:.1} img/s), last loss {last:.4}, checkpoint {}",
+        summary.start_step,
+        summary.final_step,
+        summary.seconds,
+        (steps_run as f64 * cfg.train.batch_size as f64) / summary.seconds.max(1e-9),
+        summary.checkpoint.display()
+    );
+    Ok(())
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    let which = match a.weights {
+        WeightsArg::Ema => WeightsKind::Ema,
+        WeightsArg::Model => WeightsKind::Model,
+    };
+    let loaded = checkpoint::load_for_inference(&a.checkpoint, which, &dev)?;
+    let arch = &loaded.architecture;
+    let shape = SampleShape {
+        channels: arch.in_channels(),
+        height: arch.image_size(),
+        width: arch.image_size(),
+        num_classes: arch.num_classes(),
+    };
+    if a.cfg_scale != 1.0 && arch.null_class().is_none() {
+        bail!("--cfg-scale {} needs a model trained with label dropout (it has no null class)", a.cfg_scale);
+    }
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let noise = match &a.noise {
+        Some(p) => Some(cbs_sample::read_noise(p, a.num, &shape, &dev)?),
+        None => None,
+    };
+    let opts = SampleOptions {
+        num: a.num,
+        grid: uniform_grid(a.steps),
+        solver: match a.solver {
+            SolverArg::Euler => Solver::Euler,
+            SolverArg::Heun => Solver::Heun,
+        },
+        seed: a.seed,
+        labels: a.labels.clone(),
+        noise,
+        batch: a.batch,
+    };
+    let field = Guided {
+        inner: &loaded.model,
+        scale: a.cfg_scale,
+    };
+    let field: &dyn VelocityField = &field;
+    let batches = a.num.div_ceil(a.batch.max(1));
+    let pb = bar((a.steps * batches) as u64, "steps");
+    let result = cbs_sample::generate(&|_| field, &shape, &opts, &dev, &mut |done, _| {
+        pb.set_position(done as u64)
+    });
+    pb.finish_and_clear();
+    let (x, labels) = result?;
+    write_outputs(&a.out, &x, labels.as_deref(), a.nrow, a.individual)?;
+    eprintln!(
+        "wrote {} samples from {} (step {}) to {}",
+        a.num,
+        loaded.dir.display(),
+        loaded.state.step,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn write_outputs(
+    out: &Path,
+    x: &candle_core::Tensor,
+    labels: Option<&[u32]>,
+    nrow: Option<usize>,
+    individual: bool,
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (bytes, dims) = images::to_uint8_nhwc(x)?;
+    let nrow = nrow.unwrap_or_else(|| (dims[0] as f64).sqrt().ceil() as usize);
+    images::write_grid(&out.join("grid.png"), &bytes, dims, nrow)?;
+    images::write_npz(&out.join("samples.npz"), &bytes, dims)?;
+    if let Some(l) = labels {
+        let text: String = l.iter().map(|v| format!("{v}\n")).collect();
+        std::fs::write(out.join("labels.txt"), text)?;
+    }
+    if individual {
+        images::write_individual(&out.join("images"), &bytes, dims)?;
+    }
+    Ok(())
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    if a.list {
+        for n in cbs_models::SitConfig::preset_names() {
+            println!("{n}");
+        }
+        return Ok(());
+    }
+    let name = a.model.as_deref().unwrap_or_default();
+    let arch = ModelSpec::new(name).resolve(a.image_size, a.in_channels, a.num_classes)?;
+    let shapes = shapes::parameter_shapes(&arch)?;
+    let total: usize = shapes.iter().map(|(_, d)| d.iter().product::<usize>()).sum();
+    if a.json {
+        let tensors: serde_json::Map<String, serde_json::Value> = shapes
+            .iter()
+            .map(|(n, d)| (n.clone(), serde_json::json!(d)))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "parameters": total,
+                "tensors": tensors,
+            }))?
+        );
+    } else {
+        for (n, d) in &shapes {
+            println!("{n:60} {d:?}");
+        }
+        println!("total parameters (buffers included): {total}");
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Progress bars (the libraries report through callbacks; only the binary draws).
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub fn bar(total: u64, unit: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}<{{eta_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} {{msg}}"
+        ))
+        .expect("valid template"),
+    );
+    pb
+}

@@ -1,0 +1,32 @@
+//! Typed errors for the data crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or batching data.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file or directory that should exist does not.
+    #[error("{}: not found; {hint}", path.display())]
+    Missing { path: PathBuf, hint: String },
+
+    /// The file exists but its contents are not what we expect.
+    #[error("{}: malformed data file: {reason}", path.display())]
+    Malformed { path: PathBuf, reason: String },
+
+    /// The OS refused to open or read the file.
+    // The source is not repeated in the message so that error-chain printers
+    // (anyhow's `{:#}`) do not show it twice.
+    #[error("{}: I/O error", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A caller-supplied argument is out of range.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Result alias used throughout the crate.
+pub type Result<T> = std::result::Result<T, DataError>;

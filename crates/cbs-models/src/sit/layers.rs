@@ -1,0 +1,221 @@
+//! The layers of SiT, one struct each, named like the reference `state_dict`.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{linear, Linear, VarBuilder};
+
+use super::SitConfig;
+use crate::nn::{chunk_last, layer_norm_no_affine, modulate, softmax_last};
+
+const LN_EPS: f64 = 1e-6;
+
+/// `x_embedder.proj`: Conv2d(in, hidden, kernel = stride = patch), evaluated as patchify +
+/// matmul (the same arithmetic as the strided convolution, without im2col).
+pub struct PatchEmbed {
+    weight: Tensor, // [hidden, in, p, p]
+    bias: Tensor,   // [hidden]
+    patch: usize,
+}
+
+impl PatchEmbed {
+    pub fn new(cfg: &SitConfig, vb: VarBuilder) -> Result<Self> {
+        let p = cfg.patch_size;
+        let vb = vb.pp("proj");
+        Ok(Self {
+            weight: vb.get((cfg.hidden_size, cfg.in_channels, p, p), "weight")?,
+            bias: vb.get(cfg.hidden_size, "bias")?,
+            patch: p,
+        })
+    }
+}
+
+impl Module for PatchEmbed {
+    /// `[B, C, H, W]` → `[B, N, hidden]`, tokens in row-major patch order.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let p = self.patch;
+        let (gh, gw) = (h / p, w / p);
+        let x = x
+            .reshape((b, c, gh, p, gw, p))? // [B, C, gh, p, gw, p]
+            .permute((0, 2, 4, 1, 3, 5))? // [B, gh, gw, C, p, p]
+            .contiguous()?
+            .reshape((b, gh * gw, c * p * p))?; // [B, N, C·p·p]
+        let hidden = self.weight.dim(0)?;
+        let w = self.weight.reshape((hidden, c * p * p))?; // [hidden, C·p·p]
+        x.broadcast_matmul(&w.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+/// `t_embedder`: [cos, sin] frequency features of dim 256 → Linear → SiLU → Linear.
+pub struct TimestepEmbedder {
+    fc0: Linear, // mlp.0
+    fc2: Linear, // mlp.2
+    freq_dim: usize,
+}
+
+impl TimestepEmbedder {
+    pub const FREQ_DIM: usize = 256;
+    const MAX_PERIOD: f64 = 10000.0;
+
+    pub fn new(hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("mlp");
+        Ok(Self {
+            fc0: linear(Self::FREQ_DIM, hidden, vb.pp("0"))?,
+            fc2: linear(hidden, hidden, vb.pp("2"))?,
+            freq_dim: Self::FREQ_DIM,
+        })
+    }
+
+    /// `[B]` → `[B, freq_dim]`: `[cos(t·f), sin(t·f)]`, `f_k = exp(−ln(10000)·k/half)`.
+    pub fn frequency_features(t: &Tensor, dim: usize) -> Result<Tensor> {
+        let half = dim / 2;
+        let freqs: Vec<f32> = (0..half)
+            .map(|k| (-(Self::MAX_PERIOD.ln()) * k as f64 / half as f64).exp() as f32)
+            .collect();
+        let freqs = Tensor::from_vec(freqs, (1, half), t.device())?.to_dtype(t.dtype())?;
+        let args = t.unsqueeze(1)?.broadcast_mul(&freqs)?; // [B, half]
+        Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)
+    }
+}
+
+impl Module for TimestepEmbedder {
+    fn forward(&self, t: &Tensor) -> Result<Tensor> {
+        let f = Self::frequency_features(t, self.freq_dim)?;
+        self.fc2.forward(&self.fc0.forward(&f)?.silu()?)
+    }
+}
+
+/// `y_embedder.embedding_table`: `num_classes (+1 null row)` × hidden.
+pub struct LabelEmbedder {
+    table: Tensor,
+}
+
+impl LabelEmbedder {
+    pub fn new(cfg: &SitConfig, vb: VarBuilder) -> Result<Self> {
+        let table = vb
+            .pp("embedding_table")
+            .get((cfg.label_rows(), cfg.hidden_size), "weight")?;
+        Ok(Self { table })
+    }
+
+    /// `[B]` u32 labels → `[B, hidden]`.
+    pub fn forward(&self, y: &Tensor) -> Result<Tensor> {
+        // index_select has a gradient for the table (scatter-add), unlike a one-hot detour.
+        self.table.index_select(&y.to_dtype(DType::U32)?, 0)
+    }
+}
+
+/// Multi-head self-attention with a fused qkv projection (bias) and an output projection.
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    pub fn new(cfg: &SitConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            qkv: linear(h, 3 * h, vb.pp("qkv"))?,
+            proj: linear(h, h, vb.pp("proj"))?,
+            heads: cfg.num_heads,
+            scale: (cfg.head_dim() as f64).powf(-0.5),
+        })
+    }
+}
+
+impl Module for Attention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let d = c / self.heads;
+        let qkv = self
+            .qkv
+            .forward(x)? // [B, N, 3C]
+            .reshape((b, n, 3, self.heads, d))? // [B, N, 3, H, d]
+            .permute((2, 0, 3, 1, 4))?; // [3, B, H, N, d]
+        let q = (qkv.get(0)?.contiguous()? * self.scale)?; // [B, H, N, d]
+        let k = qkv.get(1)?.contiguous()?; // [B, H, N, d]
+        let v = qkv.get(2)?.contiguous()?; // [B, H, N, d]
+        let attn = softmax_last(&q.matmul(&k.t()?)?)?; // [B, H, N, N]
+        let out = attn
+            .matmul(&v)? // [B, H, N, d]
+            .transpose(1, 2)? // [B, N, H, d]
+            .reshape((b, n, c))?; // [B, N, C]
+        self.proj.forward(&out)
+    }
+}
+
+/// `mlp`: fc1 → GELU (tanh approximation) → fc2.
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    pub fn new(cfg: &SitConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: linear(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("fc1"))?,
+            fc2: linear(cfg.mlp_hidden(), cfg.hidden_size, vb.pp("fc2"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // candle's `gelu` is the tanh approximation (`gelu_erf` is the exact one).
+        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+    }
+}
+
+/// One adaLN-Zero block.
+pub struct SitBlock {
+    attn: Attention,
+    mlp: Mlp,
+    ada_ln: Linear, // adaLN_modulation.1 (index 0 is the SiLU)
+}
+
+impl SitBlock {
+    pub fn new(cfg: &SitConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            attn: Attention::new(cfg, vb.pp("attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            ada_ln: linear(h, 6 * h, vb.pp("adaLN_modulation").pp("1"))?,
+        })
+    }
+
+    /// `x`: `[B, N, C]`, `c`: `[B, C]`.
+    pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let m = chunk_last(&self.ada_ln.forward(&c.silu()?)?, 6)?;
+        let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
+        let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
+        let h = modulate(&layer_norm_no_affine(x, LN_EPS)?, shift_msa, scale_msa)?;
+        let x = (x + self.attn.forward(&h)?.broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
+        let h = modulate(&layer_norm_no_affine(&x, LN_EPS)?, shift_mlp, scale_mlp)?;
+        &x + self.mlp.forward(&h)?.broadcast_mul(&gate_mlp.unsqueeze(1)?)?
+    }
+}
+
+/// `final_layer`: LayerNorm → adaLN (shift, scale) → Linear(hidden, p²·out_channels).
+pub struct FinalLayer {
+    linear: Linear,
+    ada_ln: Linear,
+}
+
+impl FinalLayer {
+    pub fn new(cfg: &SitConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let p = cfg.patch_size;
+        Ok(Self {
+            linear: linear(h, p * p * cfg.out_channels(), vb.pp("linear"))?,
+            ada_ln: linear(h, 2 * h, vb.pp("adaLN_modulation").pp("1"))?,
+        })
+    }
+
+    /// `[B, N, C]` → `[B, N, p²·out_channels]`.
+    pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let m = chunk_last(&self.ada_ln.forward(&c.silu()?)?, 2)?;
+        let h = modulate(&layer_norm_no_affine(x, LN_EPS)?, &m[0], &m[1])?;
+        self.linear.forward(&h)
+    }
+}

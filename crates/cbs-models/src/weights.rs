@@ -1,0 +1,119 @@
+//! Weight files: safetensors with the reference key names, written atomically, loaded with
+//! name-and-shape checks that report the first mismatch.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+
+use crate::{ModelError, Result};
+
+fn err(path: &Path, reason: impl Into<String>) -> ModelError {
+    ModelError::Weights {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Write `tensors` to `path` atomically: a temporary file in the same directory, fsync, rename.
+pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(&map, &tmp).map_err(|e| err(&tmp, e.to_string()))?;
+    sync_and_rename(&tmp, path)
+}
+
+/// fsync `tmp`, rename it over `path`, fsync the directory.
+pub fn sync_and_rename(tmp: &Path, path: &Path) -> Result<()> {
+    let io = |e: std::io::Error| err(path, e.to_string());
+    std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::rename(tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        // Best effort: some filesystems refuse to open directories for syncing.
+        if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Read every tensor of a safetensors file.
+pub fn load_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    if !path.exists() {
+        return Err(err(path, "file not found"));
+    }
+    candle_core::safetensors::load(path, device)
+        .map_err(|e| err(path, format!("not a readable safetensors file: {e}")))
+}
+
+/// Check that `file` holds exactly the tensors `expected` names, with the same shapes.
+/// The error names the first mismatch in sorted name order.
+pub fn check_names_and_shapes(
+    path: &Path,
+    file: &HashMap<String, Tensor>,
+    expected: &[(String, Vec<usize>)],
+) -> Result<()> {
+    let mut expected: Vec<&(String, Vec<usize>)> = expected.iter().collect();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, dims) in &expected {
+        match file.get(name) {
+            None => return Err(err(path, format!("missing tensor `{name}` (shape {dims:?})"))),
+            Some(t) if t.dims() != dims.as_slice() => {
+                return Err(err(
+                    path,
+                    format!(
+                        "tensor `{name}` has shape {:?} in the file but the model expects {dims:?} \
+                         (was it written for another preset?)",
+                        t.dims()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut extra: Vec<&String> = file
+        .keys()
+        .filter(|k| !expected.iter().any(|(n, _)| n == *k))
+        .collect();
+    extra.sort();
+    if let Some(first) = extra.first() {
+        return Err(err(
+            path,
+            format!(
+                "unexpected tensor `{first}` ({} tensors the model does not have; was it written \
+                 for another preset?)",
+                extra.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Load `path` into `vars` after checking names and shapes against `vars` and `buffers`.
+/// Buffers are checked for presence and shape but keep their computed values.
+pub fn load_into_vars(
+    path: &Path,
+    vars: &[(String, Var)],
+    buffers: &[(String, Tensor)],
+) -> Result<()> {
+    let device = vars
+        .first()
+        .map(|(_, v)| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    let file = load_safetensors(path, &device)?;
+    let expected: Vec<(String, Vec<usize>)> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+        .chain(buffers.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())))
+        .collect();
+    check_names_and_shapes(path, &file, &expected)?;
+    for (name, var) in vars {
+        let t = file[name].to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}

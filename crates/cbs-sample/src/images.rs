@@ -1,0 +1,90 @@
+//! Image outputs: uint8 conversion, PNG grid, individual PNGs, ADM-format `.npz`.
+
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+
+use crate::{Result, SampleError};
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> SampleError {
+    SampleError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// `[N, C, H, W]` in [−1, 1] → uint8 `[N, H, W, C]`, as the SiT/DiT sampling scripts do:
+/// `clamp(127.5·x + 128, 0, 255)` truncated to an integer.
+pub fn to_uint8_nhwc(x: &Tensor) -> Result<(Vec<u8>, [usize; 4])> {
+    let (n, c, h, w) = x.dims4()?;
+    let v = x
+        .permute((0, 2, 3, 1))? // [N, H, W, C]
+        .contiguous()?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let bytes = v
+        .iter()
+        .map(|&p| (127.5 * p + 128.0).clamp(0.0, 255.0) as u8)
+        .collect();
+    Ok((bytes, [n, h, w, c]))
+}
+
+/// `samples.npz` with `arr_0` = uint8 `[N, H, W, C]` (the ADM evaluator's input format).
+pub fn write_npz(path: &Path, bytes: &[u8], dims: [usize; 4]) -> Result<()> {
+    let t = Tensor::from_vec(bytes.to_vec(), dims.to_vec(), &candle_core::Device::Cpu)?;
+    let tmp = path.with_extension("npz.tmp");
+    Tensor::write_npz(&[("arr_0", &t)], &tmp).map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+}
+
+fn save_png(path: &Path, data: Vec<u8>, w: usize, h: usize, c: usize) -> Result<()> {
+    let (w, h) = (w as u32, h as u32);
+    let res = match c {
+        1 => image::GrayImage::from_raw(w, h, data).map(|i| i.save(path)),
+        3 => image::RgbImage::from_raw(w, h, data).map(|i| i.save(path)),
+        _ => {
+            return Err(file_err(
+                path,
+                format!("cannot write {c}-channel images as PNG (1 or 3 channels)"),
+            ))
+        }
+    };
+    match res {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(file_err(path, e)),
+        None => Err(file_err(path, "image buffer size mismatch")),
+    }
+}
+
+/// A grid of `nrow` images per row with a 2-pixel border, like torchvision's `make_grid`.
+pub fn write_grid(path: &Path, bytes: &[u8], dims: [usize; 4], nrow: usize) -> Result<()> {
+    let [n, h, w, c] = dims;
+    let pad = 2;
+    let cols = nrow.clamp(1, n.max(1));
+    let rows = n.div_ceil(cols);
+    let gw = cols * (w + pad) + pad;
+    let gh = rows * (h + pad) + pad;
+    let mut grid = vec![0u8; gw * gh * c];
+    for i in 0..n {
+        let (r, col) = (i / cols, i % cols);
+        let (oy, ox) = (pad + r * (h + pad), pad + col * (w + pad));
+        for y in 0..h {
+            let src = &bytes[((i * h + y) * w) * c..((i * h + y) * w + w) * c];
+            let dst = ((oy + y) * gw + ox) * c;
+            grid[dst..dst + w * c].copy_from_slice(src);
+        }
+    }
+    save_png(path, grid, gw, gh, c)
+}
+
+/// `DIR/000000.png`, … one file per sample.
+pub fn write_individual(dir: &Path, bytes: &[u8], dims: [usize; 4]) -> Result<()> {
+    let [n, h, w, c] = dims;
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let per = h * w * c;
+    for i in 0..n {
+        save_png(&dir.join(format!("{i:06}.png")), bytes[i * per..(i + 1) * per].to_vec(), w, h, c)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! Checkpoints: one directory per saved step, made complete before it becomes visible.
+//!
+//! ```text
+//! RUN_DIR/checkpoints/step-00001000/
+//!     model.safetensors      reference key names (loads into the PyTorch model as is)
+//!     ema.safetensors        same keys, EMA weights
+//!     optimizer.safetensors  exp_avg.<name>, exp_avg_sq.<name>
+//!     state.json             step, generator state, optimizer step, last loss, architecture
+//!     config.toml            the resolved configuration of the run
+//! RUN_DIR/checkpoints/latest  name of the newest complete checkpoint
+//! ```
+//! A checkpoint is written as `step-N.tmp/`, fsynced, renamed to `step-N/`, and only then is
+//! `latest` replaced (temporary file + rename). A crash at any point leaves the previous
+//! checkpoint intact and `latest` pointing at it.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+use cbs_models::spec::Architecture;
+use cbs_models::weights::{load_safetensors, save_safetensors, sync_and_rename};
+use cbs_models::Model;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::rng::RngState;
+use crate::{io_err, Result, TrainError};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointState {
+    pub format_version: u32,
+    pub step: u64,
+    pub rng: RngState,
+    pub optimizer_step: u64,
+    pub last_loss: f64,
+    pub architecture: Architecture,
+}
+
+fn ckpt_err(path: &Path, message: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+fn step_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// Everything one checkpoint holds, borrowed from the trainer.
+pub struct CheckpointData<'a> {
+    pub state: &'a CheckpointState,
+    pub config: &'a TrainConfig,
+    pub model: &'a [(String, Tensor)],
+    pub ema: &'a [(String, Tensor)],
+    pub optimizer: &'a [(String, Tensor)],
+}
+
+/// Write a checkpoint atomically and prune old ones; returns its directory.
+pub fn write(run_dir: &Path, data: &CheckpointData, keep: usize) -> Result<PathBuf> {
+    let root = checkpoints_dir(run_dir);
+    std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+    let name = step_name(data.state.step);
+    let final_dir = root.join(&name);
+    let tmp_dir = root.join(format!("{name}.tmp"));
+    if tmp_dir.exists() {
+        std::fs::remove_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+    }
+    std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+    save_safetensors(&tmp_dir.join("model.safetensors"), data.model)?;
+    save_safetensors(&tmp_dir.join("ema.safetensors"), data.ema)?;
+    save_safetensors(&tmp_dir.join("optimizer.safetensors"), data.optimizer)?;
+    write_text(
+        &tmp_dir.join("state.json"),
+        &serde_json::to_string_pretty(data.state).expect("state serialises"),
+    )?;
+    write_text(&tmp_dir.join("config.toml"), &data.config.to_toml())?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(io_err(&final_dir))?;
+    }
+    std::fs::rename(&tmp_dir, &final_dir).map_err(io_err(&final_dir))?;
+    write_text(&root.join("latest"), &name)?;
+    prune(&root, keep)?;
+    Ok(final_dir)
+}
+
+/// Atomic small-file write (temporary file, fsync, rename).
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+    sync_and_rename(&tmp, path)?;
+    Ok(())
+}
+
+fn prune(root: &Path, keep: usize) -> Result<()> {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(io_err(root))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
+        })
+        .collect();
+    steps.sort();
+    let excess = steps.len().saturating_sub(keep);
+    for p in &steps[..excess] {
+        std::fs::remove_dir_all(p).map_err(io_err(p))?;
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint of a run, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let pointer = checkpoints_dir(run_dir).join("latest");
+    if !pointer.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&pointer).map_err(io_err(&pointer))?;
+    let dir = checkpoints_dir(run_dir).join(name.trim());
+    if !dir.join("state.json").is_file() {
+        return Err(ckpt_err(
+            &pointer,
+            format!("points at `{}`, which is not a complete checkpoint", name.trim()),
+        ));
+    }
+    Ok(Some(dir))
+}
+
+/// Accept either a checkpoint directory or a run directory (its latest checkpoint).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if !path.exists() {
+        return Err(ckpt_err(path, "no such directory"));
+    }
+    latest(path)?.ok_or_else(|| {
+        ckpt_err(
+            path,
+            "neither a checkpoint directory (with state.json) nor a run directory with \
+             checkpoints/latest",
+        )
+    })
+}
+
+pub fn read_state(ckpt: &Path) -> Result<CheckpointState> {
+    let p = ckpt.join("state.json");
+    let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+    let state: CheckpointState =
+        serde_json::from_str(&text).map_err(|e| ckpt_err(&p, e.to_string()))?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(ckpt_err(
+            &p,
+            format!(
+                "format version {} is not supported (this build reads {FORMAT_VERSION})",
+                state.format_version
+            ),
+        ));
+    }
+    Ok(state)
+}
+
+pub fn read_config(ckpt: &Path) -> Result<TrainConfig> {
+    TrainConfig::from_file(&ckpt.join("config.toml"))
+}
+
+/// Which weights of a checkpoint to use for inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsKind {
+    #[default]
+    Ema,
+    Model,
+}
+
+impl WeightsKind {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            WeightsKind::Ema => "ema.safetensors",
+            WeightsKind::Model => "model.safetensors",
+        }
+    }
+}
+
+/// A network loaded for inference, with what the checkpoint says about it.
+pub struct LoadedModel {
+    pub model: Model,
+    pub architecture: Architecture,
+    pub config: TrainConfig,
+    pub state: CheckpointState,
+    pub dir: PathBuf,
+}
+
+/// Load a checkpoint (or a run's latest) for inference, checking names and shapes first.
+pub fn load_for_inference(path: &Path, which: WeightsKind, device: &Device) -> Result<LoadedModel> {
+    let dir = resolve(path)?;
+    let state = read_state(&dir)?;
+    let config = read_config(&dir)?;
+    let file = dir.join(which.file_name());
+    let tensors = load_safetensors(&file, device)?;
+    let expected = cbs_models::shapes::parameter_shapes(&state.architecture)?;
+    cbs_models::weights::check_names_and_shapes(&file, &tensors, &expected)?;
+    let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
+    let model = Model::new(&state.architecture, vb)?;
+    Ok(LoadedModel {
+        model,
+        architecture: state.architecture.clone(),
+        config,
+        state,
+        dir,
+    })
+}

@@ -1,0 +1,29 @@
+//! Exponential moving average of the weights: `ema ← decay·ema + (1 − decay)·θ` every step.
+
+use candle_core::{Tensor, Var};
+
+use crate::Result;
+
+pub struct Ema {
+    pub decay: f64,
+    /// Sorted like the variables it tracks.
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+impl Ema {
+    /// Starts as an exact copy of the weights (as the reference does).
+    pub fn new(vars: &[(String, Var)], decay: f64) -> Result<Self> {
+        let tensors = vars
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+            .collect::<Result<_>>()?;
+        Ok(Self { decay, tensors })
+    }
+
+    pub fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
+        for ((_, e), (_, v)) in self.tensors.iter_mut().zip(vars) {
+            *e = ((&*e * self.decay)? + (v.as_tensor() * (1.0 - self.decay))?)?;
+        }
+        Ok(())
+    }
+}

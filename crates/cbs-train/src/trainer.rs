@@ -1,0 +1,353 @@
+//! The training loop, top to bottom in [`train`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use cbs_data::{BatchSampler, ImageDataset};
+use cbs_flow::interpolant::{interpolate, target_velocity, velocity_mse};
+use cbs_models::Trainable;
+use rand::Rng;
+use rand_distr::StandardNormal;
+use serde::Serialize;
+
+use crate::checkpoint::{self, CheckpointData, CheckpointState};
+use crate::config::{DataSource, TrainConfig};
+use crate::ema::Ema;
+use crate::optim::{grad_norm, AdamW, AdamWParams};
+use crate::rng::{self, Purpose, RngState};
+use crate::{io_err, Result, TrainError};
+
+/// How to run (as opposed to what to train, which is the config).
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Continue from the run directory's latest checkpoint.
+    pub resume: bool,
+    pub device: Device,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            resume: false,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// Reported to the caller after every step (the CLI draws its progress bar from it).
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub total: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub images_per_s: f64,
+    /// Set on the step whose checkpoint was just written.
+    #[serde(skip)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub start_step: u64,
+    pub final_step: u64,
+    /// `(step, loss)` of every step run in this call.
+    pub losses: Vec<(u64, f64)>,
+    pub checkpoint: PathBuf,
+    pub seconds: f64,
+}
+
+/// Load the configured data set (and its seeded subset).
+pub fn load_dataset(cfg: &TrainConfig) -> Result<ImageDataset> {
+    let dir = cfg.data_dir();
+    let data = match cfg.data.source {
+        DataSource::FashionMnist => {
+            cbs_data::load_fashion_mnist(&dir, cfg.data.split, cfg.data.resize)?
+        }
+    };
+    if cfg.data.data_fraction < 1.0 {
+        return Ok(data.subset(cfg.data.data_fraction, cfg.train.seed)?);
+    }
+    Ok(data)
+}
+
+fn lr_at(cfg: &TrainConfig, step: u64) -> f64 {
+    let t = &cfg.train;
+    if t.warmup_steps > 0 && step < t.warmup_steps {
+        t.lr * (step + 1) as f64 / t.warmup_steps as f64
+    } else {
+        t.lr
+    }
+}
+
+/// Train (or continue training) the run in `run_dir`.
+pub fn train(
+    run_dir: &Path,
+    cfg: &TrainConfig,
+    data: &ImageDataset,
+    opts: &TrainOptions,
+    progress: &mut dyn FnMut(&StepReport),
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let tc = &cfg.train;
+    let device = &opts.device;
+    let arch = cfg.model.resolve(data.height, data.channels, data.num_classes)?;
+    check_geometry(&arch, data)?;
+
+    // Model, optimizer and EMA, fresh or from the latest checkpoint.
+    let net = Trainable::new(&arch, tc.seed, DType::F32, device)?;
+    let vars = net.named_vars();
+    let adam = AdamWParams {
+        beta1: tc.betas[0],
+        beta2: tc.betas[1],
+        eps: tc.eps,
+        weight_decay: tc.weight_decay,
+    };
+    let mut opt = AdamW::new(vars.clone(), adam)?;
+    let mut ema = Ema::new(&vars, tc.ema_decay)?;
+    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+    let existing = checkpoint::latest(run_dir)?;
+    let start = match (&existing, opts.resume) {
+        (Some(dir), true) => restore(dir, &arch, &net, &mut opt, &mut ema, device)?,
+        (Some(dir), false) => {
+            return Err(TrainError::Checkpoint {
+                path: dir.clone(),
+                message: "the output directory already holds a run; pass --resume to continue \
+                          it, or choose another --out"
+                    .into(),
+            })
+        }
+        (None, true) => {
+            return Err(TrainError::Checkpoint {
+                path: run_dir.to_path_buf(),
+                message: "--resume given but the directory holds no checkpoint".into(),
+            })
+        }
+        (None, false) => 0,
+    };
+    if start >= tc.steps {
+        tracing::info!(start, total = tc.steps, "run already complete");
+    }
+    checkpoint::write_text(&run_dir.join("config.toml"), &cfg.to_toml())?;
+    let metrics_path = run_dir.join("metrics.jsonl");
+    truncate_metrics(&metrics_path, start)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(io_err(&metrics_path))?;
+
+    let mut sampler = BatchSampler::new(data.len(), tc.batch_size, tc.seed)?;
+    let (c, h, w) = (data.channels, data.height, data.width);
+    let b = tc.batch_size;
+    let null = arch.null_class();
+    let drop_p = arch.class_dropout_prob();
+    let [t_lo, t_hi] = tc.t_range;
+    let mut losses = Vec::new();
+    let mut last_ckpt = existing;
+    let started = Instant::now();
+
+    for s in start..tc.steps {
+        let step = s + 1;
+        let t0 = Instant::now();
+        // Draw order is part of the reproducibility contract: flips, label drops, times, noise.
+        let mut rng = rng::stream(tc.seed, Purpose::Train, s);
+        let idx = sampler.indices(s);
+        let flips: Vec<bool> = (0..b).map(|_| flip_draw(&mut rng, cfg.data.hflip)).collect();
+        let (pixels, mut labels) = data.batch(&idx, &flips)?;
+        for l in labels.iter_mut() {
+            let dropped = rng.random::<f64>() < drop_p;
+            if let (true, Some(n)) = (dropped, null) {
+                *l = n;
+            }
+        }
+        let times: Vec<f32> = (0..b)
+            .map(|_| (t_lo + (t_hi - t_lo) * rng.random::<f64>()) as f32)
+            .collect();
+        let noise: Vec<f32> = (0..b * c * h * w)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+
+        let x1 = Tensor::from_vec(pixels, (b, c, h, w), device)?;
+        let x0 = Tensor::from_vec(noise, (b, c, h, w), device)?;
+        let t = Tensor::from_vec(times, b, device)?;
+        let y = Tensor::from_vec(labels, b, device)?;
+        let xt = interpolate(&x0, &x1, &t)?;
+        let pred = net.model.forward(&xt, &t, &y)?;
+        let loss = velocity_mse(&pred, &target_velocity(&x0, &x1)?)?;
+        let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_val.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                loss: loss_val,
+                last_checkpoint: last_ckpt,
+            });
+        }
+        let grads = loss.backward()?;
+        let gnorm = grad_norm(&vars, &grads)?;
+        let scale = if tc.grad_clip > 0.0 && gnorm > tc.grad_clip {
+            tc.grad_clip / (gnorm + 1e-6)
+        } else {
+            1.0
+        };
+        let lr = lr_at(cfg, s);
+        opt.step(&grads, lr, scale)?;
+        ema.update(&vars)?;
+        let images_per_s = b as f64 / t0.elapsed().as_secs_f64();
+        losses.push((step, loss_val));
+
+        if step % tc.log_every == 0 || step == tc.steps {
+            let line = serde_json::json!({
+                "step": step, "loss": loss_val, "lr": lr,
+                "grad_norm": gnorm, "images_per_s": images_per_s,
+            });
+            writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
+            tracing::info!(step, loss = loss_val, lr, grad_norm = gnorm, images_per_s);
+        }
+        let mut report = StepReport {
+            step,
+            total: tc.steps,
+            loss: loss_val,
+            lr,
+            grad_norm: gnorm,
+            images_per_s,
+            checkpoint: None,
+        };
+        if step % tc.checkpoint_every == 0 || step == tc.steps {
+            let state = CheckpointState {
+                format_version: checkpoint::FORMAT_VERSION,
+                step,
+                rng: RngState {
+                    algorithm: "chacha8-stream-per-step".into(),
+                    seed: tc.seed,
+                    next_stream: step,
+                },
+                optimizer_step: opt.step,
+                last_loss: loss_val,
+                architecture: arch.clone(),
+            };
+            let model = net.state_dict();
+            let mut ema_sd = ema.tensors.clone();
+            ema_sd.extend(net.model.buffers());
+            let dir = checkpoint::write(
+                run_dir,
+                &CheckpointData {
+                    state: &state,
+                    config: cfg,
+                    model: &model,
+                    ema: &ema_sd,
+                    optimizer: &opt.state_tensors()?,
+                },
+                tc.keep_checkpoints,
+            )?;
+            metrics.flush().map_err(io_err(&metrics_path))?;
+            report.checkpoint = Some(dir.clone());
+            last_ckpt = Some(dir);
+        }
+        progress(&report);
+    }
+    let checkpoint = match last_ckpt {
+        Some(c) => c,
+        None => checkpoint::latest(run_dir)?.ok_or_else(|| TrainError::Checkpoint {
+            path: run_dir.to_path_buf(),
+            message: "no checkpoint was written".into(),
+        })?,
+    };
+    Ok(TrainSummary {
+        start_step: start,
+        final_step: tc.steps.max(start),
+        losses,
+        checkpoint,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Always draws, so that turning flips off does not shift the other random streams.
+fn flip_draw(rng: &mut impl Rng, enabled: bool) -> bool {
+    let f = rng.random::<bool>();
+    enabled && f
+}
+
+fn check_geometry(arch: &cbs_models::Architecture, data: &ImageDataset) -> Result<()> {
+    let mismatch = |what: &'static str, model: usize, data: usize| {
+        Err(TrainError::Invalid {
+            field: what,
+            value: model.to_string(),
+            expected: format!("the data set's value {data}"),
+        })
+    };
+    if arch.image_size() != data.height || data.height != data.width {
+        return mismatch("model.image_size", arch.image_size(), data.height);
+    }
+    if arch.in_channels() != data.channels {
+        return mismatch("model.in_channels", arch.in_channels(), data.channels);
+    }
+    if arch.num_classes() < data.num_classes {
+        return mismatch("model.num_classes", arch.num_classes(), data.num_classes);
+    }
+    Ok(())
+}
+
+/// Restore weights, EMA and optimizer from `dir`; returns the step to continue from.
+fn restore(
+    dir: &Path,
+    arch: &cbs_models::Architecture,
+    net: &Trainable,
+    opt: &mut AdamW,
+    ema: &mut Ema,
+    device: &Device,
+) -> Result<u64> {
+    let state = checkpoint::read_state(dir)?;
+    if &state.architecture != arch {
+        return Err(TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!(
+                "architecture differs from the config: checkpoint {:?}, config {:?}",
+                state.architecture, arch
+            ),
+        });
+    }
+    let vars = net.named_vars();
+    let buffers = net.model.buffers();
+    cbs_models::weights::load_into_vars(&dir.join("model.safetensors"), &vars, &buffers)?;
+    let ema_path = dir.join("ema.safetensors");
+    let ema_file = cbs_models::weights::load_safetensors(&ema_path, device)?;
+    for (name, t) in ema.tensors.iter_mut() {
+        let saved = ema_file.get(name).ok_or_else(|| TrainError::Checkpoint {
+            path: ema_path.clone(),
+            message: format!("missing tensor `{name}`"),
+        })?;
+        *t = saved.clone();
+    }
+    let opt_path = dir.join("optimizer.safetensors");
+    let opt_file = cbs_models::weights::load_safetensors(&opt_path, device)?;
+    opt.load_state(state.optimizer_step, &|k| opt_file.get(k).cloned())
+        .map_err(|message| TrainError::Checkpoint {
+            path: opt_path.clone(),
+            message,
+        })?;
+    tracing::info!(step = state.step, dir = %dir.display(), "resumed");
+    Ok(state.step)
+}
+
+/// Drop metric lines logged after `step` (a crash after the last checkpoint leaves some).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    checkpoint::write_text(path, &kept)
+}
