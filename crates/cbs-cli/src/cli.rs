@@ -7,7 +7,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// The pipeline: train-aux → estimate-splits → train-experts → sample → eval-fid.
 /// Time runs from t = 0 (noise) to t = 1 (data); x_t = t·x1 + (1 − t)·x0.
 #[derive(Parser, Debug)]
-#[command(name = "cbs", version, propagate_version = true)]
+#[command(
+    name = "cbs",
+    version,
+    propagate_version = true,
+    args_override_self = true
+)]
 pub struct Cli {
     /// More log output (-v: info, -vv: debug). `CBS_LOG` overrides (tracing filter syntax).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -49,7 +49,9 @@ pub fn device(a: &DeviceArgs) -> Result<Device> {
         None => bail!("--device `{d}`: expected cpu, cuda or cuda:N"),
     };
     Device::new_cuda(ordinal).with_context(|| {
-        format!("--device {d}: CUDA is unavailable (this binary must be built with --features cuda)")
+        format!(
+            "--device {d}: CUDA is unavailable (this binary must be built with --features cuda)"
+        )
     })
 }
 
@@ -129,7 +131,10 @@ fn sample(a: SampleArgs) -> Result<()> {
         num_classes: arch.num_classes(),
     };
     if a.cfg_scale != 1.0 && arch.null_class().is_none() {
-        bail!("--cfg-scale {} needs a model trained with label dropout (it has no null class)", a.cfg_scale);
+        bail!(
+            "--cfg-scale {} needs a model trained with label dropout (it has no null class)",
+            a.cfg_scale
+        );
     }
     if a.steps == 0 {
         bail!("--steps must be at least 1");
@@ -205,7 +210,10 @@ fn inspect(a: InspectArgs) -> Result<()> {
     let name = a.model.as_deref().unwrap_or_default();
     let arch = ModelSpec::new(name).resolve(a.image_size, a.in_channels, a.num_classes)?;
     let shapes = shapes::parameter_shapes(&arch)?;
-    let total: usize = shapes.iter().map(|(_, d)| d.iter().product::<usize>()).sum();
+    let total: usize = shapes
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>())
+        .sum();
     if a.json {
         let tensors: serde_json::Map<String, serde_json::Value> = shapes
             .iter()

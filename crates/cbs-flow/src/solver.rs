@@ -56,7 +56,9 @@ pub fn segmented_grid(knots: &[f64], steps: usize) -> (Vec<f64>, Vec<usize>) {
     order.sort_by(|&a, &b| {
         let ra = ideal[a] - ideal[a].floor();
         let rb = ideal[b] - ideal[b].floor();
-        rb.partial_cmp(&ra).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+        rb.partial_cmp(&ra)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
     });
     for &i in order.iter().cycle() {
         if left == 0 {
@@ -71,7 +73,11 @@ pub fn segmented_grid(knots: &[f64], steps: usize) -> (Vec<f64>, Vec<usize>) {
         let (a, b) = (edges[seg], edges[seg + 1]);
         for k in 1..=c {
             // The last point of a segment is the knot itself, exactly.
-            let t = if k == c { b } else { a + (b - a) * k as f64 / c as f64 };
+            let t = if k == c {
+                b
+            } else {
+                a + (b - a) * k as f64 / c as f64
+            };
             grid.push(t);
             owner.push(seg);
         }

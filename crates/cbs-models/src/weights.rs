@@ -26,7 +26,9 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
 /// fsync `tmp`, rename it over `path`, fsync the directory.
 pub fn sync_and_rename(tmp: &Path, path: &Path) -> Result<()> {
     let io = |e: std::io::Error| err(path, e.to_string());
-    std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
     std::fs::rename(tmp, path).map_err(io)?;
     if let Some(dir) = path.parent() {
         // Best effort: some filesystems refuse to open directories for syncing.
@@ -61,7 +63,12 @@ pub fn check_names_and_shapes(
     expected.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, dims) in &expected {
         match file.get(name) {
-            None => return Err(err(path, format!("missing tensor `{name}` (shape {dims:?})"))),
+            None => {
+                return Err(err(
+                    path,
+                    format!("missing tensor `{name}` (shape {dims:?})"),
+                ))
+            }
             Some(t) if t.dims() != dims.as_slice() => {
                 return Err(err(
                     path,

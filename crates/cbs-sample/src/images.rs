@@ -84,7 +84,13 @@ pub fn write_individual(dir: &Path, bytes: &[u8], dims: [usize; 4]) -> Result<()
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let per = h * w * c;
     for i in 0..n {
-        save_png(&dir.join(format!("{i:06}.png")), bytes[i * per..(i + 1) * per].to_vec(), w, h, c)?;
+        save_png(
+            &dir.join(format!("{i:06}.png")),
+            bytes[i * per..(i + 1) * per].to_vec(),
+            w,
+            h,
+            c,
+        )?;
     }
     Ok(())
 }

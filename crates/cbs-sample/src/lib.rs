@@ -103,7 +103,8 @@ pub fn read_noise(path: &Path, num: usize, shape: &SampleShape, device: &Device)
     if !path.is_file() {
         return Err(file_err("noise file not found".into()));
     }
-    let t = Tensor::read_npy(path).map_err(|e| file_err(format!("not a readable .npy array: {e}")))?;
+    let t =
+        Tensor::read_npy(path).map_err(|e| file_err(format!("not a readable .npy array: {e}")))?;
     let want = [num, shape.channels, shape.height, shape.width];
     if t.dims() != want {
         return Err(file_err(format!(
@@ -113,7 +114,10 @@ pub fn read_noise(path: &Path, num: usize, shape: &SampleShape, device: &Device)
         )));
     }
     if !t.dtype().is_float() {
-        return Err(file_err(format!("noise has dtype {:?}, expected a float array", t.dtype())));
+        return Err(file_err(format!(
+            "noise has dtype {:?}, expected a float array",
+            t.dtype()
+        )));
     }
     Ok(t.to_dtype(DType::F32)?.to_device(device)?)
 }
@@ -153,13 +157,22 @@ pub fn generate<'a>(
         let len = opts.batch.min(opts.num - start);
         let x0 = noise.narrow(0, start, len)?;
         let y = match &labels {
-            Some(l) => Some(Tensor::from_vec(l[start..start + len].to_vec(), len, device)?),
+            Some(l) => Some(Tensor::from_vec(
+                l[start..start + len].to_vec(),
+                len,
+                device,
+            )?),
             None => None,
         };
         let done = bi * steps;
-        let x = integrate(&x0, &opts.grid, opts.solver, y.as_ref(), field_for_step, &mut |i, _| {
-            progress(done + i, total)
-        })?;
+        let x = integrate(
+            &x0,
+            &opts.grid,
+            opts.solver,
+            y.as_ref(),
+            field_for_step,
+            &mut |i, _| progress(done + i, total),
+        )?;
         outs.push(x);
     }
     Ok((Tensor::cat(&outs, 0)?, labels))

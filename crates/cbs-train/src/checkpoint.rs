@@ -129,7 +129,10 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     if !dir.join("state.json").is_file() {
         return Err(ckpt_err(
             &pointer,
-            format!("points at `{}`, which is not a complete checkpoint", name.trim()),
+            format!(
+                "points at `{}`, which is not a complete checkpoint",
+                name.trim()
+            ),
         ));
     }
     Ok(Some(dir))

@@ -148,16 +148,28 @@ impl TrainConfig {
             return bad("train.weight_decay", t.weight_decay.to_string(), "≥ 0");
         }
         if !t.betas.iter().all(|b| (0.0..1.0).contains(b)) {
-            return bad("train.betas", format!("{:?}", t.betas), "two values in [0, 1)");
+            return bad(
+                "train.betas",
+                format!("{:?}", t.betas),
+                "two values in [0, 1)",
+            );
         }
         if !(t.eps > 0.0) {
             return bad("train.eps", t.eps.to_string(), "> 0");
         }
         if !(t.grad_clip >= 0.0) {
-            return bad("train.grad_clip", t.grad_clip.to_string(), "≥ 0 (0 disables)");
+            return bad(
+                "train.grad_clip",
+                t.grad_clip.to_string(),
+                "≥ 0 (0 disables)",
+            );
         }
         if !(0.0..1.0).contains(&t.ema_decay) {
-            return bad("train.ema_decay", t.ema_decay.to_string(), "a value in [0, 1)");
+            return bad(
+                "train.ema_decay",
+                t.ema_decay.to_string(),
+                "a value in [0, 1)",
+            );
         }
         let [a, b] = t.t_range;
         if !(0.0 <= a && a < b && b <= 1.0) {

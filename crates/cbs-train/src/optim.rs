@@ -25,8 +25,14 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, params: AdamWParams) -> Result<Self> {
         let zeros = |v: &Var| v.zeros_like();
-        let exp_avg = vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<_>>()?;
-        let exp_avg_sq = vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<_>>()?;
+        let exp_avg = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle_core::Result<_>>()?;
+        let exp_avg_sq = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             params,
             step: 0,
@@ -89,7 +95,10 @@ impl AdamW {
         lookup: &dyn Fn(&str) -> Option<Tensor>,
     ) -> std::result::Result<(), String> {
         for (i, (name, var)) in self.vars.iter().enumerate() {
-            for (prefix, slot) in [("exp_avg", &mut self.exp_avg[i]), ("exp_avg_sq", &mut self.exp_avg_sq[i])] {
+            for (prefix, slot) in [
+                ("exp_avg", &mut self.exp_avg[i]),
+                ("exp_avg_sq", &mut self.exp_avg_sq[i]),
+            ] {
                 let key = format!("{prefix}.{name}");
                 let t = lookup(&key).ok_or_else(|| format!("missing optimizer tensor `{key}`"))?;
                 if t.dims() != var.dims() {
@@ -116,7 +125,11 @@ pub fn grad_norm(vars: &[(String, Var)], grads: &GradStore) -> Result<f64> {
     let mut sum = 0f64;
     for (_, v) in vars {
         if let Some(g) = grads.get(v) {
-            sum += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            sum += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
     }
     Ok(sum.sqrt())

@@ -94,7 +94,9 @@ pub fn train(
     cfg.validate()?;
     let tc = &cfg.train;
     let device = &opts.device;
-    let arch = cfg.model.resolve(data.height, data.channels, data.num_classes)?;
+    let arch = cfg
+        .model
+        .resolve(data.height, data.channels, data.num_classes)?;
     check_geometry(&arch, data)?;
 
     // Model, optimizer and EMA, fresh or from the latest checkpoint.
@@ -156,7 +158,9 @@ pub fn train(
         // Draw order is part of the reproducibility contract: flips, label drops, times, noise.
         let mut rng = rng::stream(tc.seed, Purpose::Train, s);
         let idx = sampler.indices(s);
-        let flips: Vec<bool> = (0..b).map(|_| flip_draw(&mut rng, cfg.data.hflip)).collect();
+        let flips: Vec<bool> = (0..b)
+            .map(|_| flip_draw(&mut rng, cfg.data.hflip))
+            .collect();
         let (pixels, mut labels) = data.batch(&idx, &flips)?;
         for l in labels.iter_mut() {
             let dropped = rng.random::<f64>() < drop_p;

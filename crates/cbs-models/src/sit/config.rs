@@ -36,8 +36,10 @@ const PATCHES: &[usize] = &[2, 4, 8];
 
 impl SitConfig {
     fn sized(size: &str, patch: usize) -> Self {
-        let &(_, depth, hidden_size, num_heads) =
-            SIZES.iter().find(|s| s.0 == size).expect("preset size listed in SIZES");
+        let &(_, depth, hidden_size, num_heads) = SIZES
+            .iter()
+            .find(|s| s.0 == size)
+            .expect("preset size listed in SIZES");
         Self {
             input_size: 32,
             patch_size: patch,

@@ -190,9 +190,15 @@ impl SitBlock {
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
         let h = modulate(&layer_norm_no_affine(x, LN_EPS)?, shift_msa, scale_msa)?;
-        let x = (x + self.attn.forward(&h)?.broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
+        let x = (x + self
+            .attn
+            .forward(&h)?
+            .broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
         let h = modulate(&layer_norm_no_affine(&x, LN_EPS)?, shift_mlp, scale_mlp)?;
-        &x + self.mlp.forward(&h)?.broadcast_mul(&gate_mlp.unsqueeze(1)?)?
+        &x + self
+            .mlp
+            .forward(&h)?
+            .broadcast_mul(&gate_mlp.unsqueeze(1)?)?
     }
 }
 

@@ -48,10 +48,7 @@ impl Sit {
     /// `x`: `[B, C, H, W]`, `t`: `[B]` in [0, 1], `y`: `[B]` labels (the null class is
     /// `num_classes`). Returns the velocity `[B, C, H, W]`.
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> Result<Tensor> {
-        let mut h = self
-            .x_embedder
-            .forward(x)?
-            .broadcast_add(&self.pos_embed)?; // [B, N, hidden]
+        let mut h = self.x_embedder.forward(x)?.broadcast_add(&self.pos_embed)?; // [B, N, hidden]
         let c = (self.t_embedder.forward(t)? + self.y_embedder.forward(y)?)?; // [B, hidden]
         for block in &self.blocks {
             h = block.forward(&h, &c)?;

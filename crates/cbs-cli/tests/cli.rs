@@ -1,0 +1,271 @@
+//! The `cbs` binary end to end: help, inspect, train-aux → sample on a small generated
+//! Fashion-MNIST directory, and the errors a user meets first.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+fn cbs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cbs"))
+        .args(args)
+        .output()
+        .expect("run cbs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_idx_gz(path: &Path, dims: &[u32], data: &[u8]) {
+    let mut raw = vec![0u8, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        raw.extend_from_slice(&d.to_be_bytes());
+    }
+    raw.extend_from_slice(data);
+    let f = std::fs::File::create(path).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    gz.write_all(&raw).unwrap();
+    gz.finish().unwrap();
+}
+
+/// A Fashion-MNIST-shaped directory with 30 training images (vertical bars per class).
+fn fake_fashion(dir: &Path) {
+    let n = 30u32;
+    let mut img = Vec::new();
+    for i in 0..n {
+        for _y in 0..28 {
+            for x in 0..28u32 {
+                img.push(if x / 3 == i % 10 { 255 } else { 0 });
+            }
+        }
+    }
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    write_idx_gz(&dir.join("train-images-idx3-ubyte.gz"), &[n, 28, 28], &img);
+    write_idx_gz(&dir.join("train-labels-idx1-ubyte.gz"), &[n], &labels);
+}
+
+fn config(dir: &Path, data_dir: &Path) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[model]\npreset = \"sit-nano-4\"\n[data]\ndir = \"{}\"\n[train]\nsteps = 4\n\
+             batch_size = 4\nlr = 1e-3\ncheckpoint_every = 2\nlog_every = 1\n",
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn help_lists_the_pipeline_and_unbuilt_stages_say_so() {
+    let o = cbs(&["--help"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for sub in [
+        "train-aux",
+        "estimate-splits",
+        "train-experts",
+        "sample",
+        "eval-fid",
+        "inspect",
+    ] {
+        assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
+    }
+    let o = cbs(&["eval-fid", "a", "b"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not available in this version"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn inspect_json_reports_the_reference_total() {
+    let o = cbs(&["inspect", "--model", "sit-xl-2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["parameters"], 675_129_632u64);
+    assert_eq!(v["tensors"]["pos_embed"], serde_json::json!([1, 256, 1152]));
+    assert_eq!(
+        v["tensors"]["y_embedder.embedding_table.weight"],
+        serde_json::json!([1001, 1152])
+    );
+    let o = cbs(&["inspect", "--model", "sit-huge-2"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("sit-xl-2"), "{}", stderr(&o));
+}
+
+#[test]
+fn train_then_sample_writes_grid_and_npz_reproducibly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("fm");
+    std::fs::create_dir_all(&data).unwrap();
+    fake_fashion(&data);
+    let cfg = config(tmp.path(), &data);
+    let run = tmp.path().join("run");
+    let o = cbs(&[
+        "train-aux",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["config.toml", "metrics.jsonl", "checkpoints/latest"] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    let ck = run.join("checkpoints/step-00000004");
+    for f in [
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ] {
+        assert!(ck.join(f).exists(), "missing {f}");
+    }
+
+    let sample = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--num",
+            "6",
+            "--steps",
+            "3",
+            "--seed",
+            "5",
+            "--cfg-scale",
+            "1.5",
+            "--weights",
+            "model",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = cbs(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(out.join("samples.npz")).unwrap()
+    };
+    let a = sample(&tmp.path().join("s1"), &["--individual"]);
+    let b = sample(
+        &tmp.path().join("s2"),
+        &["--batch", "4", "--solver", "euler"],
+    );
+    let c = sample(&tmp.path().join("s3"), &["--batch", "4"]);
+    assert_eq!(
+        a, c,
+        "same seed must give the same images, whatever the batch size"
+    );
+    assert_ne!(a, b, "another solver gives other images");
+    assert!(tmp.path().join("s1/grid.png").exists());
+    assert!(tmp.path().join("s1/images/000005.png").exists());
+    let arr = Tensor::read_npz(tmp.path().join("s1/samples.npz")).unwrap();
+    assert_eq!(arr.len(), 1);
+    assert_eq!(arr[0].0, "arr_0");
+    assert_eq!(arr[0].1.dims(), &[6, 32, 32, 1]);
+    assert_eq!(arr[0].1.dtype(), candle_core::DType::U8);
+
+    // Given noise: the run is reproducible from the file alone.
+    let noise = Tensor::randn(0f32, 1.0, (6, 1, 32, 32), &Device::Cpu).unwrap();
+    let npy = tmp.path().join("noise.npy");
+    noise.write_npy(&npy).unwrap();
+    // (EMA weights after 4 steps are still the zero-output init, so the tests sample the raw ones.)
+    let n1 = sample(
+        &tmp.path().join("n1"),
+        &["--noise", npy.to_str().unwrap(), "--seed", "1"],
+    );
+    let n2 = sample(
+        &tmp.path().join("n2"),
+        &["--noise", npy.to_str().unwrap(), "--seed", "2"],
+    );
+    assert_eq!(n1, n2);
+    assert_ne!(n1, a);
+
+    // Wrong noise shape is named.
+    let bad = tmp.path().join("bad.npy");
+    Tensor::zeros((2, 1, 32, 32), candle_core::DType::F32, &Device::Cpu)
+        .unwrap()
+        .write_npy(&bad)
+        .unwrap();
+    let o = cbs(&[
+        "sample",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--num",
+        "6",
+        "--noise",
+        bad.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("[6, 1, 32, 32]"), "{}", stderr(&o));
+
+    // Resume extends the run; a second plain run into the same directory is refused.
+    let o = cbs(&[
+        "train-aux",
+        "--out",
+        run.to_str().unwrap(),
+        "--resume",
+        "--steps",
+        "6",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(run.join("checkpoints/step-00000006").exists());
+    let o = cbs(&[
+        "train-aux",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_data_names_the_path_and_the_install_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &tmp.path().join("nowhere"));
+    let o = cbs(&[
+        "train-aux",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        tmp.path().join("r").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("nowhere") && e.contains("apt-get install -y dataset-fashion-mnist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_config_names_the_file_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "[model]\npreset = \"sit-nano-4\"\n[train]\nbatchsize = 3\n",
+    )
+    .unwrap();
+    let o = cbs(&[
+        "train-aux",
+        "--config",
+        p.to_str().unwrap(),
+        "--out",
+        tmp.path().join("r").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("bad.toml") && e.contains("batchsize"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+}

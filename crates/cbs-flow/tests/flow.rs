@@ -1,0 +1,195 @@
+//! Interpolant, loss, solvers and guidance on fields with known answers.
+
+use candle_core::{DType, Device, Result, Tensor};
+use cbs_flow::guidance::Guided;
+use cbs_flow::interpolant::{interpolate, target_velocity, velocity_mse};
+use cbs_flow::solver::{integrate_single, segmented_grid, uniform_grid, Solver};
+use cbs_flow::VelocityField;
+
+fn t1(v: &[f64]) -> Tensor {
+    Tensor::from_vec(v.to_vec(), v.len(), &Device::Cpu).unwrap()
+}
+
+fn vals(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+}
+
+#[test]
+fn interpolant_endpoints_and_target() {
+    let x0 = Tensor::new(&[[1.0f64, -2.0], [0.5, 3.0]], &Device::Cpu).unwrap();
+    let x1 = Tensor::new(&[[4.0f64, 0.0], [-1.0, 1.0]], &Device::Cpu).unwrap();
+    let xt = interpolate(&x0, &x1, &t1(&[0.0, 1.0])).unwrap();
+    // Row 0 at t = 0 is the noise, row 1 at t = 1 is the data.
+    assert_eq!(vals(&xt), vec![1.0, -2.0, -1.0, 1.0]);
+    let xt = interpolate(&x0, &x1, &t1(&[0.25, 0.5])).unwrap();
+    assert_eq!(vals(&xt), vec![1.75, -1.5, -0.25, 2.0]);
+    assert_eq!(
+        vals(&target_velocity(&x0, &x1).unwrap()),
+        vec![3.0, 2.0, -1.5, -2.0]
+    );
+}
+
+#[test]
+fn mse_is_mean_over_all_elements() {
+    let a = Tensor::new(&[[1.0f64, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+    let b = Tensor::new(&[[1.0f64, 0.0], [0.0, 4.0]], &Device::Cpu).unwrap();
+    let l = velocity_mse(&a, &b).unwrap().to_scalar::<f64>().unwrap();
+    assert!((l - (4.0 + 9.0) / 4.0).abs() < 1e-15);
+}
+
+/// v(x, t) = a + c·t, independent of x.
+struct Affine {
+    a: f64,
+    c: f64,
+}
+impl VelocityField for Affine {
+    fn velocity(&self, x: &Tensor, t: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
+        let v = ((t * self.c)? + self.a)?;
+        v.reshape((x.dim(0)?, 1))?
+            .broadcast_as(x.shape())?
+            .contiguous()
+    }
+}
+
+/// v(x, t) = λ·x.
+struct Linear(f64);
+impl VelocityField for Linear {
+    fn velocity(&self, x: &Tensor, _: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
+        x * self.0
+    }
+}
+
+fn x0() -> Tensor {
+    Tensor::new(&[[0.3f64, -1.2], [2.0, 0.5]], &Device::Cpu).unwrap()
+}
+
+#[test]
+fn euler_is_exact_for_constant_velocity() {
+    let f = Affine { a: 1.5, c: 0.0 };
+    let x = integrate_single(&f, &x0(), &uniform_grid(7), Solver::Euler, None).unwrap();
+    for (got, want) in vals(&x).iter().zip(vals(&x0()).iter().map(|v| v + 1.5)) {
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+}
+
+#[test]
+fn heun_is_exact_for_time_linear_velocity_and_euler_has_the_known_error() {
+    // x(1) = x0 + a + c/2 exactly. Euler with S steps misses by c/(2S).
+    let f = Affine { a: -0.7, c: 3.0 };
+    let steps = 5;
+    let grid = uniform_grid(steps);
+    let heun = integrate_single(&f, &x0(), &grid, Solver::Heun, None).unwrap();
+    let euler = integrate_single(&f, &x0(), &grid, Solver::Euler, None).unwrap();
+    for ((h, e), x) in vals(&heun).iter().zip(vals(&euler)).zip(vals(&x0())) {
+        let exact = x - 0.7 + 1.5;
+        assert!((h - exact).abs() < 1e-12, "heun {h} vs {exact}");
+        let euler_exact = exact - 3.0 / (2.0 * steps as f64);
+        assert!(
+            (e - euler_exact).abs() < 1e-12,
+            "euler {e} vs {euler_exact}"
+        );
+    }
+}
+
+#[test]
+fn solvers_match_their_closed_forms_on_linear_dynamics() {
+    // dx/dt = λx: Euler multiplies by (1 + λh) per step, Heun by (1 + λh + (λh)²/2);
+    // both converge to e^λ, Heun at second order.
+    let lam = -1.3;
+    for steps in [1usize, 4, 16] {
+        let h = 1.0 / steps as f64;
+        let grid = uniform_grid(steps);
+        let e = integrate_single(&Linear(lam), &x0(), &grid, Solver::Euler, None).unwrap();
+        let hn = integrate_single(&Linear(lam), &x0(), &grid, Solver::Heun, None).unwrap();
+        let fe = (1.0 + lam * h).powi(steps as i32);
+        let fh = (1.0 + lam * h + (lam * h).powi(2) / 2.0).powi(steps as i32);
+        for ((ge, gh), x) in vals(&e).iter().zip(vals(&hn)).zip(vals(&x0())) {
+            assert!((ge - x * fe).abs() < 1e-12);
+            assert!((gh - x * fh).abs() < 1e-12);
+        }
+    }
+    let err = |s: Solver, steps: usize| {
+        let x = integrate_single(&Linear(lam), &x0(), &uniform_grid(steps), s, None).unwrap();
+        (vals(&x)[0] - 0.3 * lam.exp()).abs()
+    };
+    // Halving h divides the error by ≈2 (Euler) and ≈4 (Heun).
+    let (e1, e2) = (err(Solver::Euler, 32), err(Solver::Euler, 64));
+    let (h1, h2) = (err(Solver::Heun, 32), err(Solver::Heun, 64));
+    assert!((e1 / e2 - 2.0).abs() < 0.1, "euler order {}", e1 / e2);
+    assert!((h1 / h2 - 4.0).abs() < 0.2, "heun order {}", h1 / h2);
+}
+
+#[test]
+fn solver_keeps_dtype_f32() {
+    let x = x0().to_dtype(DType::F32).unwrap();
+    let y = integrate_single(&Linear(0.5), &x, &uniform_grid(3), Solver::Heun, None).unwrap();
+    assert_eq!(y.dtype(), DType::F32);
+}
+
+#[test]
+fn segmented_grid_puts_an_edge_on_every_knot() {
+    let knots = [0.4, 0.77];
+    let (grid, owner) = segmented_grid(&knots, 20);
+    assert_eq!(grid.len(), 21);
+    assert_eq!(owner.len(), 20);
+    assert_eq!(grid[0], 0.0);
+    assert_eq!(*grid.last().unwrap(), 1.0);
+    for k in knots {
+        assert!(grid.contains(&k), "knot {k} not a step edge: {grid:?}");
+    }
+    assert!(grid.windows(2).all(|w| w[1] > w[0]));
+    // Proportional allocation: 0.4·20 = 8, 0.37·20 = 7.4, 0.23·20 = 4.6 → 8, 7, 5.
+    let counts: Vec<usize> = (0..3)
+        .map(|s| owner.iter().filter(|&&o| o == s).count())
+        .collect();
+    assert_eq!(counts, vec![8, 7, 5]);
+    // Each step lies inside its owner's segment.
+    let edges = [0.0, 0.4, 0.77, 1.0];
+    for (i, &o) in owner.iter().enumerate() {
+        assert!(grid[i] >= edges[o] && grid[i + 1] <= edges[o + 1]);
+    }
+}
+
+#[test]
+fn segmented_grid_gives_each_segment_at_least_one_step() {
+    let (grid, owner) = segmented_grid(&[0.01, 0.02], 3);
+    assert_eq!(grid, vec![0.0, 0.01, 0.02, 1.0]);
+    assert_eq!(owner, vec![0, 1, 2]);
+    // A budget smaller than the number of segments is raised to one step each.
+    let (grid, _) = segmented_grid(&[0.3, 0.6], 1);
+    assert_eq!(grid, vec![0.0, 0.3, 0.6, 1.0]);
+    // No knots: the uniform grid.
+    let (grid, _) = segmented_grid(&[], 4);
+    assert_eq!(grid, uniform_grid(4));
+}
+
+/// A conditional field whose velocity is the label (null class 9 gives 0).
+struct LabelField;
+impl VelocityField for LabelField {
+    fn velocity(&self, x: &Tensor, _: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
+        let y = y.unwrap().to_dtype(DType::F64)?;
+        let y = y.ne(9.0)?.where_cond(&y, &y.zeros_like()?)?;
+        y.reshape((x.dim(0)?, 1))?
+            .broadcast_as(x.shape())?
+            .contiguous()
+    }
+    fn null_class(&self) -> Option<u32> {
+        Some(9)
+    }
+}
+
+#[test]
+fn guidance_combines_conditional_and_unconditional() {
+    let x = x0();
+    let t = t1(&[0.5, 0.5]);
+    let y = Tensor::new(&[2u32, 5], &Device::Cpu).unwrap();
+    for scale in [1.0, 1.5, 4.0] {
+        let g = Guided {
+            inner: LabelField,
+            scale,
+        };
+        let v = vals(&g.velocity(&x, &t, Some(&y)).unwrap());
+        // v_uncond = 0, v_cond = label ⇒ v = scale·label.
+        assert_eq!(v, vec![2.0 * scale, 2.0 * scale, 5.0 * scale, 5.0 * scale]);
+    }
+}

@@ -1,0 +1,825 @@
+//! Integration tests of `cbs-models`: SiT gradients (finite differences), reference
+//! initialisation, parity with an independent re-implementation, positional-embedding golden
+//! values, parameter counts, weight files, configuration and the `VelocityField` impl.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use cbs_flow::VelocityField;
+use cbs_models::sit::{init, pos_embed};
+use cbs_models::{shapes, weights, Architecture, ModelError, SitConfig, Trainable};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+// ---------------------------------------------------------------------------------------------
+// A counting allocator: bytes allocated by the current thread while tracking is on.
+// (Used to prove that shape inspection allocates no weights.)
+
+struct Counting;
+
+thread_local! {
+    static TRACKING: Cell<bool> = const { Cell::new(false) };
+    static TRACKED_BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note_alloc(bytes: usize) {
+    let _ = TRACKING.try_with(|on| {
+        if on.get() {
+            let _ = TRACKED_BYTES.try_with(|b| b.set(b.get() + bytes));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc(layout.size());
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc(layout.size());
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc(new_size);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Run `f` and return its result with the bytes this thread allocated meanwhile.
+fn count_allocations<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    TRACKED_BYTES.with(|b| b.set(0));
+    TRACKING.with(|t| t.set(true));
+    let out = f();
+    TRACKING.with(|t| t.set(false));
+    (out, TRACKED_BYTES.with(|b| b.get()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+/// A preset with small geometry.
+fn small(preset: &str, input: usize, channels: usize, classes: usize, sigma: bool) -> SitConfig {
+    let mut c = SitConfig::preset(preset).expect("known preset");
+    c.input_size = input;
+    c.in_channels = channels;
+    c.num_classes = classes;
+    c.learn_sigma = sigma;
+    c.validate().expect("valid config");
+    c
+}
+
+fn randn(dims: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = dims.iter().product();
+    let d = Normal::new(0.0, 1.0).unwrap();
+    let v: Vec<f64> = (0..n).map(|_| d.sample(&mut rng)).collect();
+    Tensor::from_vec(v, dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn vals(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    vals(a)
+        .iter()
+        .zip(vals(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn max_abs(t: &Tensor) -> f64 {
+    vals(t).iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// Bit patterns of every variable (dtype-agnostic, via f64 which holds f32 exactly).
+fn var_bits(vars: &[(String, Var)]) -> Vec<(String, Vec<u64>)> {
+    vars.iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                vals(v.as_tensor()).iter().map(|x| x.to_bits()).collect(),
+            )
+        })
+        .collect()
+}
+
+fn ts(values: &[f64], dtype: DType) -> Tensor {
+    Tensor::new(values, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn labels(values: &[u32]) -> Tensor {
+    Tensor::new(values, &Device::Cpu).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Finite-difference gradient check (f64).
+
+fn set_entry(var: &Var, base: &[f64], i: usize, value: f64) {
+    let mut w = base.to_vec();
+    w[i] = value;
+    let t = Tensor::from_vec(w, var.dims(), var.device()).unwrap();
+    var.set(&t).unwrap();
+}
+
+#[test]
+fn finite_difference_gradients_f64() -> TestResult {
+    let dev = Device::Cpu;
+    let cfg = small("sit-nano-2", 8, 2, 3, true); // 16 tokens, 2 heads, depth 2
+    let arch = Architecture::Sit(cfg.clone());
+    let tr = Trainable::new(&arch, 7, DType::F64, &dev)?;
+    let vars = tr.named_vars();
+    init::init_all_random(&vars, 11, 0.3)?;
+
+    let x = Var::from_tensor(&randn(&[2, 2, 8, 8], 1, DType::F64))?;
+    let t = Var::from_tensor(&ts(&[0.3, 0.85], DType::F64))?;
+    let y = labels(&[1, 3]); // a class and the null class
+    let r = randn(&[2, 2, 8, 8], 2, DType::F64);
+
+    let objective = || -> f64 {
+        tr.model
+            .forward(x.as_tensor(), t.as_tensor(), &y)
+            .unwrap()
+            .mul(&r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let loss = tr
+        .model
+        .forward(x.as_tensor(), t.as_tensor(), &y)?
+        .mul(&r)?
+        .sum_all()?;
+    let grads = loss.backward()?;
+
+    let mut targets: Vec<(String, Var)> = vars.clone();
+    targets.push(("<input x>".to_string(), x.clone()));
+    targets.push(("<input t>".to_string(), t.clone()));
+
+    let h = 1e-6;
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    let mut worst = (0.0f64, String::new());
+    let mut failures = Vec::new();
+    let (mut checked, mut nonzero) = (0usize, 0usize);
+    for (name, var) in &targets {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for `{name}`"));
+        assert_eq!(g.dims(), var.dims(), "gradient shape of `{name}`");
+        let g = vals(g);
+        let base = vals(var.as_tensor());
+        let n = base.len();
+        // Several random entries plus the one with the largest gradient.
+        let mut idx: Vec<usize> = if n <= 6 {
+            (0..n).collect()
+        } else {
+            (0..6).map(|_| rng.random_range(0..n)).collect()
+        };
+        let argmax = (0..n)
+            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+            .unwrap();
+        idx.push(argmax);
+        for i in idx {
+            set_entry(var, &base, i, base[i] + h);
+            let lp = objective();
+            set_entry(var, &base, i, base[i] - h);
+            let lm = objective();
+            set_entry(var, &base, i, base[i]);
+            let fd = (lp - lm) / (2.0 * h);
+            let a = g[i];
+            let rel = (a - fd).abs() / a.abs().max(fd.abs()).max(1e-8);
+            checked += 1;
+            if a.abs() > 1e-6 {
+                nonzero += 1;
+            }
+            if rel > worst.0 {
+                worst = (rel, format!("{name}[{i}]: autograd {a:e} vs fd {fd:e}"));
+            }
+            if rel > 1e-6 {
+                failures.push(format!(
+                    "{name}[{i}]: autograd {a:e} vs fd {fd:e} (rel {rel:e})"
+                ));
+            }
+        }
+    }
+    println!(
+        "fd check: {checked} entries of {} tensors, max rel err {:e} at {}",
+        targets.len(),
+        worst.0,
+        worst.1
+    );
+    assert!(
+        failures.is_empty(),
+        "gradient mismatches:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        nonzero * 2 > checked,
+        "too few non-zero gradients checked ({nonzero}/{checked})"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Every trainable parameter receives a non-zero gradient (f32).
+
+#[test]
+fn every_parameter_gets_a_gradient_f32() -> TestResult {
+    let dev = Device::Cpu;
+    let cfg = small("sit-nano-4", 8, 2, 3, true);
+    let arch = Architecture::Sit(cfg);
+    let tr = Trainable::new(&arch, 3, DType::F32, &dev)?;
+    let vars = tr.named_vars();
+    init::init_all_random(&vars, 5, 0.3)?;
+    let x = randn(&[2, 2, 8, 8], 1, DType::F32);
+    let t = ts(&[0.2, 0.7], DType::F32);
+    let y = labels(&[0, 3]);
+    let r = randn(&[2, 2, 8, 8], 2, DType::F32);
+    let loss = tr.model.forward(&x, &t, &y)?.mul(&r)?.sum_all()?;
+    let grads = loss.backward()?;
+    let mut bad = Vec::new();
+    for (name, var) in &vars {
+        match grads.get(var.as_tensor()) {
+            None => bad.push(format!("{name}: no gradient")),
+            Some(g) => {
+                let m = max_abs(g);
+                if !(m > 0.0 && m.is_finite()) {
+                    bad.push(format!("{name}: gradient max |g| = {m}"));
+                }
+            }
+        }
+    }
+    assert!(
+        !bad.is_empty() || vars.len() > 20,
+        "suspiciously few variables"
+    );
+    assert!(
+        bad.is_empty(),
+        "parameters without a gradient:\n{}",
+        bad.join("\n")
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Reference initialisation.
+
+#[test]
+fn reference_initialisation() -> TestResult {
+    let dev = Device::Cpu;
+    // 1000 classes so the label table has enough entries for a tight std estimate.
+    let cfg = small("sit-nano-2", 8, 2, 1000, true);
+    let arch = Architecture::Sit(cfg.clone());
+    let tr = Trainable::new(&arch, 42, DType::F32, &dev)?;
+    let vars = tr.named_vars();
+    let by_name: HashMap<String, Vec<f64>> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), vals(v.as_tensor())))
+        .collect();
+    let dims: HashMap<String, Vec<usize>> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+        .collect();
+
+    assert!(
+        !by_name.contains_key("pos_embed"),
+        "pos_embed must be a buffer"
+    );
+    assert!(tr.state_dict().iter().any(|(n, _)| n == "pos_embed"));
+
+    let mut xavier_checked = 0;
+    for (name, v) in &by_name {
+        let zero = name.contains("adaLN_modulation")
+            || name.starts_with("final_layer.linear")
+            || name.ends_with(".bias");
+        if zero {
+            assert!(v.iter().all(|&x| x == 0.0), "`{name}` should be all zero");
+            continue;
+        }
+        assert!(v.iter().any(|&x| x != 0.0), "`{name}` is all zero");
+        if name.starts_with("y_embedder.") || name.starts_with("t_embedder.mlp.") {
+            let (mean, std) = mean_std(v);
+            let tol = 4.0 * 0.02 / (2.0 * v.len() as f64).sqrt(); // ≈ 4 sigma of the estimate
+            assert!(
+                (std - 0.02).abs() < tol,
+                "`{name}` std {std} (want 0.02 ± {tol})"
+            );
+            assert!(
+                mean.abs() < 4.0 * 0.02 / (v.len() as f64).sqrt(),
+                "`{name}` mean {mean}"
+            );
+        } else {
+            // xavier-uniform, conv weights viewed as [out, in·k·k].
+            let d = &dims[name];
+            let fan_out = d[0] as f64;
+            let fan_in = d[1..].iter().product::<usize>() as f64;
+            let bound = (6.0 / (fan_in + fan_out)).sqrt();
+            let m = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            assert!(
+                m <= bound * (1.0 + 1e-6),
+                "`{name}` max {m} > bound {bound}"
+            );
+            assert!(m > 0.9 * bound, "`{name}` max {m} far below bound {bound}");
+            let (_, std) = mean_std(v);
+            let want = bound / 3f64.sqrt();
+            assert!(
+                (std / want - 1.0).abs() < 0.1,
+                "`{name}` std {std}, want {want}"
+            );
+            xavier_checked += 1;
+        }
+    }
+    // x_embedder + per block qkv, proj, fc1, fc2.
+    assert_eq!(xavier_checked, 1 + 4 * cfg.depth);
+    let qkv = &by_name["blocks.0.attn.qkv.weight"];
+    let bound = (6.0f64 / (64.0 + 192.0)).sqrt();
+    assert!(qkv.iter().all(|x| x.abs() <= bound));
+
+    // Determinism.
+    let same = Trainable::new(&arch, 42, DType::F32, &dev)?;
+    assert_eq!(
+        var_bits(&vars),
+        var_bits(&same.named_vars()),
+        "same seed, different weights"
+    );
+    let other = Trainable::new(&arch, 43, DType::F32, &dev)?;
+    let (a, b) = (var_bits(&vars), var_bits(&other.named_vars()));
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        if by_name[name].iter().any(|&v| v != 0.0) {
+            assert_ne!(x, y, "`{name}` identical for different seeds");
+        }
+    }
+
+    // adaLN-Zero: the network outputs exactly zero at initialisation.
+    let x = randn(&[3, 2, 8, 8], 1, DType::F32);
+    let out = tr.model.forward(
+        &x,
+        &ts(&[0.0, 0.5, 1.0], DType::F32),
+        &labels(&[0, 999, 1000]),
+    )?;
+    assert_eq!(out.dims(), &[3, 2, 8, 8]);
+    assert!(
+        vals(&out).iter().all(|&v| v == 0.0),
+        "forward at init is not zero"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Parity with an independent re-implementation of the reference SiT forward.
+
+/// Deliberate mistakes, to show that the parity test detects each of them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mutation {
+    None,
+    PosAxesSwapped,
+    TimeSinCos,
+    GeluErf,
+    UnpatchifyQP,
+    Eps1e5,
+}
+
+/// 2-D sin-cos table `[g·g, dim]` following the reference: token `n = row·g + col`, first half
+/// of the channels from the column (the mesh is built w-first), second half from the row, each
+/// half `[sin(pos·ω), cos(pos·ω)]` with `ω_k = 1 / 10000^(k / (dim/4))`. Rounded to f32 like
+/// the reference's `torch.from_numpy(...).float()`.
+fn ref_pos_embed(dim: usize, g: usize, m: Mutation) -> Vec<f64> {
+    let q = dim / 4;
+    let mut out = Vec::with_capacity(g * g * dim);
+    for n in 0..g * g {
+        let (row, col) = (n / g, n % g);
+        let (a, b) = if m == Mutation::PosAxesSwapped {
+            (row, col)
+        } else {
+            (col, row)
+        };
+        for pos in [a as f64, b as f64] {
+            let args: Vec<f64> = (0..q)
+                .map(|k| pos / 10000f64.powf(k as f64 / q as f64))
+                .collect();
+            out.extend(args.iter().map(|a| a.sin() as f32 as f64));
+            out.extend(args.iter().map(|a| a.cos() as f32 as f64));
+        }
+    }
+    out
+}
+
+fn ref_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    // x: [..., in] → [..., out], as a 2-D matmul.
+    let dims = x.dims().to_vec();
+    let k = *dims.last().unwrap();
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let out = w.dim(0).unwrap();
+    let y = x
+        .reshape((rows, k))
+        .unwrap()
+        .matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(b)
+        .unwrap();
+    let mut od = dims[..dims.len() - 1].to_vec();
+    od.push(out);
+    y.reshape(od).unwrap()
+}
+
+fn ref_layer_norm(x: &Tensor, eps: f64) -> Tensor {
+    let n = x.dim(D::Minus1).unwrap() as f64;
+    let mean = (x.sum_keepdim(D::Minus1).unwrap() / n).unwrap();
+    let xc = x.broadcast_sub(&mean).unwrap();
+    let var = ((&xc * &xc).unwrap().sum_keepdim(D::Minus1).unwrap() / n).unwrap();
+    xc.broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+}
+
+fn ref_silu(x: &Tensor) -> Tensor {
+    // x / (1 + e^-x)
+    (x / (x.neg().unwrap().exp().unwrap() + 1.0).unwrap()).unwrap()
+}
+
+fn ref_gelu(x: &Tensor, m: Mutation) -> Tensor {
+    if m == Mutation::GeluErf {
+        return x.gelu_erf().unwrap();
+    }
+    // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+    let x3 = (x * x).unwrap().mul(x).unwrap();
+    let inner =
+        ((x + (x3 * 0.044715).unwrap()).unwrap() * (2.0 / std::f64::consts::PI).sqrt()).unwrap();
+    (((inner.tanh().unwrap() + 1.0).unwrap() * x).unwrap() * 0.5).unwrap()
+}
+
+fn ref_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
+    // x: [B, N, C], shift/scale: [B, C]
+    x.broadcast_mul(&(scale.unsqueeze(1).unwrap() + 1.0).unwrap())
+        .unwrap()
+        .broadcast_add(&shift.unsqueeze(1).unwrap())
+        .unwrap()
+}
+
+fn softmax_rows(s: &Tensor) -> Tensor {
+    let m = s.max_keepdim(1).unwrap();
+    let e = s.broadcast_sub(&m).unwrap().exp().unwrap();
+    let z = e.sum_keepdim(1).unwrap();
+    e.broadcast_div(&z).unwrap()
+}
+
+fn ref_attention(x: &Tensor, w: &HashMap<String, Tensor>, pre: &str, heads: usize) -> Tensor {
+    let (b, n, c) = x.dims3().unwrap();
+    let d = c / heads;
+    let qkv = ref_linear(
+        x,
+        &w[&format!("{pre}.qkv.weight")],
+        &w[&format!("{pre}.qkv.bias")],
+    );
+    let mut per_batch = Vec::new();
+    for bi in 0..b {
+        let z = qkv.get(bi).unwrap(); // [N, 3C]: channels ordered (q|k|v, head, d)
+        let mut outs = Vec::new();
+        for hd in 0..heads {
+            let q = z.narrow(1, hd * d, d).unwrap();
+            let k = z.narrow(1, c + hd * d, d).unwrap();
+            let v = z.narrow(1, 2 * c + hd * d, d).unwrap();
+            let s = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+            let a = softmax_rows(&s);
+            assert_eq!(a.dims(), &[n, n]);
+            outs.push(a.matmul(&v).unwrap()); // [N, d]
+        }
+        per_batch.push(Tensor::cat(&outs, 1).unwrap()); // [N, C]
+    }
+    let o = Tensor::stack(&per_batch, 0).unwrap();
+    ref_linear(
+        &o,
+        &w[&format!("{pre}.proj.weight")],
+        &w[&format!("{pre}.proj.bias")],
+    )
+}
+
+/// The SiT forward written from the reference description, with candle primitives.
+fn ref_forward(
+    cfg: &SitConfig,
+    w: &HashMap<String, Tensor>,
+    x: &Tensor,
+    t: &[f64],
+    y: &[u32],
+    m: Mutation,
+) -> Tensor {
+    let dev = x.device();
+    let dt = x.dtype();
+    let (b, cin, hh, ww) = x.dims4().unwrap();
+    let p = cfg.patch_size;
+    let hid = cfg.hidden_size;
+    let g = hh / p;
+    assert_eq!(hh, ww);
+    let eps = if m == Mutation::Eps1e5 { 1e-5 } else { 1e-6 };
+
+    // Patch embedding: strided convolution, then [B, hidden, g, g] → [B, N, hidden].
+    let conv = x
+        .conv2d(&w["x_embedder.proj.weight"], 0, p, 1, 1)
+        .unwrap()
+        .flatten_from(2)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .broadcast_add(&w["x_embedder.proj.bias"])
+        .unwrap();
+    let pos = Tensor::from_vec(ref_pos_embed(hid, g, m), (1, g * g, hid), dev)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap();
+    let mut h = conv.broadcast_add(&pos).unwrap();
+
+    // Timestep features [cos, sin] (frequencies in float32, as the reference computes them).
+    let half = 128;
+    let mut feats = Vec::with_capacity(b * 256);
+    for &tv in t {
+        let args: Vec<f64> = (0..half)
+            .map(|k| {
+                let f = (-(10000f64.ln()) * k as f64 / half as f64).exp() as f32 as f64;
+                tv * f
+            })
+            .collect();
+        let (first, second): (Vec<f64>, Vec<f64>) = if m == Mutation::TimeSinCos {
+            (
+                args.iter().map(|a| a.sin()).collect(),
+                args.iter().map(|a| a.cos()).collect(),
+            )
+        } else {
+            (
+                args.iter().map(|a| a.cos()).collect(),
+                args.iter().map(|a| a.sin()).collect(),
+            )
+        };
+        feats.extend(first);
+        feats.extend(second);
+    }
+    let feats = Tensor::from_vec(feats, (b, 256), dev)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap();
+    let te = ref_linear(
+        &ref_silu(&ref_linear(
+            &feats,
+            &w["t_embedder.mlp.0.weight"],
+            &w["t_embedder.mlp.0.bias"],
+        )),
+        &w["t_embedder.mlp.2.weight"],
+        &w["t_embedder.mlp.2.bias"],
+    );
+    let table = &w["y_embedder.embedding_table.weight"];
+    let ye = Tensor::stack(
+        &y.iter()
+            .map(|&l| table.get(l as usize).unwrap())
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap();
+    let c = (te + ye).unwrap(); // [B, hidden]
+    let sc = ref_silu(&c);
+
+    for i in 0..cfg.depth {
+        let pre = format!("blocks.{i}");
+        let ada = ref_linear(
+            &sc,
+            &w[&format!("{pre}.adaLN_modulation.1.weight")],
+            &w[&format!("{pre}.adaLN_modulation.1.bias")],
+        );
+        let ch = |k: usize| ada.narrow(1, k * hid, hid).unwrap();
+        let (sh_a, sc_a, g_a, sh_m, sc_m, g_m) = (ch(0), ch(1), ch(2), ch(3), ch(4), ch(5));
+        let a_in = ref_modulate(&ref_layer_norm(&h, eps), &sh_a, &sc_a);
+        let a = ref_attention(&a_in, w, &format!("{pre}.attn"), cfg.num_heads);
+        h = (&h + a.broadcast_mul(&g_a.unsqueeze(1).unwrap()).unwrap()).unwrap();
+        let m_in = ref_modulate(&ref_layer_norm(&h, eps), &sh_m, &sc_m);
+        let f = ref_gelu(
+            &ref_linear(
+                &m_in,
+                &w[&format!("{pre}.mlp.fc1.weight")],
+                &w[&format!("{pre}.mlp.fc1.bias")],
+            ),
+            m,
+        );
+        let f = ref_linear(
+            &f,
+            &w[&format!("{pre}.mlp.fc2.weight")],
+            &w[&format!("{pre}.mlp.fc2.bias")],
+        );
+        h = (&h + f.broadcast_mul(&g_m.unsqueeze(1).unwrap()).unwrap()).unwrap();
+    }
+    let ada = ref_linear(
+        &sc,
+        &w["final_layer.adaLN_modulation.1.weight"],
+        &w["final_layer.adaLN_modulation.1.bias"],
+    );
+    let (shift, scale) = (
+        ada.narrow(1, 0, hid).unwrap(),
+        ada.narrow(1, hid, hid).unwrap(),
+    );
+    let z = ref_linear(
+        &ref_modulate(&ref_layer_norm(&h, eps), &shift, &scale),
+        &w["final_layer.linear.weight"],
+        &w["final_layer.linear.bias"],
+    ); // [B, N, p·p·cout], last axis ordered (p, q, c)
+
+    // Unpatchify (nhwpqc → nchpwq) by explicit indexing.
+    let cout = if cfg.learn_sigma { 2 * cin } else { cin };
+    let zv = vals(&z);
+    let side = g * p;
+    let mut img = vec![0f64; b * cout * side * side];
+    for bi in 0..b {
+        for gy in 0..g {
+            for gx in 0..g {
+                for pi in 0..p {
+                    for qi in 0..p {
+                        for ci in 0..cout {
+                            let tok = gy * g + gx;
+                            let (a, bb) = if m == Mutation::UnpatchifyQP {
+                                (qi, pi)
+                            } else {
+                                (pi, qi)
+                            };
+                            let src = ((bi * g * g + tok) * p * p + a * p + bb) * cout + ci;
+                            let dst = ((bi * cout + ci) * side + gy * p + pi) * side + gx * p + qi;
+                            img[dst] = zv[src];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let img = Tensor::from_vec(img, (b, cout, side, side), dev)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap();
+    if cfg.learn_sigma {
+        img.narrow(1, 0, cin).unwrap() // the velocity is the first half
+    } else {
+        img
+    }
+}
+
+fn parity_case(
+    preset: &str,
+    input: usize,
+    cin: usize,
+    classes: usize,
+    sigma: bool,
+    dtype: DType,
+    tol: f64,
+) -> TestResult {
+    let cfg = small(preset, input, cin, classes, sigma);
+    let arch = Architecture::Sit(cfg.clone());
+    let tr = Trainable::new(&arch, 1, dtype, &Device::Cpu)?;
+    let vars = tr.named_vars();
+    init::init_all_random(&vars, 2, 0.1)?;
+    let w: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+
+    let x = randn(&[3, cin, input, input], 3, dtype);
+    let t = [0.0, 0.37, 1.0];
+    let y = [0, classes as u32 - 1, classes as u32]; // last: the null class
+    let out = tr.model.forward(&x, &ts(&t, dtype), &labels(&y))?;
+    let reference = ref_forward(&cfg, &w, &x, &t, &y, Mutation::None);
+    assert_eq!(out.dims(), &[3, cin, input, input]);
+    let diff = max_abs_diff(&out, &reference);
+    let scale = max_abs(&reference);
+    println!("parity {preset} {dtype:?}: max |diff| {diff:e} (max |out| {scale:.3})");
+    assert!(
+        scale > 0.1,
+        "output too small for a meaningful comparison: {scale}"
+    );
+    assert!(
+        diff <= tol,
+        "{preset} {dtype:?}: max |diff| {diff:e} > {tol:e}"
+    );
+
+    // The positional buffer equals the independent table.
+    let g = cfg.grid_size();
+    let pe = Tensor::from_vec(
+        ref_pos_embed(cfg.hidden_size, g, Mutation::None),
+        (1, g * g, cfg.hidden_size),
+        &Device::Cpu,
+    )?;
+    assert_eq!(
+        max_abs_diff(&tr.model.buffers()[0].1.to_dtype(DType::F64)?, &pe),
+        0.0
+    );
+
+    // The comparison is sharp enough to catch each plausible mistake.
+    for m in [
+        Mutation::PosAxesSwapped,
+        Mutation::TimeSinCos,
+        Mutation::GeluErf,
+        Mutation::UnpatchifyQP,
+        Mutation::Eps1e5,
+    ] {
+        let wrong = ref_forward(&cfg, &w, &x, &t, &y, m);
+        let d = max_abs_diff(&out, &wrong);
+        assert!(d > 100.0 * tol, "mutation {m:?} not detected (diff {d:e})");
+    }
+    Ok(())
+}
+
+#[test]
+fn forward_parity_with_independent_reference_f32() -> TestResult {
+    parity_case("sit-mini-2", 8, 3, 5, true, DType::F32, 1e-5)
+}
+
+#[test]
+fn forward_parity_with_independent_reference_f64() -> TestResult {
+    parity_case("sit-nano-4", 16, 2, 3, false, DType::F64, 1e-10)?;
+    parity_case("sit-mini-2", 8, 3, 5, true, DType::F64, 1e-10)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Positional embedding golden values.
+
+#[test]
+fn pos_embed_golden_values() {
+    // dim 8, grid 2: quarter = 2, ω = [1, 1/100].
+    let (s1, c1) = (0.841_470_984_807_896_5, 0.540_302_305_868_139_8); // sin 1, cos 1
+    let (s01, c01) = (0.009_999_833_334_166_664, 0.999_950_000_416_665_3); // sin .01, cos .01
+    #[rustfmt::skip]
+    let want: [[f64; 8]; 4] = [
+        // token 0: row 0, col 0
+        [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0],
+        // token 1: row 0, col 1 (first half encodes the column)
+        [s1, s01, c1, c01, 0.0, 0.0, 1.0, 1.0],
+        // token 2: row 1, col 0 (second half encodes the row)
+        [0.0, 0.0, 1.0, 1.0, s1, s01, c1, c01],
+        // token 3: row 1, col 1
+        [s1, s01, c1, c01, s1, s01, c1, c01],
+    ];
+    let got = pos_embed::sincos_2d(8, 2);
+    assert_eq!(got.len(), 32);
+    for (n, row) in want.iter().enumerate() {
+        for (k, &v) in row.iter().enumerate() {
+            let g = got[n * 8 + k] as f64;
+            assert!(
+                (g - v).abs() < 1e-7,
+                "token {n} channel {k}: got {g}, want {v}"
+            );
+        }
+    }
+    // A larger table against the independent implementation.
+    let got = pos_embed::sincos_2d(64, 5);
+    let want = ref_pos_embed(64, 5, Mutation::None);
+    assert_eq!(got.len(), want.len());
+    for (a, b) in got.iter().zip(&want) {
+        assert_eq!(*a as f64, *b);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Parameter counts and shapes.
+
+/// Closed-form `state_dict` element count (pos_embed included).
+fn closed_form_count(c: &SitConfig) -> usize {
+    let h = c.hidden_size;
+    let p = c.patch_size;
+    let n = (c.input_size / p).pow(2);
+    let mlp = (h as f64 * c.mlp_ratio) as usize;
+    let cout = if c.learn_sigma { 2 } else { 1 } * c.in_channels;
+    let rows = c.num_classes + usize::from(c.class_dropout_prob > 0.0);
+    let patch = h * c.in_channels * p * p + h;
+    let pos = n * h;
+    let temb = (256 * h + h) + (h * h + h);
+    let yemb = rows * h;
+    let block =
+        (h * 3 * h + 3 * h) + (h * h + h) + (h * mlp + mlp) + (mlp * h + h) + (h * 6 * h + 6 * h);
+    let fin = (h * p * p * cout + p * p * cout) + (h * 2 * h + 2 * h);
+    patch + pos + temb + yemb + c.depth * block + fin
+}
