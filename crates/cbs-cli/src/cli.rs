@@ -115,7 +115,8 @@ pub struct SampleArgs {
     /// Also write every image as DIR/images/NNNNNN.png.
     #[arg(long)]
     pub individual: bool,
-    /// Output directory: grid.png, samples.npz (arr_0 = uint8 [N, H, W, C]), labels.txt.
+    /// Output directory: grid.png, samples.npz (arr_0 = uint8 [N, H, W, C]), labels.txt
+    /// (point models: samples.npz with float32 [N, D] and scatter.png).
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
@@ -133,6 +134,9 @@ pub struct InspectArgs {
     pub in_channels: usize,
     #[arg(long, default_value_t = 1000)]
     pub num_classes: usize,
+    /// Data dimension (MLP presets).
+    #[arg(long, default_value_t = 2)]
+    pub dim: usize,
     /// Print JSON: {"parameters": total, "tensors": {name: [dims...]}}.
     #[arg(long)]
     pub json: bool,

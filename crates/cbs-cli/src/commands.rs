@@ -83,18 +83,16 @@ fn train_aux(a: TrainArgs) -> Result<()> {
     };
     let data = cbs_train::load_dataset(&cfg)?;
     eprintln!(
-        "training {} on {} images ({}x{}x{}) for {} steps, batch {} → {}",
+        "training {} on {} samples of shape {:?} for {} steps, batch {} → {}",
         cfg.model.preset,
         data.len(),
-        data.channels,
-        data.height,
-        data.width,
+        data.sample_shape(),
         cfg.train.steps,
         cfg.train.batch_size,
         a.out.display()
     );
     let pb = bar(cfg.train.steps, "steps");
-    let summary = cbs_train::train(&a.out, &cfg, &data, &opts, &mut |r| {
+    let summary = cbs_train::train(&a.out, &cfg, data.as_ref(), &opts, &mut |r| {
         pb.set_position(r.step);
         pb.set_message(format!("loss {:.4} | {:.1} img/s", r.loss, r.images_per_s));
         if let Some(c) = &r.checkpoint {
@@ -125,9 +123,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     let loaded = checkpoint::load_for_inference(&a.checkpoint, which, &dev)?;
     let arch = &loaded.architecture;
     let shape = SampleShape {
-        channels: arch.in_channels(),
-        height: arch.image_size(),
-        width: arch.image_size(),
+        dims: arch.sample_shape(),
         num_classes: arch.num_classes(),
     };
     if a.cfg_scale != 1.0 && arch.null_class().is_none() {
@@ -186,6 +182,14 @@ fn write_outputs(
     individual: bool,
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    if x.rank() == 2 {
+        // Points: raw coordinates, and a scatter plot of the first two.
+        images::write_points_npz(&out.join("samples.npz"), x)?;
+        if x.dim(1)? >= 2 {
+            images::write_scatter(&out.join("scatter.png"), x, 5.0)?;
+        }
+        return Ok(());
+    }
     let (bytes, dims) = images::to_uint8_nhwc(x)?;
     let nrow = nrow.unwrap_or_else(|| (dims[0] as f64).sqrt().ceil() as usize);
     images::write_grid(&out.join("grid.png"), &bytes, dims, nrow)?;
@@ -202,13 +206,18 @@ fn write_outputs(
 
 fn inspect(a: InspectArgs) -> Result<()> {
     if a.list {
-        for n in cbs_models::SitConfig::preset_names() {
+        for n in cbs_models::all_preset_names() {
             println!("{n}");
         }
         return Ok(());
     }
     let name = a.model.as_deref().unwrap_or_default();
-    let arch = ModelSpec::new(name).resolve(a.image_size, a.in_channels, a.num_classes)?;
+    let shape = if name.starts_with("mlp-") {
+        vec![a.dim]
+    } else {
+        vec![a.in_channels, a.image_size, a.image_size]
+    };
+    let arch = ModelSpec::new(name).resolve(&shape, a.num_classes)?;
     let shapes = shapes::parameter_shapes(&arch)?;
     let total: usize = shapes
         .iter()

@@ -7,6 +7,7 @@
 //! - [`load_fashion_mnist`] builds an [`ImageDataset`] from the four standard
 //!   Fashion-MNIST files, optionally padded from 28x28 to 32x32 ([`Resize`]).
 //! - [`ImageDataset::batch`] turns selected images into `[-1, 1]` NCHW floats.
+//! - [`PointDataset`]: low-dimensional points (toy targets); [`Dataset`] is what trainers use.
 //! - [`BatchSampler`] yields reproducible batches so a resumed run sees exactly
 //!   the batches an uninterrupted run would have seen.
 //!
@@ -16,6 +17,7 @@ mod dataset;
 mod error;
 mod fashion;
 mod idx;
+mod points;
 mod sampler;
 
 pub use dataset::{ImageDataset, Resize};
@@ -25,4 +27,5 @@ pub use fashion::{
     FASHION_MNIST_INSTALL_HINT,
 };
 pub use idx::{read_idx, IdxArray};
+pub use points::{Dataset, PointDataset};
 pub use sampler::BatchSampler;

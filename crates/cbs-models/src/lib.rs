@@ -8,6 +8,7 @@
 //! [`ModelSpec`] is what configs name (`preset = "sit-b-2"` plus image geometry); [`Model`] is
 //! the built network behind the [`cbs_flow::VelocityField`] trait.
 
+pub mod mlp;
 pub mod nn;
 pub mod shapes;
 pub mod sit;
@@ -15,7 +16,7 @@ pub mod spec;
 pub mod weights;
 
 pub use sit::{Sit, SitConfig};
-pub use spec::{Architecture, Model, ModelSpec, Trainable};
+pub use spec::{all_preset_names, Architecture, Model, ModelSpec, Trainable};
 
 /// Errors of model construction and weight I/O.
 #[derive(Debug, thiserror::Error)]

@@ -5,8 +5,9 @@ use candle_nn::{VarBuilder, VarMap};
 use cbs_flow::VelocityField;
 use serde::{Deserialize, Serialize};
 
+use crate::mlp::{MlpConfig, MlpNet};
 use crate::sit::{init, Sit, SitConfig};
-use crate::Result;
+use crate::{ModelError, Result};
 
 /// The `[model]` table of a config: a named preset and the overrides the data set implies.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,7 @@ pub struct ModelSpec {
 #[serde(rename_all = "snake_case", tag = "backbone")]
 pub enum Architecture {
     Sit(SitConfig),
+    Mlp(MlpConfig),
 }
 
 impl ModelSpec {
@@ -50,17 +52,37 @@ impl ModelSpec {
         }
     }
 
-    /// Resolve against the data geometry (used where the spec leaves a field unset).
-    pub fn resolve(
-        &self,
-        image_size: usize,
-        in_channels: usize,
-        num_classes: usize,
-    ) -> Result<Architecture> {
-        let mut cfg = SitConfig::preset(&self.preset)?;
-        cfg.input_size = self.image_size.unwrap_or(image_size);
-        cfg.in_channels = self.in_channels.unwrap_or(in_channels);
-        cfg.num_classes = self.num_classes.unwrap_or(num_classes);
+    /// Resolve against the data: `sample_shape` is `[C, H, W]` for images, `[D]` for points;
+    /// fields the spec leaves unset come from the data.
+    pub fn resolve(&self, sample_shape: &[usize], num_classes: usize) -> Result<Architecture> {
+        let mismatch = |what: &str| {
+            Err(ModelError::Invalid(format!(
+                "preset `{}` is {what}, but the data samples have shape {sample_shape:?}",
+                self.preset
+            )))
+        };
+        if let Some(mut cfg) = MlpConfig::preset(&self.preset) {
+            let &[dim] = sample_shape else {
+                return mismatch("an MLP for points [D]");
+            };
+            cfg.dim = dim;
+            cfg.validate()?;
+            return Ok(Architecture::Mlp(cfg));
+        }
+        let mut cfg = SitConfig::preset(&self.preset).map_err(|_| ModelError::UnknownPreset {
+            name: self.preset.clone(),
+            known: all_preset_names().join(", "),
+        })?;
+        let &[c, h, w] = sample_shape else {
+            return mismatch("a SiT for images [C, H, W]");
+        };
+        if h != w {
+            return mismatch("a SiT for square images");
+        }
+        cfg.input_size = self.image_size.unwrap_or(h);
+        cfg.in_channels = self.in_channels.unwrap_or(c);
+        // SiT always embeds a label; unlabelled data use one class (plus the null row).
+        cfg.num_classes = self.num_classes.unwrap_or(num_classes.max(1));
         cfg.learn_sigma = self.learn_sigma.unwrap_or(true);
         cfg.class_dropout_prob = self.class_dropout_prob.unwrap_or(0.1);
         cfg.validate()?;
@@ -68,31 +90,39 @@ impl ModelSpec {
     }
 }
 
+/// Every preset name of every backbone.
+pub fn all_preset_names() -> Vec<String> {
+    let mut v = SitConfig::preset_names();
+    v.extend(MlpConfig::preset_names());
+    v
+}
+
 impl Architecture {
-    pub fn in_channels(&self) -> usize {
+    /// Shape of one sample: `[C, H, W]` or `[D]`.
+    pub fn sample_shape(&self) -> Vec<usize> {
         match self {
-            Architecture::Sit(c) => c.in_channels,
+            Architecture::Sit(c) => vec![c.in_channels, c.input_size, c.input_size],
+            Architecture::Mlp(c) => vec![c.dim],
         }
     }
-    pub fn image_size(&self) -> usize {
-        match self {
-            Architecture::Sit(c) => c.input_size,
-        }
-    }
+    /// 0 for unconditional models.
     pub fn num_classes(&self) -> usize {
         match self {
             Architecture::Sit(c) => c.num_classes,
+            Architecture::Mlp(_) => 0,
         }
     }
     /// Label of the null (unconditional) class, when the model has one.
     pub fn null_class(&self) -> Option<u32> {
         match self {
             Architecture::Sit(c) => (c.class_dropout_prob > 0.0).then_some(c.num_classes as u32),
+            Architecture::Mlp(_) => None,
         }
     }
     pub fn class_dropout_prob(&self) -> f64 {
         match self {
             Architecture::Sit(c) => c.class_dropout_prob,
+            Architecture::Mlp(_) => 0.0,
         }
     }
 }
@@ -100,19 +130,22 @@ impl Architecture {
 /// A built network of any backbone.
 pub enum Model {
     Sit(Sit),
+    Mlp(MlpNet),
 }
 
 impl Model {
     pub fn new(arch: &Architecture, vb: VarBuilder) -> CResult<Self> {
         Ok(match arch {
             Architecture::Sit(cfg) => Model::Sit(Sit::new(cfg, vb)?),
+            Architecture::Mlp(cfg) => Model::Mlp(MlpNet::new(cfg, vb)?),
         })
     }
 
-    /// `x`: `[B, C, H, W]`, `t`: `[B]`, `y`: `[B]` u32 labels → velocity `[B, C, H, W]`.
+    /// `x`: `[B, C, H, W]` (or `[B, D]`), `t`: `[B]`, `y`: `[B]` u32 labels → velocity.
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> CResult<Tensor> {
         match self {
             Model::Sit(m) => m.forward(x, t, y),
+            Model::Mlp(m) => m.forward(x, t),
         }
     }
 
@@ -120,6 +153,7 @@ impl Model {
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
         match self {
             Model::Sit(m) => vec![("pos_embed".to_string(), m.pos_embed().clone())],
+            Model::Mlp(_) => vec![],
         }
     }
 
@@ -129,6 +163,7 @@ impl Model {
                 let c = m.config();
                 (c.class_dropout_prob > 0.0).then_some(c.num_classes as u32)
             }
+            Model::Mlp(_) => None,
         }
     }
 }
@@ -167,6 +202,7 @@ impl Trainable {
         };
         match arch {
             Architecture::Sit(_) => init::init_sit(&t.named_vars(), seed)?,
+            Architecture::Mlp(_) => init::init_xavier(&t.named_vars(), seed)?,
         }
         Ok(t)
     }

@@ -146,6 +146,13 @@ fn labels(values: &[u32]) -> Tensor {
 
 // ---------------------------------------------------------------------------------------------
 // 1. Finite-difference gradient check (f64).
+//
+// candle's GELU (tanh) backward uses six-digit constants (0.797885, 0.0356774, 0.398942, ...), so
+// its derivative is off by up to ~1e-6 relative; every gradient that flows back through a GELU
+// inherits that. The check therefore runs twice: with all weights random (tolerance 1e-8 where
+// no GELU backward is involved, 1e-5 elsewhere), and with every `mlp.fc1` zeroed so that GELU
+// is evaluated at 0, where candle's derivative (0.5) is exact: then every tensor (fc1 included)
+// must match to 1e-6.
 
 fn set_entry(var: &Var, base: &[f64], i: usize, value: f64) {
     let mut w = base.to_vec();
@@ -154,47 +161,65 @@ fn set_entry(var: &Var, base: &[f64], i: usize, value: f64) {
     var.set(&t).unwrap();
 }
 
-#[test]
-fn finite_difference_gradients_f64() -> TestResult {
+struct FdReport {
+    checked: usize,
+    nonzero: usize,
+    /// Largest relative error among entries whose error exceeds the rounding noise.
+    worst: (f64, String),
+    failures: Vec<String>,
+}
+
+/// Compare autograd with fourth-order central differences on several entries of every
+/// parameter tensor and of the inputs `x` and `t`. `rtol(name)` is the relative tolerance.
+fn fd_check(
+    zero_fc1: bool,
+    rtol: impl Fn(&str) -> f64,
+) -> Result<FdReport, Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
     let cfg = small("sit-nano-2", 8, 2, 3, true); // 16 tokens, 2 heads, depth 2
     let arch = Architecture::Sit(cfg.clone());
     let tr = Trainable::new(&arch, 7, DType::F64, &dev)?;
     let vars = tr.named_vars();
     init::init_all_random(&vars, 11, 0.3)?;
+    if zero_fc1 {
+        for (n, v) in &vars {
+            if n.contains("mlp.fc1") {
+                v.set(&v.as_tensor().zeros_like()?)?;
+            }
+        }
+    }
 
     let x = Var::from_tensor(&randn(&[2, 2, 8, 8], 1, DType::F64))?;
     let t = Var::from_tensor(&ts(&[0.3, 0.85], DType::F64))?;
     let y = labels(&[1, 3]); // a class and the null class
     let r = randn(&[2, 2, 8, 8], 2, DType::F64);
 
-    let objective = || -> f64 {
+    let terms = || {
         tr.model
             .forward(x.as_tensor(), t.as_tensor(), &y)
             .unwrap()
             .mul(&r)
             .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
     };
-    let loss = tr
-        .model
-        .forward(x.as_tensor(), t.as_tensor(), &y)?
-        .mul(&r)?
-        .sum_all()?;
-    let grads = loss.backward()?;
+    let objective = || terms().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let grads = terms().sum_all()?.backward()?;
 
     let mut targets: Vec<(String, Var)> = vars.clone();
     targets.push(("<input x>".to_string(), x.clone()));
     targets.push(("<input t>".to_string(), t.clone()));
 
-    let h = 1e-6;
+    // Fourth-order stencil: truncation (∝ h⁴) is negligible at h = 1e-4; the rounding noise of
+    // the objective, ≈ ε·Σ|terms|, divided by h is the absolute error allowed on top of rtol.
+    let h = 1e-4;
+    let abs_terms = terms().abs()?.sum_all()?.to_scalar::<f64>()?;
+    let noise = 20.0 * f64::EPSILON * abs_terms / h;
     let mut rng = ChaCha8Rng::seed_from_u64(99);
-    let mut worst = (0.0f64, String::new());
-    let mut failures = Vec::new();
-    let (mut checked, mut nonzero) = (0usize, 0usize);
+    let mut rep = FdReport {
+        checked: 0,
+        nonzero: 0,
+        worst: (0.0, String::new()),
+        failures: Vec::new(),
+    };
     for (name, var) in &targets {
         let g = grads
             .get(var.as_tensor())
@@ -213,44 +238,89 @@ fn finite_difference_gradients_f64() -> TestResult {
             .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
             .unwrap();
         idx.push(argmax);
+        let tol = rtol(name);
         for i in idx {
-            set_entry(var, &base, i, base[i] + h);
-            let lp = objective();
-            set_entry(var, &base, i, base[i] - h);
-            let lm = objective();
+            let at = |d: f64| {
+                set_entry(var, &base, i, base[i] + d);
+                objective()
+            };
+            let (p1, m1, p2, m2) = (at(h), at(-h), at(2.0 * h), at(-2.0 * h));
             set_entry(var, &base, i, base[i]);
-            let fd = (lp - lm) / (2.0 * h);
+            let fd = (8.0 * (p1 - m1) - (p2 - m2)) / (12.0 * h);
             let a = g[i];
-            let rel = (a - fd).abs() / a.abs().max(fd.abs()).max(1e-8);
-            checked += 1;
+            let err = (a - fd).abs();
+            let rel = err / a.abs().max(fd.abs()).max(1e-8);
+            rep.checked += 1;
             if a.abs() > 1e-6 {
-                nonzero += 1;
+                rep.nonzero += 1;
             }
-            if rel > worst.0 {
-                worst = (rel, format!("{name}[{i}]: autograd {a:e} vs fd {fd:e}"));
+            if err > noise && rel > rep.worst.0 {
+                rep.worst = (rel, format!("{name}[{i}]: autograd {a:e} vs fd {fd:e}"));
             }
-            if rel > 1e-6 {
-                failures.push(format!(
-                    "{name}[{i}]: autograd {a:e} vs fd {fd:e} (rel {rel:e})"
+            if err > tol * a.abs().max(fd.abs()) + noise {
+                rep.failures.push(format!(
+                    "{name}[{i}]: autograd {a:e} vs fd {fd:e} (rel {rel:e}, tol {tol:e}, noise {noise:e})"
                 ));
             }
         }
     }
+    assert!(
+        rep.nonzero * 2 > rep.checked,
+        "too few non-zero gradients checked ({}/{})",
+        rep.nonzero,
+        rep.checked
+    );
     println!(
-        "fd check: {checked} entries of {} tensors, max rel err {:e} at {}",
-        targets.len(),
-        worst.0,
-        worst.1
+        "fd check: {} entries, rounding noise allowance {noise:e}, max rel err {:e} at {}",
+        rep.checked, rep.worst.0, rep.worst.1
     );
+    Ok(rep)
+}
+
+#[test]
+fn finite_difference_gradients_f64() -> TestResult {
+    // Tensors whose gradient never passes through a GELU backward: the final layer and the
+    // last block's fc2 (depth 2).
+    let exact =
+        |name: &str| name.starts_with("final_layer.") || name.starts_with("blocks.1.mlp.fc2.");
+    let rep = fd_check(false, |name| if exact(name) { 1e-8 } else { 1e-5 })?;
     assert!(
-        failures.is_empty(),
+        rep.failures.is_empty(),
         "gradient mismatches:\n{}",
-        failures.join("\n")
+        rep.failures.join("\n")
     );
+    Ok(())
+}
+
+#[test]
+fn finite_difference_gradients_f64_exact_gelu_point() -> TestResult {
+    let rep = fd_check(true, |_| 1e-6)?;
     assert!(
-        nonzero * 2 > checked,
-        "too few non-zero gradients checked ({nonzero}/{checked})"
+        rep.failures.is_empty(),
+        "gradient mismatches:\n{}",
+        rep.failures.join("\n")
     );
+    Ok(())
+}
+
+/// Bounds the candle GELU-backward imprecision that the FD tolerances above allow for.
+#[test]
+fn candle_gelu_backward_error_is_small() -> TestResult {
+    let xs: Vec<f64> = (0..=1200).map(|i| -6.0 + i as f64 * 0.01).collect();
+    let x = Var::from_tensor(&Tensor::new(xs.as_slice(), &Device::Cpu)?)?;
+    let grads = x.as_tensor().gelu()?.sum_all()?.backward()?;
+    let got = vals(grads.get(x.as_tensor()).expect("gelu gradient"));
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    let mut worst = 0.0f64;
+    for (&x, g) in xs.iter().zip(got) {
+        let u = k * (x + 0.044715 * x.powi(3));
+        let th = u.tanh();
+        let exact =
+            0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * k * (1.0 + 3.0 * 0.044715 * x * x);
+        worst = worst.max((g - exact).abs());
+    }
+    println!("candle gelu backward: max abs error {worst:e}");
+    assert!(worst < 1e-6, "candle gelu backward error {worst:e}");
     Ok(())
 }
 
@@ -283,10 +353,8 @@ fn every_parameter_gets_a_gradient_f32() -> TestResult {
             }
         }
     }
-    assert!(
-        !bad.is_empty() || vars.len() > 20,
-        "suspiciously few variables"
-    );
+    // x_embedder (2) + t-MLP (4) + table + 10 per block + final layer (4).
+    assert_eq!(vars.len(), 2 + 4 + 1 + 10 * 2 + 4);
     assert!(
         bad.is_empty(),
         "parameters without a gradient:\n{}",
@@ -738,7 +806,8 @@ fn parity_case(
         0.0
     );
 
-    // The comparison is sharp enough to catch each plausible mistake.
+    // The comparison is sharp enough to catch each plausible mistake (LayerNorm eps 1e-5
+    // instead of 1e-6 changes the f32 output by only ~2e-5, so it is left to the f64 cases).
     for m in [
         Mutation::PosAxesSwapped,
         Mutation::TimeSinCos,
@@ -746,9 +815,12 @@ fn parity_case(
         Mutation::UnpatchifyQP,
         Mutation::Eps1e5,
     ] {
+        if m == Mutation::Eps1e5 && dtype != DType::F64 {
+            continue;
+        }
         let wrong = ref_forward(&cfg, &w, &x, &t, &y, m);
         let d = max_abs_diff(&out, &wrong);
-        assert!(d > 100.0 * tol, "mutation {m:?} not detected (diff {d:e})");
+        assert!(d > 20.0 * tol, "mutation {m:?} not detected (diff {d:e})");
     }
     Ok(())
 }
@@ -822,4 +894,334 @@ fn closed_form_count(c: &SitConfig) -> usize {
         (h * 3 * h + 3 * h) + (h * h + h) + (h * mlp + mlp) + (mlp * h + h) + (h * 6 * h + 6 * h);
     let fin = (h * p * p * cout + p * p * cout) + (h * 2 * h + 2 * h);
     patch + pos + temb + yemb + c.depth * block + fin
+}
+
+#[test]
+fn parameter_counts_and_shapes() -> TestResult {
+    let xl = Architecture::Sit(SitConfig::preset("sit-xl-2")?);
+    let start = Instant::now();
+    let ((shapes_xl, count_xl), bytes) = count_allocations(|| {
+        (
+            shapes::parameter_shapes(&xl).unwrap(),
+            shapes::parameter_count(&xl).unwrap(),
+        )
+    });
+    let elapsed = start.elapsed();
+    assert_eq!(count_xl, 675_129_632, "published SiT-XL/2 parameter count");
+    // The weights would be 2.7 GB of f32; only the positional table (1.2 MB per call) is real.
+    println!("shape inspection of sit-xl-2: {elapsed:?}, {bytes} bytes allocated");
+    assert!(bytes < 32 << 20, "shape inspection allocated {bytes} bytes");
+    assert!(
+        elapsed.as_secs_f64() < 2.0,
+        "shape inspection took {elapsed:?}"
+    );
+
+    let get = |n: &str| {
+        shapes_xl
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, d)| d.clone())
+    };
+    assert_eq!(
+        get("blocks.27.adaLN_modulation.1.weight"),
+        Some(vec![6912, 1152])
+    );
+    assert_eq!(get("final_layer.linear.weight"), Some(vec![32, 1152]));
+    assert_eq!(
+        get("final_layer.adaLN_modulation.1.weight"),
+        Some(vec![2304, 1152])
+    );
+    assert_eq!(get("pos_embed"), Some(vec![1, 256, 1152]));
+    assert_eq!(get("x_embedder.proj.weight"), Some(vec![1152, 4, 2, 2]));
+    assert_eq!(
+        get("y_embedder.embedding_table.weight"),
+        Some(vec![1001, 1152])
+    );
+    assert_eq!(get("t_embedder.mlp.0.weight"), Some(vec![1152, 256]));
+    assert_eq!(get("blocks.0.mlp.fc1.weight"), Some(vec![4608, 1152]));
+    assert_eq!(get("blocks.28.attn.qkv.weight"), None);
+    // 2 patch + pos + 4 t-MLP + table + 28 × 10 + 4 final.
+    assert_eq!(shapes_xl.len(), 2 + 1 + 4 + 1 + 28 * 10 + 4);
+    assert!(
+        shapes_xl.windows(2).all(|w| w[0].0 < w[1].0),
+        "names must be sorted and unique"
+    );
+
+    // The closed form agrees with the recorded shapes for every preset and a few variants.
+    let names = SitConfig::preset_names();
+    assert_eq!(names.len(), 21);
+    for name in &names {
+        let base = SitConfig::preset(name)?;
+        let mut no_sigma = base.clone();
+        no_sigma.learn_sigma = false;
+        let mut no_null = base.clone();
+        no_null.class_dropout_prob = 0.0;
+        let mut geometry = base.clone();
+        geometry.input_size = 64;
+        geometry.in_channels = 3;
+        geometry.num_classes = 10;
+        for cfg in [base, no_sigma, no_null, geometry] {
+            cfg.validate()?;
+            let got = shapes::parameter_count(&Architecture::Sit(cfg.clone()))?;
+            assert_eq!(got, closed_form_count(&cfg), "{name}: {cfg:?}");
+        }
+    }
+
+    // The recorded shapes are exactly those of a built model's state_dict.
+    let arch = Architecture::Sit(small("sit-nano-4", 8, 2, 3, true));
+    let tr = Trainable::new(&arch, 0, DType::F32, &Device::Cpu)?;
+    let built: Vec<(String, Vec<usize>)> = tr
+        .state_dict()
+        .into_iter()
+        .map(|(n, t)| (n, t.dims().to_vec()))
+        .collect();
+    assert_eq!(shapes::parameter_shapes(&arch)?, built);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Weight files.
+
+fn dims_of(tr: &Trainable) -> Vec<(String, Vec<usize>)> {
+    let mut v: Vec<(String, Vec<usize>)> = tr
+        .named_vars()
+        .iter()
+        .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+        .chain(
+            tr.model
+                .buffers()
+                .iter()
+                .map(|(n, t)| (n.clone(), t.dims().to_vec())),
+        )
+        .collect();
+    v.sort();
+    v
+}
+
+fn load_err(path: &Path, tr: &Trainable) -> String {
+    let before = var_bits(&tr.named_vars());
+    let err = weights::load_into_vars(path, &tr.named_vars(), &tr.model.buffers())
+        .expect_err("load should fail");
+    assert!(matches!(err, ModelError::Weights { .. }), "{err:?}");
+    assert_eq!(
+        var_bits(&tr.named_vars()),
+        before,
+        "a failed load must leave the variables untouched"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "error does not name the file: {msg}"
+    );
+    msg
+}
+
+#[test]
+fn weight_files() -> TestResult {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir()?;
+    let nano = Architecture::Sit(small("sit-nano-4", 8, 2, 3, true));
+    let a = Trainable::new(&nano, 1, DType::F32, &dev)?;
+    init::init_all_random(&a.named_vars(), 10, 0.3)?;
+    let b = Trainable::new(&nano, 2, DType::F32, &dev)?;
+    assert_ne!(var_bits(&a.named_vars()), var_bits(&b.named_vars()));
+
+    // Round trip.
+    let path = dir.path().join("a.safetensors");
+    weights::save_safetensors(&path, &a.state_dict())?;
+    let listing: Vec<String> = std::fs::read_dir(dir.path())?
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        listing,
+        vec!["a.safetensors".to_string()],
+        "temporary file left behind"
+    );
+    let file = weights::load_safetensors(&path, &dev)?;
+    let mut keys: Vec<&String> = file.keys().collect();
+    keys.sort();
+    let sd = a.state_dict();
+    assert_eq!(keys, sd.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    weights::load_into_vars(&path, &b.named_vars(), &b.model.buffers())?;
+    assert_eq!(
+        var_bits(&a.named_vars()),
+        var_bits(&b.named_vars()),
+        "not bit-exact"
+    );
+    let x = randn(&[2, 2, 8, 8], 4, DType::F32);
+    let (t, y) = (ts(&[0.1, 0.9], DType::F32), labels(&[2, 3]));
+    let (oa, ob) = (a.model.forward(&x, &t, &y)?, b.model.forward(&x, &t, &y)?);
+    assert!(max_abs(&oa) > 0.0);
+    assert_eq!(max_abs_diff(&oa, &ob), 0.0);
+
+    // A checkpoint of another preset: the first mismatch in sorted order is named.
+    let mini = Architecture::Sit(small("sit-mini-4", 8, 2, 3, true));
+    let m = Trainable::new(&mini, 3, DType::F32, &dev)?;
+    let in_file: HashMap<String, Vec<usize>> = sd
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+        .collect();
+    let first = dims_of(&m)
+        .into_iter()
+        .find(|(n, d)| in_file.get(n) != Some(d))
+        .expect("presets differ")
+        .0;
+    let msg = load_err(&path, &m);
+    assert!(
+        msg.contains(&format!("`{first}`")),
+        "expected `{first}` in: {msg}"
+    );
+
+    // Missing tensors: the first one in sorted order is named.
+    let missing = dir.path().join("missing.safetensors");
+    let mut sd_missing = sd.clone();
+    sd_missing.retain(|(n, _)| n != "t_embedder.mlp.2.weight" && n != "blocks.1.mlp.fc2.bias");
+    weights::save_safetensors(&missing, &sd_missing)?;
+    let msg = load_err(&missing, &b);
+    assert!(msg.contains("`blocks.1.mlp.fc2.bias`"), "{msg}");
+    assert!(msg.contains("missing"), "{msg}");
+    assert!(!msg.contains("t_embedder.mlp.2.weight"), "{msg}");
+
+    // The buffer must be present too.
+    let no_pos = dir.path().join("no_pos.safetensors");
+    let mut sd_no_pos = sd.clone();
+    sd_no_pos.retain(|(n, _)| n != "pos_embed");
+    weights::save_safetensors(&no_pos, &sd_no_pos)?;
+    assert!(load_err(&no_pos, &b).contains("`pos_embed`"));
+
+    // Extra tensors: the first one in sorted order is named.
+    let extra = dir.path().join("extra.safetensors");
+    let mut sd_extra = sd.clone();
+    sd_extra.push(("zzz.extra".to_string(), Tensor::zeros(3, DType::F32, &dev)?));
+    sd_extra.push(("aaa.extra".to_string(), Tensor::zeros(2, DType::F32, &dev)?));
+    weights::save_safetensors(&extra, &sd_extra)?;
+    let msg = load_err(&extra, &b);
+    assert!(msg.contains("`aaa.extra`"), "{msg}");
+    assert!(!msg.contains("zzz.extra"), "{msg}");
+
+    // Not a safetensors file; no file at all.
+    let bogus = dir.path().join("bogus.safetensors");
+    std::fs::write(&bogus, b"this is not a safetensors file")?;
+    let msg = load_err(&bogus, &b);
+    assert!(msg.contains("safetensors"), "{msg}");
+    let absent = dir.path().join("absent.safetensors");
+    let msg = load_err(&absent, &b);
+    assert!(msg.contains("not found"), "{msg}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Configuration.
+
+#[test]
+fn config_presets_and_validation() -> TestResult {
+    let err = SitConfig::preset("sit-foo-2").unwrap_err();
+    assert!(matches!(err, ModelError::UnknownPreset { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("sit-foo-2"), "{msg}");
+    for name in SitConfig::preset_names() {
+        assert!(msg.contains(&name), "`{name}` not listed in: {msg}");
+        SitConfig::preset(&name)?.validate()?;
+    }
+    for bad in [
+        "sit-xl-3", "xl-2", "sit-xl", "sit-xl-", "sit--2", "SIT-XL-2", "",
+    ] {
+        assert!(SitConfig::preset(bad).is_err(), "`{bad}` accepted");
+    }
+
+    let xl = SitConfig::preset("sit-xl-2")?;
+    assert_eq!(xl, SitConfig::xl_2());
+    assert_eq!(
+        (xl.depth, xl.hidden_size, xl.num_heads, xl.patch_size),
+        (28, 1152, 16, 2)
+    );
+    assert_eq!(
+        (xl.input_size, xl.in_channels, xl.num_classes),
+        (32, 4, 1000)
+    );
+    assert!(xl.learn_sigma);
+    assert_eq!(xl.class_dropout_prob, 0.1);
+    let b = SitConfig::preset("sit-b-4")?;
+    assert_eq!(
+        (b.depth, b.hidden_size, b.num_heads, b.patch_size),
+        (12, 768, 12, 4)
+    );
+    let l = SitConfig::preset("sit-l-8")?;
+    assert_eq!(
+        (l.depth, l.hidden_size, l.num_heads, l.patch_size),
+        (24, 1024, 16, 8)
+    );
+    let s = SitConfig::preset("sit-s-2")?;
+    assert_eq!((s.depth, s.hidden_size, s.num_heads), (12, 384, 6));
+
+    let mut c = SitConfig::preset("sit-b-4")?;
+    c.input_size = 30;
+    let err = c.validate().unwrap_err();
+    assert!(matches!(err, ModelError::Invalid(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("30") && msg.contains("patch"), "{msg}");
+    let spec = cbs_models::ModelSpec::new("sit-b-4");
+    assert!(spec.resolve(&[3, 30, 30], 10).is_err());
+    let arch = spec.resolve(&[3, 32, 32], 10)?;
+    assert_eq!(arch.sample_shape(), vec![3, 32, 32]);
+    assert_eq!(arch.num_classes(), 10);
+
+    let mut c = SitConfig::preset("sit-b-4")?;
+    c.num_heads = 5;
+    assert!(c.validate().is_err());
+    let mut c = SitConfig::preset("sit-b-4")?;
+    c.class_dropout_prob = 1.0;
+    assert!(c.validate().is_err());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. The VelocityField impl.
+
+#[test]
+fn velocity_field_uses_the_null_class() -> TestResult {
+    let dev = Device::Cpu;
+    let cfg = small("sit-nano-4", 8, 2, 3, true);
+    let arch = Architecture::Sit(cfg.clone());
+    let tr = Trainable::new(&arch, 1, DType::F32, &dev)?;
+    init::init_all_random(&tr.named_vars(), 6, 0.3)?;
+    let model = &tr.model;
+    let x = randn(&[2, 2, 8, 8], 7, DType::F32);
+    let t = ts(&[0.25, 0.75], DType::F32);
+
+    assert_eq!(model.null_class(), Some(3));
+    assert_eq!(arch.null_class(), Some(3));
+    let uncond = model.velocity(&x, &t, None)?;
+    let null = model.forward(&x, &t, &labels(&[3, 3]))?;
+    assert_eq!(max_abs_diff(&uncond, &null), 0.0);
+    let class0 = model.forward(&x, &t, &labels(&[0, 0]))?;
+    assert!(
+        max_abs_diff(&uncond, &class0) > 1e-3,
+        "labels have no effect"
+    );
+    let y = labels(&[2, 1]);
+    let cond = model.velocity(&x, &t, Some(&y))?;
+    assert_eq!(max_abs_diff(&cond, &model.forward(&x, &t, &y)?), 0.0);
+    // Through a reference, as samplers take it.
+    let by_ref: &dyn VelocityField = &model;
+    assert_eq!(max_abs_diff(&by_ref.velocity(&x, &t, None)?, &null), 0.0);
+
+    // Without label dropout there is no null row: unconditional means class 0.
+    let mut no_null = cfg;
+    no_null.class_dropout_prob = 0.0;
+    let arch = Architecture::Sit(no_null);
+    let tr = Trainable::new(&arch, 1, DType::F32, &dev)?;
+    init::init_all_random(&tr.named_vars(), 6, 0.3)?;
+    assert_eq!(tr.model.null_class(), None);
+    let table = tr
+        .named_vars()
+        .into_iter()
+        .find(|(n, _)| n == "y_embedder.embedding_table.weight")
+        .unwrap()
+        .1;
+    assert_eq!(table.dims(), &[3, 64]);
+    let uncond = tr.model.velocity(&x, &t, None)?;
+    let class0 = tr.model.forward(&x, &t, &labels(&[0, 0]))?;
+    assert_eq!(max_abs_diff(&uncond, &class0), 0.0);
+    Ok(())
 }

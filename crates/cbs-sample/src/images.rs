@@ -94,3 +94,39 @@ pub fn write_individual(dir: &Path, bytes: &[u8], dims: [usize; 4]) -> Result<()
     }
     Ok(())
 }
+
+/// `samples.npz` with `arr_0` = float32 `[N, D]` (point samples).
+pub fn write_points_npz(path: &Path, x: &Tensor) -> Result<()> {
+    let t = x.to_dtype(DType::F32)?.to_device(&candle_core::Device::Cpu)?;
+    let tmp = path.with_extension("npz.tmp");
+    Tensor::write_npz(&[("arr_0", &t)], &tmp).map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+}
+
+/// A 2-D scatter plot (first two coordinates) over `[-extent, extent]²`, 512×512 px.
+pub fn write_scatter(path: &Path, x: &Tensor, extent: f32) -> Result<()> {
+    let (n, d) = x.dims2()?;
+    if d < 2 {
+        return Err(file_err(path, "a scatter plot needs at least two coordinates"));
+    }
+    let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let size = 512u32;
+    let mut img = image::RgbImage::from_pixel(size, size, image::Rgb([255, 255, 255]));
+    let to_px = |c: f32| ((c + extent) / (2.0 * extent) * (size as f32 - 1.0)).round();
+    // Axes through the origin.
+    let o = to_px(0.0) as u32;
+    for i in 0..size {
+        img.put_pixel(i, o, image::Rgb([200, 200, 200]));
+        img.put_pixel(o, i, image::Rgb([200, 200, 200]));
+    }
+    for i in 0..n {
+        let (px, py) = (to_px(v[i * d]), to_px(-v[i * d + 1]));
+        for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+            let (qx, qy) = (px + dx as f32, py + dy as f32);
+            if (0.0..size as f32).contains(&qx) && (0.0..size as f32).contains(&qy) {
+                img.put_pixel(qx as u32, qy as u32, image::Rgb([30, 80, 200]));
+            }
+        }
+    }
+    img.save(path).map_err(|e| file_err(path, e))
+}

@@ -43,13 +43,19 @@ pub struct SampleOptions {
 }
 
 /// Per-sample shape and the label space of the field being sampled.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SampleShape {
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
+    /// `[C, H, W]` for images, `[D]` for points.
+    pub dims: Vec<usize>,
     /// 0 for unconditional fields.
     pub num_classes: usize,
+}
+
+impl SampleShape {
+    /// `[num, dims...]`.
+    pub fn batch(&self, num: usize) -> Vec<usize> {
+        std::iter::once(num).chain(self.dims.iter().copied()).collect()
+    }
 }
 
 /// Labels of every sample: the given list repeated, or all classes in turn.
@@ -82,19 +88,16 @@ pub fn labels_for(opts: &SampleOptions, shape: &SampleShape) -> Result<Option<Ve
     Ok(Some((0..opts.num).map(|i| base[i % base.len()]).collect()))
 }
 
-/// Seeded standard-normal noise `[num, C, H, W]`, independent of the batch size.
+/// Seeded standard-normal noise `[num, dims...]`, independent of the batch size.
 pub fn seeded_noise(num: usize, shape: &SampleShape, seed: u64, device: &Device) -> Result<Tensor> {
     let mut rng = rng::stream(seed, Purpose::Sample, 0);
-    let n = num * shape.channels * shape.height * shape.width;
+    let dims = shape.batch(num);
+    let n: usize = dims.iter().product();
     let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
-    Ok(Tensor::from_vec(
-        v,
-        (num, shape.channels, shape.height, shape.width),
-        device,
-    )?)
+    Ok(Tensor::from_vec(v, dims, device)?)
 }
 
-/// Read a `.npy` noise array and check it against the expected `[num, C, H, W]`.
+/// Read a `.npy` noise array and check it against the expected `[num, dims...]`.
 pub fn read_noise(path: &Path, num: usize, shape: &SampleShape, device: &Device) -> Result<Tensor> {
     let file_err = |message: String| SampleError::File {
         path: path.to_path_buf(),
@@ -105,10 +108,10 @@ pub fn read_noise(path: &Path, num: usize, shape: &SampleShape, device: &Device)
     }
     let t =
         Tensor::read_npy(path).map_err(|e| file_err(format!("not a readable .npy array: {e}")))?;
-    let want = [num, shape.channels, shape.height, shape.width];
-    if t.dims() != want {
+    let want = shape.batch(num);
+    if t.dims() != want.as_slice() {
         return Err(file_err(format!(
-            "noise has shape {:?}, expected {:?} (num, channels, height, width)",
+            "noise has shape {:?}, expected {:?} (num, then the model's sample shape)",
             t.dims(),
             want
         )));
@@ -123,7 +126,7 @@ pub fn read_noise(path: &Path, num: usize, shape: &SampleShape, device: &Device)
 }
 
 /// Integrate `num` samples; `field_for_step(i)` gives the field that owns step `i` of the grid.
-/// `progress(done_steps, total_steps)` counts steps over all batches. Returns `[num, C, H, W]`.
+/// `progress(done_steps, total_steps)` counts steps over all batches. Returns `[num, dims...]`.
 pub fn generate<'a>(
     field_for_step: &dyn Fn(usize) -> &'a dyn VelocityField,
     shape: &SampleShape,

@@ -24,8 +24,11 @@ pub struct TrainConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DataSource {
+    /// Fashion-MNIST IDX files (`dir`).
     #[default]
     FashionMnist,
+    /// Points drawn from a Gaussian mixture JSON (`gmm`): toy runs in seconds.
+    Gmm,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,8 +43,15 @@ pub struct DataConfig {
     pub resize: Resize,
     /// Fraction of the images used (a seeded subset); the auxiliary model needs about 0.1.
     pub data_fraction: f64,
-    /// Random horizontal flips.
+    /// Random horizontal flips (images only).
     pub hflip: bool,
+    /// Mixture JSON (`means`, `stds`, `weights`) for `source = "gmm"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gmm: Option<PathBuf>,
+    /// Points drawn from the mixture for `source = "gmm"` (before `data_fraction`).
+    pub num_samples: usize,
+    /// Seed of those points (fixed, so every run sees the same data set).
+    pub sample_seed: u64,
 }
 
 impl Default for DataConfig {
@@ -53,6 +63,9 @@ impl Default for DataConfig {
             resize: Resize::Pad,
             data_fraction: 1.0,
             hflip: true,
+            gmm: None,
+            num_samples: 65536,
+            sample_seed: 1234,
         }
     }
 }
@@ -198,6 +211,7 @@ impl TrainConfig {
         match (&self.data.dir, self.data.source) {
             (Some(d), _) => d.clone(),
             (None, DataSource::FashionMnist) => PathBuf::from(cbs_data::FASHION_MNIST_DEFAULT_DIR),
+            (None, DataSource::Gmm) => PathBuf::from("."),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use cbs_data::{BatchSampler, ImageDataset};
+use cbs_data::{BatchSampler, Dataset};
 use cbs_flow::interpolant::{interpolate, target_velocity, velocity_mse};
 use cbs_models::Trainable;
 use rand::Rng;
@@ -61,17 +61,33 @@ pub struct TrainSummary {
 }
 
 /// Load the configured data set (and its seeded subset).
-pub fn load_dataset(cfg: &TrainConfig) -> Result<ImageDataset> {
-    let dir = cfg.data_dir();
-    let data = match cfg.data.source {
+pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
+    match cfg.data.source {
         DataSource::FashionMnist => {
-            cbs_data::load_fashion_mnist(&dir, cfg.data.split, cfg.data.resize)?
+            let dir = cfg.data_dir();
+            let data = cbs_data::load_fashion_mnist(&dir, cfg.data.split, cfg.data.resize)?;
+            if cfg.data.data_fraction < 1.0 {
+                return Ok(Box::new(data.subset(cfg.data.data_fraction, cfg.train.seed)?));
+            }
+            Ok(Box::new(data))
         }
-    };
-    if cfg.data.data_fraction < 1.0 {
-        return Ok(data.subset(cfg.data.data_fraction, cfg.train.seed)?);
+        DataSource::Gmm => {
+            let path = cfg.data.gmm.as_ref().ok_or_else(|| TrainError::Invalid {
+                field: "data.gmm",
+                value: "(unset)".into(),
+                expected: "the path of a mixture JSON (means, stds, weights) for source = \"gmm\""
+                    .into(),
+            })?;
+            let oracle = cbs_split::GmmOracle::from_file(path).map_err(|e| TrainError::Config {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let n = ((cfg.data.num_samples as f64) * cfg.data.data_fraction).round().max(1.0);
+            let pts = oracle.sample(n as usize, cfg.data.sample_seed);
+            let pts = pts.into_iter().map(|v| v as f32).collect();
+            Ok(Box::new(cbs_data::PointDataset::new(pts, oracle.dim())?))
+        }
     }
-    Ok(data)
 }
 
 fn lr_at(cfg: &TrainConfig, step: u64) -> f64 {
@@ -87,7 +103,7 @@ fn lr_at(cfg: &TrainConfig, step: u64) -> f64 {
 pub fn train(
     run_dir: &Path,
     cfg: &TrainConfig,
-    data: &ImageDataset,
+    data: &dyn Dataset,
     opts: &TrainOptions,
     progress: &mut dyn FnMut(&StepReport),
 ) -> Result<TrainSummary> {
@@ -96,7 +112,7 @@ pub fn train(
     let device = &opts.device;
     let arch = cfg
         .model
-        .resolve(data.height, data.channels, data.num_classes)?;
+        .resolve(&data.sample_shape(), data.num_classes())?;
     check_geometry(&arch, data)?;
 
     // Model, optimizer and EMA, fresh or from the latest checkpoint.
@@ -143,8 +159,9 @@ pub fn train(
         .map_err(io_err(&metrics_path))?;
 
     let mut sampler = BatchSampler::new(data.len(), tc.batch_size, tc.seed)?;
-    let (c, h, w) = (data.channels, data.height, data.width);
     let b = tc.batch_size;
+    let shape: Vec<usize> = std::iter::once(b).chain(data.sample_shape()).collect();
+    let per_sample: usize = data.sample_shape().iter().product();
     let null = arch.null_class();
     let drop_p = arch.class_dropout_prob();
     let [t_lo, t_hi] = tc.t_range;
@@ -171,12 +188,12 @@ pub fn train(
         let times: Vec<f32> = (0..b)
             .map(|_| (t_lo + (t_hi - t_lo) * rng.random::<f64>()) as f32)
             .collect();
-        let noise: Vec<f32> = (0..b * c * h * w)
+        let noise: Vec<f32> = (0..b * per_sample)
             .map(|_| rng.sample::<f32, _>(StandardNormal))
             .collect();
 
-        let x1 = Tensor::from_vec(pixels, (b, c, h, w), device)?;
-        let x0 = Tensor::from_vec(noise, (b, c, h, w), device)?;
+        let x1 = Tensor::from_vec(pixels, shape.as_slice(), device)?;
+        let x0 = Tensor::from_vec(noise, shape.as_slice(), device)?;
         let t = Tensor::from_vec(times, b, device)?;
         let y = Tensor::from_vec(labels, b, device)?;
         let xt = interpolate(&x0, &x1, &t)?;
@@ -275,22 +292,20 @@ fn flip_draw(rng: &mut impl Rng, enabled: bool) -> bool {
     enabled && f
 }
 
-fn check_geometry(arch: &cbs_models::Architecture, data: &ImageDataset) -> Result<()> {
-    let mismatch = |what: &'static str, model: usize, data: usize| {
-        Err(TrainError::Invalid {
-            field: what,
-            value: model.to_string(),
-            expected: format!("the data set's value {data}"),
-        })
-    };
-    if arch.image_size() != data.height || data.height != data.width {
-        return mismatch("model.image_size", arch.image_size(), data.height);
+fn check_geometry(arch: &cbs_models::Architecture, data: &dyn Dataset) -> Result<()> {
+    if arch.sample_shape() != data.sample_shape() {
+        return Err(TrainError::Invalid {
+            field: "model",
+            value: format!("samples of shape {:?}", arch.sample_shape()),
+            expected: format!("the data set's sample shape {:?}", data.sample_shape()),
+        });
     }
-    if arch.in_channels() != data.channels {
-        return mismatch("model.in_channels", arch.in_channels(), data.channels);
-    }
-    if arch.num_classes() < data.num_classes {
-        return mismatch("model.num_classes", arch.num_classes(), data.num_classes);
+    if arch.num_classes() > 0 && arch.num_classes() < data.num_classes() {
+        return Err(TrainError::Invalid {
+            field: "model.num_classes",
+            value: arch.num_classes().to_string(),
+            expected: format!("at least the data set's {} classes", data.num_classes()),
+        });
     }
     Ok(())
 }

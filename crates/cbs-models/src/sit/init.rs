@@ -11,7 +11,7 @@ use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::Result;
 
-enum Rule {
+pub(crate) enum Rule {
     Zero,
     Normal(f64),
     Xavier,
@@ -33,6 +33,21 @@ fn rule(name: &str) -> Rule {
 /// Overwrite every variable of `vars` (name → var) with its reference initialisation.
 /// Variables are visited in sorted name order so the result depends on the seed alone.
 pub fn init_sit(vars: &[(String, Var)], seed: u64) -> Result<()> {
+    init_with(vars, seed, rule)
+}
+
+/// Xavier-uniform weights and zero biases (the MLP's initialisation).
+pub fn init_xavier(vars: &[(String, Var)], seed: u64) -> Result<()> {
+    init_with(vars, seed, |name| {
+        if name.ends_with(".bias") {
+            Rule::Zero
+        } else {
+            Rule::Xavier
+        }
+    })
+}
+
+pub(crate) fn init_with(vars: &[(String, Var)], seed: u64, rule: impl Fn(&str) -> Rule) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut sorted: Vec<&(String, Var)> = vars.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
