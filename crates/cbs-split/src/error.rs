@@ -36,6 +36,10 @@ pub enum SplitError {
     #[error("cannot parse JSON: {0}")]
     JsonStr(#[source] serde_json::Error),
 
+    /// A file of ours (e.g. `splits.toml`) is unreadable or invalid.
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+
     /// A file was read and parsed but its content is invalid.
     #[error("in {}: {source}", path.display())]
     InFile {

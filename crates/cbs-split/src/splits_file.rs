@@ -1,0 +1,107 @@
+//! `splits.toml`: the knots `estimate-splits` found, how it found them, and their confidence
+//! intervals. `train-experts` and `sample --experts` read it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{MonitorKind, ProbeKind, SplitError, SplitMode};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitsFile {
+    /// Interior knots `t_1 < … < t_{N−1}` in (0, 1).
+    pub knots: Vec<f64>,
+    pub settings: SplitSettings,
+    /// Bootstrap interval of every knot, in order (empty if not computed).
+    #[serde(default)]
+    pub intervals: Vec<KnotIntervalEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSettings {
+    pub monitor: MonitorKind,
+    pub experts: usize,
+    pub grid: usize,
+    pub trajectories: usize,
+    pub mode: SplitMode,
+    pub seed: u64,
+    pub probes: usize,
+    pub probe: ProbeKind,
+    pub cfg_scale: f64,
+    /// The auxiliary checkpoint directory, or `oracle:<json>`, or `uniform`.
+    pub source: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnotIntervalEntry {
+    pub knot: f64,
+    pub lo: f64,
+    pub hi: f64,
+    pub confidence: f64,
+}
+
+impl SplitsFile {
+    /// The naive equal split into `n` segments (what `--uniform N` trains).
+    pub fn uniform(n: usize) -> Self {
+        Self {
+            knots: (1..n).map(|i| i as f64 / n as f64).collect(),
+            settings: SplitSettings {
+                monitor: MonitorKind::Acceleration,
+                experts: n,
+                grid: 0,
+                trajectories: 0,
+                mode: SplitMode::Linear,
+                seed: 0,
+                probes: 0,
+                probe: ProbeKind::Gaussian,
+                cfg_scale: 1.0,
+                source: "uniform".into(),
+            },
+            intervals: vec![],
+        }
+    }
+
+    /// Segment edges `[0, t_1, …, t_{N−1}, 1]`.
+    pub fn edges(&self) -> Vec<f64> {
+        let mut e = vec![0.0];
+        e.extend_from_slice(&self.knots);
+        e.push(1.0);
+        e
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let e = self.edges();
+        if !e.windows(2).all(|w| w[1] > w[0]) || self.knots.iter().any(|k| !k.is_finite()) {
+            return Err(format!(
+                "knots {:?} must be strictly increasing and inside (0, 1)",
+                self.knots
+            ));
+        }
+        if self.settings.experts != self.knots.len() + 1 {
+            return Err(format!(
+                "settings.experts = {} but there are {} knots (expected experts − 1)",
+                self.settings.experts,
+                self.knots.len()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, SplitError> {
+        let err = |m: String| SplitError::File {
+            path: path.display().to_string(),
+            message: m,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let f: SplitsFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        f.validate().map_err(err)?;
+        Ok(f)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("splits serialise")
+    }
+}
