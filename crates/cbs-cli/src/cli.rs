@@ -26,9 +26,9 @@ pub enum Command {
     /// Train one model on all of [0, 1]: the auxiliary model of CBS, or a monolithic baseline.
     TrainAux(TrainArgs),
     /// Estimate the expert boundaries from an auxiliary model (monitor + equidistribution).
-    EstimateSplits(PassThrough),
+    EstimateSplits(EstimateArgs),
     /// Train N experts, expert i on its interval [t_i, t_{i+1}] only.
-    TrainExperts(PassThrough),
+    TrainExperts(TrainExpertsArgs),
     /// Sample images from a checkpoint (or a set of experts) and write a grid and samples.npz.
     Sample(SampleArgs),
     /// FID / IS / precision-recall of samples against reference images or statistics.
@@ -64,6 +64,34 @@ pub struct TrainArgs {
     pub device: DeviceArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct TrainExpertsArgs {
+    /// Knots from `cbs estimate-splits` (its splits.toml).
+    #[arg(long, conflicts_with = "uniform")]
+    pub splits: Option<PathBuf>,
+    /// Train the naive equal split into N experts instead (the baseline).
+    #[arg(long)]
+    pub uniform: Option<usize>,
+    /// Training configuration shared by every expert (same hyperparameters as a baseline);
+    /// each expert gets train.t_range = its segment and train.seed + i.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Output directory: splits.toml and expert-<i>/ run directories.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Train only expert i (run experts as separate processes or machines).
+    #[arg(long)]
+    pub expert: Option<usize>,
+    /// Continue the experts' runs from their latest checkpoints.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override train.steps (per expert).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum SolverArg {
     Euler,
@@ -81,8 +109,12 @@ pub enum WeightsArg {
 #[derive(Args, Debug)]
 pub struct SampleArgs {
     /// A run directory (its latest checkpoint) or a checkpoint directory.
+    #[arg(long, required_unless_present = "experts", conflicts_with = "experts")]
+    pub checkpoint: Option<PathBuf>,
+    /// A `cbs train-experts` directory: each step uses the expert that owns it, and every
+    /// knot is a step edge (steps shared in proportion to segment length).
     #[arg(long)]
-    pub checkpoint: PathBuf,
+    pub experts: Option<PathBuf>,
     /// Number of images.
     #[arg(long, default_value_t = 64)]
     pub num: usize,
@@ -106,7 +138,8 @@ pub struct SampleArgs {
     /// Which weights of the checkpoint.
     #[arg(long, value_enum, default_value = "ema")]
     pub weights: WeightsArg,
-    /// Images integrated at once (memory bound; results do not depend on it).
+    /// Images integrated at once (memory bound; the noise does not depend on it, the images
+    /// only up to floating-point rounding).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Images per grid row (default: √num).
@@ -143,6 +176,115 @@ pub struct InspectArgs {
     /// List the preset names.
     #[arg(long)]
     pub list: bool,
+}
+
+/// What `cbs estimate-splits` writes (shown after its --help).
+pub const ESTIMATE_OUTPUTS: &str = "\
+Outputs in --out:
+  splits.toml  knots, settings (source: checkpoint dir or oracle:<json>) and bootstrap intervals
+  monitor.csv  t,m,cumulative: grid point t_j, mass m_j of cell [t_j, t_{j+1}] (empty on the
+               last row), cumulative mass C(t_j)
+  monitor.png  white 800x500 plot, t from 0 (left) to 1 (right): blue = m(t) / max m,
+               orange = C(t) / C(1), light grey horizontal lines = targets i/N of C,
+               dark vertical lines = knots, light blue bands = their bootstrap intervals
+Stdout: `knots = [..]` and `intervals = [[lo, hi], ..]`.";
+
+/// Which monitor of local difficulty to equidistribute.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum MonitorArg {
+    /// Path acceleration ||v_{j+1} − v_j|| along Euler trajectories (the paper's default).
+    Acceleration,
+    /// Dirichlet energy ½||∂v/∂x||_F², Hutchinson-estimated.
+    Dirichlet,
+}
+
+/// How knots are read off the cumulative monitor mass.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum SplitModeArg {
+    /// The grid point whose cumulative mass is closest to i/N (the paper's rule).
+    Grid,
+    /// Where the piecewise-linear cumulative mass crosses i/N (knots off the grid).
+    Linear,
+}
+
+/// Distribution of the Hutchinson probes.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ProbeArg {
+    /// ε ~ N(0, I).
+    Gaussian,
+    /// Independent ±1 entries (lower variance).
+    Rademacher,
+}
+
+/// How Jacobian–vector products of the Dirichlet monitor are computed.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum JvpArg {
+    /// ||Jᵀε||² by one backward pass.
+    Vjp,
+    /// Central finite difference (v(x + hε) − v(x − hε)) / 2h.
+    Fd,
+}
+
+/// Arguments of `cbs estimate-splits` (the outputs are described in [`ESTIMATE_OUTPUTS`]).
+#[derive(Args, Debug)]
+#[command(
+    group(clap::ArgGroup::new("source").required(true).args(["aux", "oracle_gmm"])),
+    after_help = ESTIMATE_OUTPUTS
+)]
+pub struct EstimateArgs {
+    /// Auxiliary model: a run directory (its latest checkpoint) or a checkpoint directory
+    /// (EMA weights). Exclusive with --oracle-gmm.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub aux: Option<PathBuf>,
+    /// Use the exact velocity field of a Gaussian mixture (JSON: means, stds, weights) instead
+    /// of a model. Exclusive with --aux.
+    #[arg(long, value_name = "FILE.json")]
+    pub oracle_gmm: Option<PathBuf>,
+    /// Monitor of local difficulty (acceleration is the paper's).
+    #[arg(long, value_enum, default_value = "acceleration")]
+    pub monitor: MonitorArg,
+    /// Number of experts N (N − 1 knots).
+    #[arg(long, default_value_t = 3)]
+    pub experts: usize,
+    /// Number of time cells G of the uniform grid t_j = j/G.
+    #[arg(long, default_value_t = 100)]
+    pub grid: usize,
+    /// Number of Euler trajectories K averaged into the monitor.
+    #[arg(long, default_value_t = 1024)]
+    pub trajectories: usize,
+    /// Knot rule: `grid` is the paper's (closest grid point), `linear` interpolates.
+    #[arg(long, value_enum, default_value = "linear")]
+    pub mode: SplitModeArg,
+    /// Hutchinson probes S per point (Dirichlet only).
+    #[arg(long, default_value_t = 1)]
+    pub probes: usize,
+    /// Probe distribution (Dirichlet only).
+    #[arg(long, value_enum, default_value = "gaussian")]
+    pub probe: ProbeArg,
+    /// Jacobian–vector products (Dirichlet only): `vjp` (one backward pass) or `fd`.
+    #[arg(long, value_enum, default_value = "vjp")]
+    pub jvp: JvpArg,
+    /// Classifier-free guidance scale (class-conditional models only; 1 = no guidance).
+    /// Trajectory labels are drawn uniformly with a generator seeded by --seed.
+    #[arg(long, default_value_t = 1.0)]
+    pub cfg_scale: f64,
+    /// Seed of the noises, labels, probes and bootstrap resamples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Trajectories integrated at once (memory bound; results do not depend on it).
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Bootstrap resamples of the trajectories for the knot intervals (0 disables).
+    #[arg(long, default_value_t = 200)]
+    pub bootstrap: usize,
+    /// Confidence level of the bootstrap intervals, in (0, 1).
+    #[arg(long, default_value_t = 0.9)]
+    pub confidence: f64,
+    /// Output directory: splits.toml, monitor.csv, monitor.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Arguments of a stage that this version does not provide yet.

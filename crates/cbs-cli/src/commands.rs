@@ -22,8 +22,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainAux(a) => train_aux(a),
         Command::Sample(a) => sample(a),
         Command::Inspect(a) => inspect(a),
-        Command::EstimateSplits(_) => not_built("estimate-splits"),
-        Command::TrainExperts(_) => not_built("train-experts"),
+        Command::EstimateSplits(a) => crate::estimate::estimate_splits(a),
+        Command::TrainExperts(a) => crate::experts::train_experts(a),
         Command::EvalFid(_) => not_built("eval-fid"),
     }
 }
@@ -31,11 +31,11 @@ pub fn run(cli: Cli) -> Result<()> {
 fn not_built(name: &str) -> Result<()> {
     bail!(
         "`cbs {name}` is not available in this version of cbs yet. Available now: train-aux, \
-         sample, inspect. See the README for the roadmap."
+         estimate-splits, train-experts, sample, inspect. See the README for the roadmap."
     )
 }
 
-pub fn device(a: &DeviceArgs) -> Result<Device> {
+pub(crate) fn device(a: &DeviceArgs) -> Result<Device> {
     let d = a.device.trim();
     if d == "cpu" {
         return Ok(Device::Cpu);
@@ -120,8 +120,25 @@ fn sample(a: SampleArgs) -> Result<()> {
         WeightsArg::Ema => WeightsKind::Ema,
         WeightsArg::Model => WeightsKind::Model,
     };
-    let loaded = checkpoint::load_for_inference(&a.checkpoint, which, &dev)?;
-    let arch = &loaded.architecture;
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    // One model owning every step, or a set of experts each owning its segment's steps.
+    let (models, grid, owner, source) = match (&a.checkpoint, &a.experts) {
+        (Some(ck), None) => {
+            let m = checkpoint::load_for_inference(ck, which, &dev)?;
+            let source = format!("{} (step {})", m.dir.display(), m.state.step);
+            (vec![m], uniform_grid(a.steps), vec![0; a.steps], source)
+        }
+        (None, Some(dir)) => {
+            let (splits, set) = cbs_sample::experts::load_experts(dir, which, &dev)?;
+            let (grid, owner) = set.plan(a.steps);
+            let source = format!("{} experts, knots {:?}", set.experts.len(), splits.knots);
+            (set.experts, grid, owner, source)
+        }
+        _ => bail!("give exactly one of --checkpoint or --experts"),
+    };
+    let arch = &models[0].architecture;
     let shape = SampleShape {
         dims: arch.sample_shape(),
         num_classes: arch.num_classes(),
@@ -132,16 +149,14 @@ fn sample(a: SampleArgs) -> Result<()> {
             a.cfg_scale
         );
     }
-    if a.steps == 0 {
-        bail!("--steps must be at least 1");
-    }
     let noise = match &a.noise {
         Some(p) => Some(cbs_sample::read_noise(p, a.num, &shape, &dev)?),
         None => None,
     };
+    let steps = grid.len() - 1;
     let opts = SampleOptions {
         num: a.num,
-        grid: uniform_grid(a.steps),
+        grid,
         solver: match a.solver {
             SolverArg::Euler => Solver::Euler,
             SolverArg::Heun => Solver::Heun,
@@ -151,24 +166,25 @@ fn sample(a: SampleArgs) -> Result<()> {
         noise,
         batch: a.batch,
     };
-    let field = Guided {
-        inner: &loaded.model,
-        scale: a.cfg_scale,
-    };
-    let field: &dyn VelocityField = &field;
+    let guided: Vec<Guided<&cbs_models::Model>> = models
+        .iter()
+        .map(|m| Guided {
+            inner: &m.model,
+            scale: a.cfg_scale,
+        })
+        .collect();
+    let field_for_step = |i: usize| -> &dyn VelocityField { &guided[owner[i]] };
     let batches = a.num.div_ceil(a.batch.max(1));
-    let pb = bar((a.steps * batches) as u64, "steps");
-    let result = cbs_sample::generate(&|_| field, &shape, &opts, &dev, &mut |done, _| {
+    let pb = bar((steps * batches) as u64, "steps");
+    let result = cbs_sample::generate(&field_for_step, &shape, &opts, &dev, &mut |done, _| {
         pb.set_position(done as u64)
     });
     pb.finish_and_clear();
     let (x, labels) = result?;
     write_outputs(&a.out, &x, labels.as_deref(), a.nrow, a.individual)?;
     eprintln!(
-        "wrote {} samples from {} (step {}) to {}",
+        "wrote {} samples from {source} to {}",
         a.num,
-        loaded.dir.display(),
-        loaded.state.step,
         a.out.display()
     );
     Ok(())

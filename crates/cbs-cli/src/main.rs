@@ -4,6 +4,9 @@
 
 mod cli;
 mod commands;
+mod estimate;
+mod experts;
+mod plot;
 mod progress;
 
 use clap::Parser;

@@ -269,3 +269,185 @@ fn bad_config_names_the_file_and_field() {
     assert!(e.contains("bad.toml") && e.contains("batchsize"), "{e}");
     assert!(!e.contains("panicked"), "{e}");
 }
+
+const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+fn ring8() -> String {
+    format!("{WORKSPACE}/configs/toy/ring8.json")
+}
+
+/// Knots of the ring mixture from the reference computation (shared/reference/
+/// gmm_ring8_expected.json, `splits`, 8192 trajectories, 100 cells, linear mode).
+const RING8_ACCELERATION_3: [f64; 2] = [0.2633, 0.5564];
+const RING8_DIRICHLET_2: [f64; 1] = [0.6609];
+
+fn assert_knots_near(got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "knots {got:?} vs expected {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() <= tol,
+            "knots {got:?} vs expected {want:?} (±{tol})"
+        );
+    }
+}
+
+#[test]
+fn estimate_splits_on_the_ring_oracle_writes_splits_csv_and_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("splits");
+    let o = cbs(&[
+        "estimate-splits",
+        "--oracle-gmm",
+        &ring8(),
+        "--experts",
+        "3",
+        "--trajectories",
+        "2048",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("knots = [")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("intervals = [")),
+        "{stdout}"
+    );
+
+    let f = cbs_split::SplitsFile::from_file(&out.join("splits.toml")).unwrap();
+    assert_eq!(f.settings.experts, 3);
+    assert_eq!(f.settings.grid, 100);
+    assert_eq!(f.settings.trajectories, 2048);
+    assert_eq!(f.settings.monitor, cbs_split::MonitorKind::Acceleration);
+    assert_eq!(f.settings.mode, cbs_split::SplitMode::Linear);
+    assert!(
+        f.settings.source.starts_with("oracle:"),
+        "{}",
+        f.settings.source
+    );
+    assert_knots_near(&f.knots, &RING8_ACCELERATION_3, 0.02);
+    assert_eq!(f.intervals.len(), 2);
+    for (iv, &k) in f.intervals.iter().zip(&f.knots) {
+        assert_eq!(iv.knot, k);
+        assert!(iv.lo <= k && k <= iv.hi, "{iv:?}");
+        assert!(iv.hi - iv.lo < 0.1, "implausibly wide interval {iv:?}");
+        assert_eq!(iv.confidence, 0.9);
+    }
+
+    let csv = std::fs::read_to_string(out.join("monitor.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("t,m,cumulative"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 101);
+    let cum: Vec<f64> = rows.iter().map(|r| r[2].parse().unwrap()).collect();
+    assert_eq!(cum[0], 0.0);
+    assert!(
+        cum.windows(2).all(|w| w[1] > w[0]),
+        "cumulative not increasing"
+    );
+    assert_eq!(rows[100][1], "", "the last grid point has no cell");
+    assert_eq!(rows[100][0].parse::<f64>().unwrap(), 1.0);
+    let m: Vec<f64> = rows[..100].iter().map(|r| r[1].parse().unwrap()).collect();
+    assert!((m.iter().sum::<f64>() - cum[100]).abs() < 1e-9 * cum[100]);
+
+    let png = image::open(out.join("monitor.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (800, 500));
+}
+
+#[test]
+fn estimate_splits_dirichlet_on_the_ring_oracle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("splits");
+    let o = cbs(&[
+        "estimate-splits",
+        "--oracle-gmm",
+        &ring8(),
+        "--monitor",
+        "dirichlet",
+        "--experts",
+        "2",
+        "--trajectories",
+        "2048",
+        "--bootstrap",
+        "50",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = cbs_split::SplitsFile::from_file(&out.join("splits.toml")).unwrap();
+    assert_eq!(f.settings.monitor, cbs_split::MonitorKind::Dirichlet);
+    assert_knots_near(&f.knots, &RING8_DIRICHLET_2, 0.02);
+    assert!(f.intervals[0].lo <= f.knots[0] && f.knots[0] <= f.intervals[0].hi);
+}
+
+#[test]
+fn estimate_splits_needs_exactly_one_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("splits");
+    let out = out.to_str().unwrap();
+    let o = cbs(&["estimate-splits", "--out", out]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("--aux") && e.contains("--oracle-gmm"), "{e}");
+
+    let ring = ring8();
+    let o = cbs(&[
+        "estimate-splits",
+        "--aux",
+        WORKSPACE,
+        "--oracle-gmm",
+        &ring,
+        "--out",
+        out,
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("--aux") && e.contains("--oracle-gmm"), "{e}");
+}
+
+#[test]
+fn estimate_splits_from_an_image_model_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("fashion");
+    std::fs::create_dir_all(&data).unwrap();
+    fake_fashion(&data);
+    let cfg = config(tmp.path(), &data);
+    let run = tmp.path().join("run");
+    let o = cbs(&[
+        "train-aux",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = tmp.path().join("splits");
+    let o = cbs(&[
+        "estimate-splits",
+        "--aux",
+        run.to_str().unwrap(),
+        "--experts",
+        "2",
+        "--grid",
+        "10",
+        "--trajectories",
+        "16",
+        "--batch",
+        "8",
+        "--bootstrap",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = cbs_split::SplitsFile::from_file(&out.join("splits.toml")).unwrap();
+    assert_eq!(f.knots.len(), 1);
+    assert!(f.settings.source.contains("step-"), "{}", f.settings.source);
+    let csv = std::fs::read_to_string(out.join("monitor.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 12);
+}

@@ -14,7 +14,10 @@ impl PointDataset {
         if dim == 0 || points.len() % dim != 0 || points.is_empty() {
             return Err(DataError::Invalid {
                 field: "points",
-                reason: format!("{} values do not form points of dimension {dim}", points.len()),
+                reason: format!(
+                    "{} values do not form points of dimension {dim}",
+                    points.len()
+                ),
             });
         }
         if let Some(bad) = points.iter().find(|v| !v.is_finite()) {

@@ -39,7 +39,9 @@ impl MlpConfig {
 
     pub fn validate(&self) -> MResult<()> {
         if self.dim == 0 || self.hidden == 0 {
-            return Err(ModelError::Invalid("mlp dim and hidden must be positive".into()));
+            return Err(ModelError::Invalid(
+                "mlp dim and hidden must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -97,7 +97,9 @@ pub fn write_individual(dir: &Path, bytes: &[u8], dims: [usize; 4]) -> Result<()
 
 /// `samples.npz` with `arr_0` = float32 `[N, D]` (point samples).
 pub fn write_points_npz(path: &Path, x: &Tensor) -> Result<()> {
-    let t = x.to_dtype(DType::F32)?.to_device(&candle_core::Device::Cpu)?;
+    let t = x
+        .to_dtype(DType::F32)?
+        .to_device(&candle_core::Device::Cpu)?;
     let tmp = path.with_extension("npz.tmp");
     Tensor::write_npz(&[("arr_0", &t)], &tmp).map_err(|e| file_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
@@ -107,7 +109,10 @@ pub fn write_points_npz(path: &Path, x: &Tensor) -> Result<()> {
 pub fn write_scatter(path: &Path, x: &Tensor, extent: f32) -> Result<()> {
     let (n, d) = x.dims2()?;
     if d < 2 {
-        return Err(file_err(path, "a scatter plot needs at least two coordinates"));
+        return Err(file_err(
+            path,
+            "a scatter plot needs at least two coordinates",
+        ));
     }
     let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let size = 512u32;

@@ -1,6 +1,7 @@
 //! Sampling for `cbs`: integrate a velocity field from seeded (or given) noise and write the
 //! results as a PNG grid, individual PNGs and an ADM-evaluator `samples.npz`.
 
+pub mod experts;
 pub mod images;
 
 use std::path::{Path, PathBuf};
@@ -38,7 +39,8 @@ pub struct SampleOptions {
     pub labels: Option<Vec<u32>>,
     /// Start from this noise (`[num, C, H, W]`) instead of seeded noise.
     pub noise: Option<Tensor>,
-    /// Images integrated together (memory bound); results do not depend on it.
+    /// Samples integrated together (memory bound). The noise does not depend on it; the
+    /// results only up to floating-point rounding.
     pub batch: usize,
 }
 
@@ -54,7 +56,9 @@ pub struct SampleShape {
 impl SampleShape {
     /// `[num, dims...]`.
     pub fn batch(&self, num: usize) -> Vec<usize> {
-        std::iter::once(num).chain(self.dims.iter().copied()).collect()
+        std::iter::once(num)
+            .chain(self.dims.iter().copied())
+            .collect()
     }
 }
 

@@ -29,8 +29,8 @@ pub use bootstrap::{bootstrap_knots, KnotInterval};
 pub use equidistribute::{equidistribute, SplitMode};
 pub use error::{Result, SplitError};
 pub use gmm::{GmmOracle, GmmSpec};
-pub use splits_file::{KnotIntervalEntry, SplitSettings, SplitsFile};
 pub use monitor::{
     frobenius_sq_estimate, monitor_curve, HutchinsonOptions, JvpMethod, MonitorCurve, MonitorKind,
     MonitorOptions, ProbeKind,
 };
+pub use splits_file::{KnotIntervalEntry, SplitSettings, SplitsFile};

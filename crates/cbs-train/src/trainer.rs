@@ -67,7 +67,9 @@ pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
             let dir = cfg.data_dir();
             let data = cbs_data::load_fashion_mnist(&dir, cfg.data.split, cfg.data.resize)?;
             if cfg.data.data_fraction < 1.0 {
-                return Ok(Box::new(data.subset(cfg.data.data_fraction, cfg.train.seed)?));
+                return Ok(Box::new(
+                    data.subset(cfg.data.data_fraction, cfg.train.seed)?,
+                ));
             }
             Ok(Box::new(data))
         }
@@ -82,7 +84,9 @@ pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-            let n = ((cfg.data.num_samples as f64) * cfg.data.data_fraction).round().max(1.0);
+            let n = ((cfg.data.num_samples as f64) * cfg.data.data_fraction)
+                .round()
+                .max(1.0);
             let pts = oracle.sample(n as usize, cfg.data.sample_seed);
             let pts = pts.into_iter().map(|v| v as f32).collect();
             Ok(Box::new(cbs_data::PointDataset::new(pts, oracle.dim())?))

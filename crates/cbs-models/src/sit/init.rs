@@ -47,7 +47,11 @@ pub fn init_xavier(vars: &[(String, Var)], seed: u64) -> Result<()> {
     })
 }
 
-pub(crate) fn init_with(vars: &[(String, Var)], seed: u64, rule: impl Fn(&str) -> Rule) -> Result<()> {
+pub(crate) fn init_with(
+    vars: &[(String, Var)],
+    seed: u64,
+    rule: impl Fn(&str) -> Rule,
+) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut sorted: Vec<&(String, Var)> = vars.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));

@@ -1,0 +1,264 @@
+//! `cbs estimate-splits`: monitor curve of an auxiliary model (or the exact field of a
+//! Gaussian mixture) → equidistributed knots → splits.toml, monitor.csv, monitor.png.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use cbs_flow::guidance::Guided;
+use cbs_flow::VelocityField;
+use cbs_split::{
+    GmmOracle, JvpMethod, KnotIntervalEntry, MonitorCurve, MonitorKind, MonitorOptions, ProbeKind,
+    SplitMode, SplitSettings, SplitsFile,
+};
+use cbs_train::checkpoint::{self, WeightsKind};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::cli::{EstimateArgs, JvpArg, MonitorArg, ProbeArg, SplitModeArg};
+use crate::commands::device;
+use crate::plot::{monitor_png, MonitorPlot};
+use crate::progress::bar;
+
+/// Stream of `ChaCha8Rng(seed)` that draws the trajectory labels (the monitor uses stream 0
+/// for the noises and streams `k + 1` for the probes of trajectory `k`).
+const LABEL_STREAM: u64 = u64::MAX;
+
+/// Uniform labels of the `k` trajectories, seeded.
+fn trajectory_labels(k: usize, num_classes: usize, seed: u64) -> Vec<u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(LABEL_STREAM);
+    (0..k)
+        .map(|_| rng.random_range(0..num_classes as u32))
+        .collect()
+}
+
+pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
+    let dev = device(&a.device)?;
+    if a.experts == 0 {
+        bail!("--experts must be at least 1");
+    }
+    if a.bootstrap > 0 && !(a.confidence > 0.0 && a.confidence < 1.0) {
+        bail!(
+            "--confidence {} must be strictly between 0 and 1",
+            a.confidence
+        );
+    }
+    let kind = match a.monitor {
+        MonitorArg::Acceleration => MonitorKind::Acceleration,
+        MonitorArg::Dirichlet => MonitorKind::Dirichlet,
+    };
+    let mode = match a.mode {
+        SplitModeArg::Grid => SplitMode::Grid,
+        SplitModeArg::Linear => SplitMode::Linear,
+    };
+    let probe = match a.probe {
+        ProbeArg::Gaussian => ProbeKind::Gaussian,
+        ProbeArg::Rademacher => ProbeKind::Rademacher,
+    };
+    let jvp = match a.jvp {
+        JvpArg::Vjp => JvpMethod::Vjp,
+        JvpArg::Fd => JvpMethod::FiniteDifference,
+    };
+    let mut opts = MonitorOptions {
+        kind,
+        grid: a.grid,
+        trajectories: a.trajectories,
+        batch: a.batch,
+        probes: a.probes,
+        probe,
+        jvp,
+        seed: a.seed,
+        ..MonitorOptions::default()
+    };
+
+    let run = |field: &dyn VelocityField,
+               opts: &MonitorOptions,
+               shape: &[usize],
+               labels: Option<&dyn Fn(usize) -> u32>|
+     -> Result<MonitorCurve> {
+        let total = opts.trajectories.div_ceil(opts.batch.max(1)) * opts.grid;
+        let pb = bar(total as u64, "steps");
+        let curve = cbs_split::monitor_curve(field, opts, shape, labels, &dev, &mut |done, _| {
+            pb.set_position(done as u64)
+        });
+        pb.finish_and_clear();
+        curve.context("computing the monitor curve")
+    };
+
+    let (curve, source) = match (&a.aux, &a.oracle_gmm) {
+        (Some(aux), None) => {
+            let loaded = checkpoint::load_for_inference(aux, WeightsKind::Ema, &dev)
+                .with_context(|| format!("loading the auxiliary model --aux {}", aux.display()))?;
+            let arch = &loaded.architecture;
+            let classes = arch.num_classes();
+            if a.cfg_scale != 1.0 {
+                if classes == 0 {
+                    bail!(
+                        "--cfg-scale {} applies only to class-conditional models; {} is \
+                         unconditional",
+                        a.cfg_scale,
+                        loaded.dir.display()
+                    );
+                }
+                if arch.null_class().is_none() {
+                    bail!(
+                        "--cfg-scale {} needs a model trained with label dropout (it has no null \
+                         class)",
+                        a.cfg_scale
+                    );
+                }
+            }
+            let shape = arch.sample_shape();
+            eprintln!(
+                "monitor {:?} of {} (step {}), sample shape {shape:?}, {} trajectories × {} cells",
+                kind,
+                loaded.dir.display(),
+                loaded.state.step,
+                a.trajectories,
+                a.grid
+            );
+            let field = Guided {
+                inner: &loaded.model,
+                scale: a.cfg_scale,
+            };
+            let labels = (classes > 0).then(|| trajectory_labels(a.trajectories, classes, a.seed));
+            let label_fn = labels.as_ref().map(|l| move |k: usize| l[k]);
+            let label_ref: Option<&dyn Fn(usize) -> u32> =
+                label_fn.as_ref().map(|f| f as &dyn Fn(usize) -> u32);
+            opts.dtype = DType::F32;
+            let curve = run(&field, &opts, &shape, label_ref)?;
+            (curve, loaded.dir.display().to_string())
+        }
+        (None, Some(json)) => {
+            let oracle = GmmOracle::from_file(json)
+                .with_context(|| format!("loading --oracle-gmm {}", json.display()))?;
+            if a.cfg_scale != 1.0 {
+                bail!("--cfg-scale applies only to class-conditional models, not to --oracle-gmm");
+            }
+            let shape = [oracle.dim()];
+            eprintln!(
+                "monitor {:?} of the exact GMM field {} (dim {}), {} trajectories × {} cells",
+                kind,
+                json.display(),
+                oracle.dim(),
+                a.trajectories,
+                a.grid
+            );
+            // The oracle is exact and cheap: integrate in f64.
+            opts.dtype = DType::F64;
+            let curve = run(&oracle, &opts, &shape, None)?;
+            (curve, format!("oracle:{}", json.display()))
+        }
+        _ => bail!("give exactly one of --aux RUN_DIR and --oracle-gmm FILE.json"),
+    };
+
+    let knots = curve
+        .knots(a.experts, mode)
+        .with_context(|| format!("placing {} knots ({:?} mode)", a.experts - 1, mode))?;
+    let intervals = if a.bootstrap > 0 && !knots.is_empty() {
+        curve
+            .bootstrap(a.experts, mode, a.bootstrap, a.confidence, a.seed)
+            .with_context(|| format!("bootstrapping the knots ({} resamples)", a.bootstrap))?
+            .into_iter()
+            .zip(&knots)
+            // The bootstrap's own point estimate averages f32 masses; report the f64 one.
+            .map(|(iv, &knot)| KnotIntervalEntry {
+                knot,
+                lo: iv.lo.min(knot),
+                hi: iv.hi.max(knot),
+                confidence: a.confidence,
+            })
+            .collect()
+    } else {
+        vec![]
+    };
+
+    let splits = SplitsFile {
+        knots: knots.clone(),
+        settings: SplitSettings {
+            monitor: kind,
+            experts: a.experts,
+            grid: a.grid,
+            trajectories: a.trajectories,
+            mode,
+            seed: a.seed,
+            probes: a.probes,
+            probe,
+            cfg_scale: a.cfg_scale,
+            source,
+        },
+        intervals,
+    };
+    write_outputs(&a.out, &curve, &splits)?;
+
+    println!("knots = {}", fmt_list(&splits.knots));
+    let ivs: Vec<String> = splits
+        .intervals
+        .iter()
+        .map(|iv| format!("[{:.6}, {:.6}]", iv.lo, iv.hi))
+        .collect();
+    println!("intervals = [{}]", ivs.join(", "));
+    eprintln!(
+        "wrote splits.toml, monitor.csv and monitor.png to {}{}",
+        a.out.display(),
+        if splits.intervals.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (intervals: {:.0}% bootstrap over {} resamples)",
+                100.0 * a.confidence,
+                a.bootstrap
+            )
+        }
+    );
+    Ok(())
+}
+
+fn fmt_list(v: &[f64]) -> String {
+    let items: Vec<String> = v.iter().map(|x| format!("{x:.6}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Cumulative mass at the grid points, `C(t_0) = 0`.
+fn cumulative(mass: &[f64]) -> Vec<f64> {
+    let mut c = Vec::with_capacity(mass.len() + 1);
+    c.push(0.0);
+    let mut acc = 0.0;
+    for m in mass {
+        acc += m;
+        c.push(acc);
+    }
+    c
+}
+
+fn write_outputs(out: &Path, curve: &MonitorCurve, splits: &SplitsFile) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let p = out.join("splits.toml");
+    std::fs::write(&p, splits.to_toml()).with_context(|| format!("writing {}", p.display()))?;
+
+    let c = cumulative(&curve.mass);
+    let mut csv = String::from("t,m,cumulative\n");
+    for (j, (&t, cj)) in curve.grid.iter().zip(&c).enumerate() {
+        match curve.mass.get(j) {
+            Some(m) => writeln!(csv, "{t},{m},{cj}")?,
+            None => writeln!(csv, "{t},,{cj}")?,
+        }
+    }
+    let p = out.join("monitor.csv");
+    std::fs::write(&p, csv).with_context(|| format!("writing {}", p.display()))?;
+
+    let intervals: Vec<(f64, f64)> = splits.intervals.iter().map(|i| (i.lo, i.hi)).collect();
+    monitor_png(
+        &out.join("monitor.png"),
+        &MonitorPlot {
+            grid: &curve.grid,
+            mass: &curve.mass,
+            cumulative: &c,
+            knots: &splits.knots,
+            intervals: &intervals,
+            experts: splits.settings.experts,
+        },
+    )
+}

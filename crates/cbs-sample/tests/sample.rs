@@ -1,0 +1,209 @@
+//! Sampling: expert switching, reproducibility, labels, noise files, image outputs.
+
+use std::cell::RefCell;
+
+use candle_core::{DType, Device, Result as CResult, Tensor};
+use cbs_flow::solver::{uniform_grid, Solver};
+use cbs_flow::VelocityField;
+use cbs_models::{ModelSpec, Trainable};
+use cbs_sample::experts::ExpertSet;
+use cbs_sample::{generate, images, labels_for, SampleOptions, SampleShape};
+
+fn mlp() -> Trainable {
+    let arch = ModelSpec::new("mlp-64").resolve(&[2], 0).unwrap();
+    Trainable::new(&arch, 3, DType::F32, &Device::Cpu).unwrap()
+}
+
+fn opts(num: usize, grid: Vec<f64>, batch: usize) -> SampleOptions {
+    SampleOptions {
+        num,
+        grid,
+        solver: Solver::Heun,
+        seed: 11,
+        labels: None,
+        noise: None,
+        batch,
+    }
+}
+
+fn points() -> SampleShape {
+    SampleShape {
+        dims: vec![2],
+        num_classes: 0,
+    }
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
+/// Wraps a field and records every time it is called at.
+struct Recording<'a> {
+    inner: &'a dyn VelocityField,
+    seen: RefCell<Vec<f64>>,
+}
+impl VelocityField for Recording<'_> {
+    fn velocity(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> CResult<Tensor> {
+        let ts = t.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        self.seen.borrow_mut().extend(ts);
+        self.inner.velocity(x, t, y)
+    }
+}
+
+#[test]
+fn identical_experts_sample_bit_identically_to_the_single_model() {
+    let net = mlp();
+    let set = ExpertSet::new(&[0.3, 0.71], vec![&net.model, &net.model, &net.model]).unwrap();
+    let (grid, owner) = set.plan(20);
+    let o = opts(37, grid.clone(), 16);
+    let single: &dyn VelocityField = &net.model;
+    let (a, _) = generate(&|_| single, &points(), &o, &Device::Cpu, &mut |_, _| {}).unwrap();
+    let fields: Vec<&dyn VelocityField> = set
+        .experts
+        .iter()
+        .map(|m| *m as &dyn VelocityField)
+        .collect();
+    let (b, _) = generate(
+        &|i| fields[owner[i]],
+        &points(),
+        &o,
+        &Device::Cpu,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(bits(&a), bits(&b));
+}
+
+#[test]
+fn each_expert_is_only_called_inside_its_interval() {
+    let net = mlp();
+    let knots = [0.4, 0.77];
+    let rec: Vec<Recording> = (0..3)
+        .map(|_| Recording {
+            inner: &net.model,
+            seen: RefCell::new(vec![]),
+        })
+        .collect();
+    let set = ExpertSet::new(&knots, rec.iter().collect::<Vec<_>>()).unwrap();
+    for solver in [Solver::Euler, Solver::Heun] {
+        let (grid, owner) = set.plan(17);
+        let mut o = opts(5, grid, 5);
+        o.solver = solver;
+        let fields: Vec<&dyn VelocityField> = set
+            .experts
+            .iter()
+            .map(|r| *r as &dyn VelocityField)
+            .collect();
+        generate(
+            &|i| fields[owner[i]],
+            &points(),
+            &o,
+            &Device::Cpu,
+            &mut |_, _| {},
+        )
+        .unwrap();
+    }
+    let edges = [0.0, 0.4, 0.77, 1.0];
+    for (i, r) in rec.iter().enumerate() {
+        let seen = r.seen.borrow();
+        assert!(!seen.is_empty(), "expert {i} never called");
+        for &t in seen.iter() {
+            // f32 times: allow the rounding of the knot itself.
+            assert!(
+                t >= edges[i] - 1e-6 && t <= edges[i + 1] + 1e-6,
+                "expert {i} called at t = {t}, outside [{}, {}]",
+                edges[i],
+                edges[i + 1]
+            );
+        }
+    }
+}
+
+#[test]
+fn expert_set_rejects_bad_knots_and_counts() {
+    let net = mlp();
+    assert!(ExpertSet::new(&[0.5], vec![&net.model]).is_err());
+    assert!(ExpertSet::new(&[0.6, 0.4], vec![&net.model; 3]).is_err());
+    assert!(ExpertSet::new(&[1.0], vec![&net.model; 2]).is_err());
+}
+
+#[test]
+fn same_seed_same_samples_whatever_the_batch_size() {
+    let net = mlp();
+    let f: &dyn VelocityField = &net.model;
+    let run = |batch, seed| {
+        let mut o = opts(23, uniform_grid(8), batch);
+        o.seed = seed;
+        generate(&|_| f, &points(), &o, &Device::Cpu, &mut |_, _| {})
+            .unwrap()
+            .0
+    };
+    // Same settings: bit-identical. Another batch size: the same noise, so the same samples up
+    // to the rounding of differently blocked matrix products.
+    assert_eq!(bits(&run(23, 1)), bits(&run(23, 1)));
+    let d = (run(23, 1) - run(4, 1))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+    assert_ne!(bits(&run(23, 1)), bits(&run(23, 2)));
+}
+
+#[test]
+fn labels_cycle_and_are_range_checked() {
+    let shape = SampleShape {
+        dims: vec![1, 4, 4],
+        num_classes: 3,
+    };
+    let mut o = opts(7, uniform_grid(2), 7);
+    assert_eq!(
+        labels_for(&o, &shape).unwrap().unwrap(),
+        vec![0, 1, 2, 0, 1, 2, 0]
+    );
+    o.labels = Some(vec![2, 1]);
+    assert_eq!(
+        labels_for(&o, &shape).unwrap().unwrap(),
+        vec![2, 1, 2, 1, 2, 1, 2]
+    );
+    o.labels = Some(vec![3]);
+    let e = labels_for(&o, &shape).unwrap_err().to_string();
+    assert!(e.contains("label 3") && e.contains("3 classes"), "{e}");
+    assert!(labels_for(&o, &points()).unwrap().is_none());
+}
+
+#[test]
+fn uint8_conversion_matches_the_reference_formula() {
+    let x = Tensor::new(&[-1.5f32, -1.0, 0.0, 0.5, 1.0, 2.0], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 2, 3))
+        .unwrap();
+    let (b, dims) = images::to_uint8_nhwc(&x).unwrap();
+    // clamp(127.5·x + 128, 0, 255), truncated.
+    assert_eq!(b, vec![0, 0, 128, 191, 255, 255]);
+    assert_eq!(dims, [1, 2, 3, 1]);
+}
+
+#[test]
+fn grid_png_has_the_expected_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 5;
+    let bytes: Vec<u8> = (0..n)
+        .flat_map(|i| vec![(i * 50) as u8; 4 * 4 * 3])
+        .collect();
+    let p = tmp.path().join("g.png");
+    images::write_grid(&p, &bytes, [n, 4, 4, 3], 3).unwrap();
+    let img = image::open(&p).unwrap().to_rgb8();
+    // 3 columns, 2 rows, 2-pixel borders.
+    assert_eq!((img.width(), img.height()), (3 * 6 + 2, 2 * 6 + 2));
+    assert_eq!(img.get_pixel(2 + 6, 2).0, [50, 50, 50]);
+    assert_eq!(img.get_pixel(2 + 6, 2 + 6).0, [200, 200, 200]);
+    assert_eq!(img.get_pixel(0, 0).0, [0, 0, 0]);
+}
