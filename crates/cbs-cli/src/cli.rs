@@ -33,6 +33,8 @@ pub enum Command {
     Sample(SampleArgs),
     /// FID / IS / precision-recall of samples against reference images or statistics.
     EvalFid(PassThrough),
+    /// Mean log-likelihood and sliced W2 of point samples against the true Gaussian mixture.
+    EvalGmm(EvalGmmArgs),
     /// Print the parameter names, shapes and total count of a model preset.
     Inspect(InspectArgs),
 }
@@ -60,6 +62,9 @@ pub struct TrainArgs {
     /// Override train.steps (the total, not the number of additional steps).
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Override train.seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -88,6 +93,9 @@ pub struct TrainExpertsArgs {
     /// Override train.steps (per expert).
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Override train.seed (expert i uses seed + i).
+    #[arg(long)]
+    pub seed: Option<u64>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -154,6 +162,24 @@ pub struct SampleArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalGmmArgs {
+    /// A `cbs sample` output directory or its samples.npz (arr_0 = float [N, D]).
+    pub samples: PathBuf,
+    /// The mixture JSON (means, stds, weights).
+    #[arg(long)]
+    pub gmm: PathBuf,
+    /// Random directions of the sliced Wasserstein distance.
+    #[arg(long, default_value_t = 256)]
+    pub projections: usize,
+    /// Seed of the reference samples and directions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print JSON (mean_log_likelihood, reference_log_likelihood, sliced_w2, ...).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

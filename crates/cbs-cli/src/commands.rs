@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainAux(a) => train_aux(a),
         Command::Sample(a) => sample(a),
         Command::Inspect(a) => inspect(a),
+        Command::EvalGmm(a) => crate::eval_gmm::eval_gmm(a),
         Command::EstimateSplits(a) => crate::estimate::estimate_splits(a),
         Command::TrainExperts(a) => crate::experts::train_experts(a),
         Command::EvalFid(_) => not_built("eval-fid"),
@@ -65,14 +66,17 @@ fn train_aux(a: TrainArgs) -> Result<()> {
     if let Some(s) = a.steps {
         cfg.train.steps = s;
     }
-    if a.resume && a.config.is_some() && stored.is_file() {
+    if let Some(s) = a.seed {
+        cfg.train.seed = s;
+    }
+    if a.resume && stored.is_file() {
         // Only the step budget may change when continuing a run.
         let mut prev = TrainConfig::from_file(&stored)?;
         prev.train.steps = cfg.train.steps;
         if prev != cfg {
             bail!(
-                "--config differs from {} in more than train.steps; a resumed run keeps its \
-                 configuration",
+                "the configuration differs from {} in more than train.steps; a resumed run \
+                 keeps its configuration (and seed)",
                 stored.display()
             );
         }

@@ -35,6 +35,9 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
     if let Some(s) = a.steps {
         base.train.steps = s;
     }
+    if let Some(s) = a.seed {
+        base.train.seed = s;
+    }
     let edges = splits.edges();
     let n = edges.len() - 1;
     let which: Vec<usize> = match a.expert {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod eval_gmm;
 mod estimate;
 mod experts;
 mod plot;

@@ -6,7 +6,7 @@ pub fn bar(total: u64, unit: &str) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     pb.set_style(
         ProgressStyle::with_template(&format!(
-            "{{spinner}} [{{elapsed_precise}}<{{eta_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} {{msg}}"
+            "{{spinner}} [{{elapsed_precise}}<{{eta_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} ({{per_sec}}) {{msg}}"
         ))
         .expect("valid template"),
     );

@@ -451,3 +451,52 @@ fn estimate_splits_from_an_image_model_run() {
     let csv = std::fs::read_to_string(out.join("monitor.csv")).unwrap();
     assert_eq!(csv.lines().count(), 12);
 }
+
+/// The toy pipeline end to end: an MLP trained on ring8 samples finds the oracle's
+/// acceleration knots; uniform and CBS experts train and sample; samples are scored.
+#[test]
+fn toy_pipeline_trained_aux_finds_the_oracle_knots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |s: &str| tmp.path().join(s).to_str().unwrap().to_string();
+    let cfg = tmp.path().join("ring8.toml");
+    let text = std::fs::read_to_string(format!("{WORKSPACE}/configs/toy/ring8-mlp.toml"))
+        .unwrap()
+        .replace("configs/toy/ring8.json", &ring8());
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let o = cbs(&["train-aux", "--config", cfg, "--out", &p("aux")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cbs(&[
+        "estimate-splits", "--aux", &p("aux"), "--experts", "3", "--trajectories", "4096",
+        "--out", &p("splits"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = cbs_split::SplitsFile::from_file(&tmp.path().join("splits/splits.toml")).unwrap();
+    // Oracle acceleration knots, linear mode, N = 3 (gmm_ring8_expected.json).
+    assert_knots_near(&got.knots, &RING8_ACCELERATION_3, 0.03);
+
+    // Experts on those knots (short), expert-switching sampling, and the toy metrics.
+    let o = cbs(&[
+        "train-experts", "--splits", &p("splits/splits.toml"), "--config", cfg, "--steps", "300",
+        "--out", &p("experts"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in 0..3 {
+        let c = cbs_train::TrainConfig::from_file(&tmp.path().join(format!("experts/expert-{i}/config.toml")))
+            .unwrap();
+        let edges = got.edges();
+        assert_eq!(c.train.t_range, [edges[i], edges[i + 1]], "expert {i} interval");
+    }
+    let o = cbs(&["sample", "--experts", &p("experts"), "--num", "500", "--batch", "500", "--out", &p("s")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(tmp.path().join("s/scatter.png").exists());
+    let o = cbs(&["eval-gmm", &p("s"), "--gmm", &ring8(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["samples"], 500);
+    assert!(v["sliced_w2"].as_f64().unwrap() < 1.0, "{v}");
+    // Experts of another split cannot be mixed into the same directory.
+    let o = cbs(&["train-experts", "--uniform", "3", "--config", cfg, "--out", &p("experts")]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already holds experts"), "{}", stderr(&o));
+}

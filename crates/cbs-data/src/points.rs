@@ -11,7 +11,7 @@ pub struct PointDataset {
 
 impl PointDataset {
     pub fn new(points: Vec<f32>, dim: usize) -> Result<Self> {
-        if dim == 0 || points.len() % dim != 0 || points.is_empty() {
+        if dim == 0 || !points.len().is_multiple_of(dim) || points.is_empty() {
             return Err(DataError::Invalid {
                 field: "points",
                 reason: format!(

@@ -1,8 +1,10 @@
 //! A small MLP velocity network for low-dimensional data (toy targets such as Gaussian
 //! mixtures), so the whole pipeline runs on toy data in seconds.
 //!
-//! `v(x, t) = out(SiLU(… SiLU(layers.i(SiLU(in_proj([x, t])))) …))`, with `t` appended to the
-//! input as one extra feature (as torchcfm's toy MLP does). Unconditional: labels are ignored.
+//! `v(x, t) = out(SiLU(… SiLU(layers.i(SiLU(in_proj([x, φ(t)])))) …))` where
+//! `φ(t) = [t, sin(πkt), cos(πkt)]_{k=1..16}`: Fourier time features let a small network resolve
+//! the fast late-time contraction onto the modes (with `t` alone it smooths it away, which
+//! moves the acceleration monitor's knots). Unconditional: labels are ignored.
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
@@ -21,6 +23,9 @@ pub struct MlpConfig {
 }
 
 const WIDTHS: &[usize] = &[64, 128, 256, 512];
+/// Fourier frequencies of the time features.
+const TIME_FREQS: usize = 16;
+const TIME_FEATURES: usize = 1 + 2 * TIME_FREQS;
 
 impl MlpConfig {
     pub fn preset_names() -> Vec<String> {
@@ -59,15 +64,26 @@ impl MlpNet {
             .map(|i| linear(cfg.hidden, cfg.hidden, vb.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            in_proj: linear(cfg.dim + 1, cfg.hidden, vb.pp("in_proj"))?,
+            in_proj: linear(cfg.dim + TIME_FEATURES, cfg.hidden, vb.pp("in_proj"))?,
             layers,
             out_proj: linear(cfg.hidden, cfg.dim, vb.pp("out_proj"))?,
         })
     }
 
+    /// `[B]` → `[B, 1 + 2·TIME_FREQS]`.
+    fn time_features(t: &Tensor) -> Result<Tensor> {
+        let k: Vec<f32> = (1..=TIME_FREQS)
+            .map(|k| std::f32::consts::PI * k as f32)
+            .collect();
+        let k = Tensor::from_vec(k, (1, TIME_FREQS), t.device())?.to_dtype(t.dtype())?;
+        let t = t.unsqueeze(1)?; // [B, 1]
+        let args = t.broadcast_mul(&k)?; // [B, TIME_FREQS]
+        Tensor::cat(&[&t, &args.sin()?, &args.cos()?], D::Minus1)
+    }
+
     /// `x`: `[B, D]`, `t`: `[B]` → `[B, D]`.
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let xt = Tensor::cat(&[x, &t.unsqueeze(1)?], D::Minus1)?; // [B, D + 1]
+        let xt = Tensor::cat(&[x, &Self::time_features(t)?], D::Minus1)?; // [B, D + 33]
         let mut h = self.in_proj.forward(&xt)?.silu()?;
         for l in &self.layers {
             h = l.forward(&h)?.silu()?;

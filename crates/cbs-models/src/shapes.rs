@@ -11,7 +11,9 @@ use candle_nn::{Init, VarBuilder};
 use crate::spec::{Architecture, Model};
 use crate::Result;
 
-struct Recorder(Arc<Mutex<Vec<(String, Vec<usize>)>>>);
+type ShapeLog = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
+
+struct Recorder(ShapeLog);
 
 impl candle_nn::var_builder::SimpleBackend for Recorder {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> CResult<Tensor> {

@@ -24,6 +24,7 @@ pub mod error;
 pub mod gmm;
 pub mod monitor;
 pub mod splits_file;
+pub mod toy_metrics;
 
 pub use bootstrap::{bootstrap_knots, KnotInterval};
 pub use equidistribute::{equidistribute, SplitMode};

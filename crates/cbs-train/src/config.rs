@@ -167,10 +167,10 @@ impl TrainConfig {
                 "two values in [0, 1)",
             );
         }
-        if !(t.eps > 0.0) {
+        if t.eps.is_nan() || t.eps <= 0.0 {
             return bad("train.eps", t.eps.to_string(), "> 0");
         }
-        if !(t.grad_clip >= 0.0) {
+        if t.grad_clip.is_nan() || t.grad_clip < 0.0 {
             return bad(
                 "train.grad_clip",
                 t.grad_clip.to_string(),

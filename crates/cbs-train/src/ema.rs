@@ -15,14 +15,16 @@ impl Ema {
     pub fn new(vars: &[(String, Var)], decay: f64) -> Result<Self> {
         let tensors = vars
             .iter()
-            .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().copy()?)))
             .collect::<Result<_>>()?;
         Ok(Self { decay, tensors })
     }
 
     pub fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
         for ((_, e), (_, v)) in self.tensors.iter_mut().zip(vars) {
-            *e = ((&*e * self.decay)? + (v.as_tensor() * (1.0 - self.decay))?)?;
+            // Detached: otherwise each average holds the previous one's op graph, and the
+            // whole history stays alive.
+            *e = ((&*e * self.decay)? + (v.as_tensor().detach() * (1.0 - self.decay))?)?.detach();
         }
         Ok(())
     }

@@ -58,22 +58,21 @@ impl AdamW {
         let bc2_sqrt = bc2.sqrt();
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var) else { continue };
-            let g = if grad_scale != 1.0 {
-                (g * grad_scale)?
-            } else {
-                g.clone()
-            };
+            // Gradients carry the op graph of the step that made them; keeping them (through
+            // the moments) would chain every step's graph to the next and leak memory.
+            let g = g.detach();
+            let g = if grad_scale != 1.0 { (g * grad_scale)? } else { g };
             let m = ((&self.exp_avg[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.exp_avg_sq[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
-            let mut p = var.as_tensor().clone();
+            let mut p = var.as_tensor().detach();
             if weight_decay != 0.0 {
                 p = (p * (1.0 - lr * weight_decay))?;
             }
             let p = (p - ((&m / &denom)? * step_size)?)?;
             var.set(&p)?;
-            self.exp_avg[i] = m;
-            self.exp_avg_sq[i] = v;
+            self.exp_avg[i] = m.detach();
+            self.exp_avg_sq[i] = v.detach();
         }
         Ok(())
     }

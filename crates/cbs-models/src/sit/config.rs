@@ -122,19 +122,19 @@ impl SitConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Invalid(m));
-        if self.patch_size == 0 || self.input_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.input_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "input_size {} is not a multiple of patch_size {}",
                 self.input_size, self.patch_size
             ));
         }
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "hidden_size {} is not divisible by num_heads {}",
                 self.hidden_size, self.num_heads
             ));
         }
-        if self.hidden_size % 4 != 0 {
+        if !self.hidden_size.is_multiple_of(4) {
             return bad(format!(
                 "hidden_size {} must be a multiple of 4 (2-D sin-cos positions)",
                 self.hidden_size

@@ -1,0 +1,13 @@
+//! Errors of metric computation, feature extraction and input reading.
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, EvalError>;
