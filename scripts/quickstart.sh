@@ -15,6 +15,6 @@ if [ -e "$RUN/checkpoints/latest" ]; then
 else
   $CBS train-aux --config configs/quickstart.toml --out "$RUN" ${STEPS:+--steps "$STEPS"}
 fi
-$CBS sample --checkpoint "$RUN" --num 100 --steps 50 --solver heun --seed 0 --nrow 10 \
+$CBS sample --checkpoint "$RUN" --num 100 --steps 50 --solver heun --cfg-scale 3 --seed 0 --nrow 10 \
   --out "$RUN/samples"
 echo "samples: $RUN/samples/grid.png (one class per column), $RUN/samples/samples.npz"

@@ -31,12 +31,15 @@ pub enum Command {
     TrainExperts(TrainExpertsArgs),
     /// Sample images from a checkpoint (or a set of experts) and write a grid and samples.npz.
     Sample(SampleArgs),
-    /// FID / IS / precision-recall of samples against reference images or statistics.
-    EvalFid(PassThrough),
+    /// FID, sFID, Inception Score, precision/recall and KID of samples against reference
+    /// images or statistics (Inception-v3 features, as pytorch-fid).
+    EvalFid(EvalFidArgs),
     /// Mean log-likelihood and sliced W2 of point samples against the true Gaussian mixture.
     EvalGmm(EvalGmmArgs),
     /// Print the parameter names, shapes and total count of a model preset.
     Inspect(InspectArgs),
+    /// Time training or sampling steps of a preset (median step ms, images/s, peak memory).
+    Bench(BenchArgs),
 }
 
 /// Device selection shared by every command that computes.
@@ -183,6 +186,52 @@ pub struct EvalGmmArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Full training steps: forward, backward, AdamW, EMA (one fixed synthetic batch).
+    Train(BenchCommon),
+    /// Velocity evaluations as in sampling (with classifier-free guidance if --cfg-scale ≠ 1).
+    Sample(BenchCommon),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCommon {
+    /// Preset, e.g. sit-s-4 (see `cbs inspect --list`).
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 3)]
+    pub in_channels: usize,
+    #[arg(long, default_value_t = 10)]
+    pub num_classes: usize,
+    /// Data dimension (MLP presets).
+    #[arg(long, default_value_t = 2)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// `f32` (tf32 and bf16 are not available yet).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    /// Guidance scale for `bench sample` (2× batch when ≠ 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub cfg_scale: f64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct InspectArgs {
     /// Preset name, e.g. sit-xl-2 (see --list).
     #[arg(long, required_unless_present = "list")]
@@ -313,9 +362,54 @@ pub struct EstimateArgs {
     pub device: DeviceArgs,
 }
 
-/// Arguments of a stage that this version does not provide yet.
+/// What `cbs eval-fid` reads and prints (shown after its --help).
+pub const EVAL_FID_INPUTS: &str = "\
+SAMPLES and REFERENCE may each be:
+  a directory of PNG/JPEG images   (sorted by name, all one size; grayscale → 3 channels)
+  a `cbs sample` output directory  (its samples.npz)
+  an .npz with arr_0               (uint8 [N, H, W, C], the ADM evaluator's format)
+  an .npz of statistics            (mu [D], sigma [D, D]: pytorch-fid's --save-stats format;
+                                    mu_s/sigma_s add sFID)
+Metrics: FID and sFID (Fréchet distances), Inception Score of SAMPLES (10 splits),
+precision/recall (k = 3) and KID (100 subsets of ≤ 1000); the last two need images on both
+sides. Two statistics files need no network weights.
+Inception weights: pt_inception-2015-12-05-6726825d.pth (pytorch-fid's FID Inception, from
+https://github.com/mseitzer/pytorch-fid/releases) or a safetensors copy, given with
+--inception PATH or the CBS_INCEPTION environment variable.";
+
+/// Arguments of `cbs eval-fid` (the accepted inputs are described in [`EVAL_FID_INPUTS`]).
 #[derive(Args, Debug)]
-pub struct PassThrough {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+#[command(after_help = EVAL_FID_INPUTS)]
+pub struct EvalFidArgs {
+    /// Generated images or their statistics.
+    pub samples: PathBuf,
+    /// Reference images or statistics (optional with --save-stats: then only the statistics
+    /// of SAMPLES are written).
+    #[arg(required_unless_present = "save_stats")]
+    pub reference: Option<PathBuf>,
+    /// Print JSON: fid, sfid, inception_score {mean, std}, precision, recall, kid, kid_std,
+    /// num_samples, num_reference, feature_dim, features (null where not computable).
+    #[arg(long)]
+    pub json: bool,
+    /// Write the statistics of SAMPLES (mu, sigma; mu_s, sigma_s for sFID) to this .npz.
+    #[arg(long, value_name = "OUT.npz")]
+    pub save_stats: Option<PathBuf>,
+    /// pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth) or a safetensors
+    /// copy [default: $CBS_INCEPTION].
+    #[arg(long, value_name = "PATH")]
+    pub inception: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 50)]
+    pub batch: usize,
+    /// Seed of the KID subsets.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Random subsets averaged by KID.
+    #[arg(long, default_value_t = 100)]
+    pub kid_subsets: usize,
+    /// Rows per KID subset (at most the smaller side).
+    #[arg(long, default_value_t = 1000)]
+    pub kid_subset_size: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }

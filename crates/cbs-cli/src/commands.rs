@@ -22,18 +22,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainAux(a) => train_aux(a),
         Command::Sample(a) => sample(a),
         Command::Inspect(a) => inspect(a),
+        Command::Bench(a) => crate::bench::bench(a),
         Command::EvalGmm(a) => crate::eval_gmm::eval_gmm(a),
         Command::EstimateSplits(a) => crate::estimate::estimate_splits(a),
         Command::TrainExperts(a) => crate::experts::train_experts(a),
-        Command::EvalFid(_) => not_built("eval-fid"),
+        Command::EvalFid(a) => crate::eval_fid::eval_fid(a),
     }
-}
-
-fn not_built(name: &str) -> Result<()> {
-    bail!(
-        "`cbs {name}` is not available in this version of cbs yet. Available now: train-aux, \
-         estimate-splits, train-experts, sample, inspect. See the README for the roadmap."
-    )
 }
 
 pub(crate) fn device(a: &DeviceArgs) -> Result<Device> {

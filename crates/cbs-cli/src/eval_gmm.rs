@@ -12,17 +12,29 @@ pub fn eval_gmm(a: EvalGmmArgs) -> Result<()> {
     } else {
         a.samples.clone()
     };
-    let arrays = Tensor::read_npz(&path)
-        .with_context(|| format!("{}: not a readable .npz (expected arr_0 = float [N, D])", path.display()))?;
+    let arrays = Tensor::read_npz(&path).with_context(|| {
+        format!(
+            "{}: not a readable .npz (expected arr_0 = float [N, D])",
+            path.display()
+        )
+    })?;
     let Some((_, x)) = arrays.into_iter().find(|(n, _)| n == "arr_0") else {
         bail!("{}: no arr_0 array", path.display());
     };
     let oracle = GmmOracle::from_file(&a.gmm).with_context(|| format!("{}", a.gmm.display()))?;
-    let (n, d) = x
-        .dims2()
-        .with_context(|| format!("{}: arr_0 must be [N, D], found {:?}", path.display(), x.dims()))?;
+    let (n, d) = x.dims2().with_context(|| {
+        format!(
+            "{}: arr_0 must be [N, D], found {:?}",
+            path.display(),
+            x.dims()
+        )
+    })?;
     if d != oracle.dim() {
-        bail!("{}: samples have dimension {d}, the mixture {}", path.display(), oracle.dim());
+        bail!(
+            "{}: samples have dimension {d}, the mixture {}",
+            path.display(),
+            oracle.dim()
+        );
     }
     let v = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
     let m = cbs_split::toy_metrics::evaluate(&oracle, &v, a.projections, a.seed)?;

@@ -2,10 +2,12 @@
 //! from Complexity-Balanced Splitting. This binary only parses arguments and draws progress;
 //! the work lives in the library crates.
 
+mod bench;
 mod cli;
 mod commands;
-mod eval_gmm;
 mod estimate;
+mod eval_fid;
+mod eval_gmm;
 mod experts;
 mod plot;
 mod progress;

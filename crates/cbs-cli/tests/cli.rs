@@ -75,10 +75,11 @@ fn help_lists_the_pipeline_and_unbuilt_stages_say_so() {
     ] {
         assert!(text.contains(sub), "--help lacks {sub}:\n{text}");
     }
+    // eval-fid names a missing input and what it expected.
     let o = cbs(&["eval-fid", "a", "b"]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("not available in this version"),
+        stderr(&o).contains("a: not found") && stderr(&o).contains(".npz"),
         "{}",
         stderr(&o)
     );
@@ -467,8 +468,15 @@ fn toy_pipeline_trained_aux_finds_the_oracle_knots() {
     let o = cbs(&["train-aux", "--config", cfg, "--out", &p("aux")]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = cbs(&[
-        "estimate-splits", "--aux", &p("aux"), "--experts", "3", "--trajectories", "4096",
-        "--out", &p("splits"),
+        "estimate-splits",
+        "--aux",
+        &p("aux"),
+        "--experts",
+        "3",
+        "--trajectories",
+        "4096",
+        "--out",
+        &p("splits"),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got = cbs_split::SplitsFile::from_file(&tmp.path().join("splits/splits.toml")).unwrap();
@@ -477,17 +485,43 @@ fn toy_pipeline_trained_aux_finds_the_oracle_knots() {
 
     // Experts on those knots (short), expert-switching sampling, and the toy metrics.
     let o = cbs(&[
-        "train-experts", "--splits", &p("splits/splits.toml"), "--config", cfg, "--steps", "300",
-        "--out", &p("experts"),
+        "train-experts",
+        "--splits",
+        &p("splits/splits.toml"),
+        "--config",
+        cfg,
+        "--steps",
+        "300",
+        "--out",
+        &p("experts"),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for i in 0..3 {
-        let c = cbs_train::TrainConfig::from_file(&tmp.path().join(format!("experts/expert-{i}/config.toml")))
-            .unwrap();
+        let c = cbs_train::TrainConfig::from_file(
+            &tmp.path().join(format!("experts/expert-{i}/config.toml")),
+        )
+        .unwrap();
         let edges = got.edges();
-        assert_eq!(c.train.t_range, [edges[i], edges[i + 1]], "expert {i} interval");
+        assert_eq!(
+            c.train.t_range,
+            [edges[i], edges[i + 1]],
+            "expert {i} interval"
+        );
     }
-    let o = cbs(&["sample", "--experts", &p("experts"), "--num", "500", "--batch", "500", "--out", &p("s")]);
+    // 300 steps is too short for the EMA (decay 0.999) to move: sample the raw weights.
+    let o = cbs(&[
+        "sample",
+        "--experts",
+        &p("experts"),
+        "--weights",
+        "model",
+        "--num",
+        "500",
+        "--batch",
+        "500",
+        "--out",
+        &p("s"),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(tmp.path().join("s/scatter.png").exists());
     let o = cbs(&["eval-gmm", &p("s"), "--gmm", &ring8(), "--json"]);
@@ -496,7 +530,244 @@ fn toy_pipeline_trained_aux_finds_the_oracle_knots() {
     assert_eq!(v["samples"], 500);
     assert!(v["sliced_w2"].as_f64().unwrap() < 1.0, "{v}");
     // Experts of another split cannot be mixed into the same directory.
-    let o = cbs(&["train-experts", "--uniform", "3", "--config", cfg, "--out", &p("experts")]);
+    let o = cbs(&[
+        "train-experts",
+        "--uniform",
+        "3",
+        "--config",
+        cfg,
+        "--out",
+        &p("experts"),
+    ]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("already holds experts"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already holds experts"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Writes pytorch-fid-format statistics (mu [D], sigma [D, D], float64).
+fn write_stats(path: &Path, mu: &[f64], sigma_diag: &[f64]) {
+    let d = mu.len();
+    let mut sigma = vec![0.0; d * d];
+    for (i, v) in sigma_diag.iter().enumerate() {
+        sigma[i * d + i] = *v;
+    }
+    let mu = Tensor::from_vec(mu.to_vec(), d, &Device::Cpu).unwrap();
+    let sigma = Tensor::from_vec(sigma, (d, d), &Device::Cpu).unwrap();
+    Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma)], path).unwrap();
+}
+
+fn cbs_without_weights(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cbs"))
+        .args(args)
+        .env_remove("CBS_INCEPTION")
+        .output()
+        .expect("run cbs")
+}
+
+#[test]
+fn eval_fid_of_two_statistics_files_needs_no_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, r) = (tmp.path().join("s.npz"), tmp.path().join("r.npz"));
+    // Diagonal covariances: FID = |Δμ|² + Σ (√a − √b)² = (1 + 4) + (1 + 1 + 0) = 7.
+    write_stats(&s, &[0.0, 1.0, 2.0], &[1.0, 4.0, 9.0]);
+    write_stats(&r, &[1.0, 1.0, 0.0], &[4.0, 1.0, 9.0]);
+    let o = cbs_without_weights(&[
+        "eval-fid",
+        s.to_str().unwrap(),
+        r.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((v["fid"].as_f64().unwrap() - 7.0).abs() < 1e-9, "{v}");
+    for key in [
+        "sfid",
+        "inception_score",
+        "precision",
+        "recall",
+        "kid",
+        "num_samples",
+        "num_reference",
+    ] {
+        assert!(
+            v.get(key).is_some_and(|x| x.is_null()),
+            "{key} should be null: {v}"
+        );
+    }
+    assert_eq!(v["feature_dim"], 3);
+    // Plain text.
+    let o = cbs_without_weights(&["eval-fid", s.to_str().unwrap(), r.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FID        7.0000"));
+    // --save-stats without a reference rewrites the statistics of SAMPLES.
+    let out = tmp.path().join("copy.npz");
+    let o = cbs_without_weights(&[
+        "eval-fid",
+        s.to_str().unwrap(),
+        "--save-stats",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cbs_without_weights(&[
+        "eval-fid",
+        out.to_str().unwrap(),
+        s.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["fid"].as_f64().unwrap().abs() < 1e-12, "{v}");
+    // Mismatched dimensions are refused.
+    let r2 = tmp.path().join("r2.npz");
+    write_stats(&r2, &[0.0, 0.0], &[1.0, 1.0]);
+    let o = cbs_without_weights(&["eval-fid", s.to_str().unwrap(), r2.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("dimensions differ"), "{}", stderr(&o));
+}
+
+#[test]
+fn eval_fid_on_images_without_weights_says_which_file_is_needed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("samples.npz");
+    let t = Tensor::zeros((4, 8, 8, 3), candle_core::DType::U8, &Device::Cpu).unwrap();
+    Tensor::write_npz(&[("arr_0", &t)], &imgs).unwrap();
+    let r = tmp.path().join("r.npz");
+    write_stats(&r, &[0.0; 4], &[1.0; 4]);
+    let o = cbs_without_weights(&["eval-fid", imgs.to_str().unwrap(), r.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("pt_inception-2015-12-05-6726825d.pth")
+            && e.contains("--inception")
+            && e.contains("CBS_INCEPTION"),
+        "{e}"
+    );
+    // A weights path that does not exist is named.
+    let o = cbs_without_weights(&[
+        "eval-fid",
+        imgs.to_str().unwrap(),
+        r.to_str().unwrap(),
+        "--inception",
+        "/nonexistent/weights.pth",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/weights.pth"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn eval_fid_end_to_end_with_random_inception_weights() {
+    // Not the trained network: random weights in pytorch-fid's layout, saved as safetensors,
+    // exercise reading, batching, extraction and every metric through the binary.
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("inception.safetensors");
+    let weights = cbs_eval::inception::random_weights(3).unwrap();
+    candle_core::safetensors::save(&weights, &w).unwrap();
+    // Samples: an ADM .npz (grayscale); reference: a directory of PNGs.
+    let n = 12;
+    let px: Vec<u8> = (0..n * 16 * 16).map(|i| ((i * 37) % 251) as u8).collect();
+    let s = tmp.path().join("s.npz");
+    let t = Tensor::from_vec(px, (n, 16, 16, 1), &Device::Cpu).unwrap();
+    Tensor::write_npz(&[("arr_0", &t)], &s).unwrap();
+    let rdir = tmp.path().join("ref");
+    std::fs::create_dir(&rdir).unwrap();
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(16, 16, |x, y| {
+            image::Rgb([(x * 16) as u8, (y * 16) as u8, (i * 20) as u8])
+        });
+        img.save(rdir.join(format!("{i:03}.png"))).unwrap();
+    }
+    let stats = tmp.path().join("s_stats.npz");
+    let o = cbs_without_weights(&[
+        "eval-fid",
+        s.to_str().unwrap(),
+        rdir.to_str().unwrap(),
+        "--inception",
+        w.to_str().unwrap(),
+        "--batch",
+        "5",
+        "--kid-subset-size",
+        "6",
+        "--kid-subsets",
+        "4",
+        "--save-stats",
+        stats.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["fid", "sfid", "precision", "recall", "kid", "kid_std"] {
+        assert!(v[key].as_f64().is_some_and(f64::is_finite), "{key}: {v}");
+    }
+    assert!(v["inception_score"]["mean"].as_f64().unwrap() >= 1.0, "{v}");
+    assert_eq!(
+        (v["num_samples"].as_u64(), v["num_reference"].as_u64()),
+        (Some(12), Some(12))
+    );
+    assert_eq!(v["feature_dim"], 2048);
+    // The saved statistics reproduce the FID against the same reference.
+    let o = Command::new(env!("CARGO_BIN_EXE_cbs"))
+        .args([
+            "eval-fid",
+            stats.to_str().unwrap(),
+            rdir.to_str().unwrap(),
+            "--json",
+        ])
+        .env("CBS_INCEPTION", &w)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v2: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (f1, f2) = (v["fid"].as_f64().unwrap(), v2["fid"].as_f64().unwrap());
+    assert!((f1 - f2).abs() <= 1e-9 * f1.abs().max(1.0), "{f1} vs {f2}");
+    assert_eq!(v2["sfid"], v["sfid"]);
+    assert!(v2["precision"].is_null());
+}
+
+#[test]
+fn bench_prints_the_scriptable_line() {
+    for what in ["train", "sample"] {
+        let o = cbs(&[
+            "bench",
+            what,
+            "--model",
+            "sit-nano-4",
+            "--image-size",
+            "8",
+            "--in-channels",
+            "1",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--cfg-scale",
+            "1.5",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let ms: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("median_step_ms="))
+            .expect("median_step_ms line")
+            .parse()
+            .unwrap();
+        assert!(ms > 0.0, "{out}");
+    }
+    let o = cbs(&[
+        "bench",
+        "train",
+        "--model",
+        "sit-nano-4",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("only f32"), "{}", stderr(&o));
 }

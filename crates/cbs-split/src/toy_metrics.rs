@@ -38,13 +38,23 @@ pub fn sliced_w2(x: &[f64], y: &[f64], dim: usize, projections: usize, seed: u64
             v
         };
         let (px, py) = (project(x), project(y));
-        total += px.iter().zip(&py).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n as f64;
+        total += px
+            .iter()
+            .zip(&py)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            / n as f64;
     }
     (total / projections as f64).sqrt()
 }
 
 /// Evaluate `n × dim` samples (row-major) against the mixture.
-pub fn evaluate(oracle: &GmmOracle, samples: &[f64], projections: usize, seed: u64) -> Result<ToyMetrics> {
+pub fn evaluate(
+    oracle: &GmmOracle,
+    samples: &[f64],
+    projections: usize,
+    seed: u64,
+) -> Result<ToyMetrics> {
     let d = oracle.dim();
     if samples.is_empty() || !samples.len().is_multiple_of(d) {
         return Err(SplitError::DimensionMismatch {

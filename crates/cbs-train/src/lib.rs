@@ -11,6 +11,7 @@ pub mod config;
 pub mod ema;
 pub mod optim;
 pub mod rng;
+pub mod step;
 mod trainer;
 
 pub use config::{DataConfig, DataSource, TrainConfig, TrainSection};

@@ -61,7 +61,11 @@ impl AdamW {
             // Gradients carry the op graph of the step that made them; keeping them (through
             // the moments) would chain every step's graph to the next and leak memory.
             let g = g.detach();
-            let g = if grad_scale != 1.0 { (g * grad_scale)? } else { g };
+            let g = if grad_scale != 1.0 {
+                (g * grad_scale)?
+            } else {
+                g
+            };
             let m = ((&self.exp_avg[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.exp_avg_sq[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;

@@ -4,19 +4,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use cbs_data::{BatchSampler, Dataset};
-use cbs_flow::interpolant::{interpolate, target_velocity, velocity_mse};
-use cbs_models::Trainable;
 use rand::Rng;
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointData, CheckpointState};
 use crate::config::{DataSource, TrainConfig};
-use crate::ema::Ema;
-use crate::optim::{grad_norm, AdamW, AdamWParams};
 use crate::rng::{self, Purpose, RngState};
+use crate::step::{Batch, StepOutcome, Stepper};
 use crate::{io_err, Result, TrainError};
 
 /// How to run (as opposed to what to train, which is the config).
@@ -120,20 +117,11 @@ pub fn train(
     check_geometry(&arch, data)?;
 
     // Model, optimizer and EMA, fresh or from the latest checkpoint.
-    let net = Trainable::new(&arch, tc.seed, DType::F32, device)?;
-    let vars = net.named_vars();
-    let adam = AdamWParams {
-        beta1: tc.betas[0],
-        beta2: tc.betas[1],
-        eps: tc.eps,
-        weight_decay: tc.weight_decay,
-    };
-    let mut opt = AdamW::new(vars.clone(), adam)?;
-    let mut ema = Ema::new(&vars, tc.ema_decay)?;
+    let mut st = Stepper::new(&arch, tc, device)?;
     std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
     let existing = checkpoint::latest(run_dir)?;
     let start = match (&existing, opts.resume) {
-        (Some(dir), true) => restore(dir, &arch, &net, &mut opt, &mut ema, device)?,
+        (Some(dir), true) => restore(dir, &arch, &mut st, device)?,
         (Some(dir), false) => {
             return Err(TrainError::Checkpoint {
                 path: dir.clone(),
@@ -196,31 +184,23 @@ pub fn train(
             .map(|_| rng.sample::<f32, _>(StandardNormal))
             .collect();
 
-        let x1 = Tensor::from_vec(pixels, shape.as_slice(), device)?;
-        let x0 = Tensor::from_vec(noise, shape.as_slice(), device)?;
-        let t = Tensor::from_vec(times, b, device)?;
-        let y = Tensor::from_vec(labels, b, device)?;
-        let xt = interpolate(&x0, &x1, &t)?;
-        let pred = net.model.forward(&xt, &t, &y)?;
-        let loss = velocity_mse(&pred, &target_velocity(&x0, &x1)?)?;
-        let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !loss_val.is_finite() {
-            return Err(TrainError::NonFinite {
-                step,
-                loss: loss_val,
-                last_checkpoint: last_ckpt,
-            });
-        }
-        let grads = loss.backward()?;
-        let gnorm = grad_norm(&vars, &grads)?;
-        let scale = if tc.grad_clip > 0.0 && gnorm > tc.grad_clip {
-            tc.grad_clip / (gnorm + 1e-6)
-        } else {
-            1.0
+        let batch = Batch {
+            x1: Tensor::from_vec(pixels, shape.as_slice(), device)?,
+            x0: Tensor::from_vec(noise, shape.as_slice(), device)?,
+            t: Tensor::from_vec(times, b, device)?,
+            y: Tensor::from_vec(labels, b, device)?,
         };
         let lr = lr_at(cfg, s);
-        opt.step(&grads, lr, scale)?;
-        ema.update(&vars)?;
+        let (loss_val, gnorm) = match st.step(&batch, lr)? {
+            StepOutcome::Updated { loss, grad_norm } => (loss, grad_norm),
+            StepOutcome::NonFinite { loss } => {
+                return Err(TrainError::NonFinite {
+                    step,
+                    loss,
+                    last_checkpoint: last_ckpt,
+                })
+            }
+        };
         let images_per_s = b as f64 / t0.elapsed().as_secs_f64();
         losses.push((step, loss_val));
 
@@ -250,13 +230,13 @@ pub fn train(
                     seed: tc.seed,
                     next_stream: step,
                 },
-                optimizer_step: opt.step,
+                optimizer_step: st.opt.step,
                 last_loss: loss_val,
                 architecture: arch.clone(),
             };
-            let model = net.state_dict();
-            let mut ema_sd = ema.tensors.clone();
-            ema_sd.extend(net.model.buffers());
+            let model = st.net.state_dict();
+            let mut ema_sd = st.ema.tensors.clone();
+            ema_sd.extend(st.net.model.buffers());
             let dir = checkpoint::write(
                 run_dir,
                 &CheckpointData {
@@ -264,7 +244,7 @@ pub fn train(
                     config: cfg,
                     model: &model,
                     ema: &ema_sd,
-                    optimizer: &opt.state_tensors()?,
+                    optimizer: &st.opt.state_tensors()?,
                 },
                 tc.keep_checkpoints,
             )?;
@@ -318,11 +298,10 @@ fn check_geometry(arch: &cbs_models::Architecture, data: &dyn Dataset) -> Result
 fn restore(
     dir: &Path,
     arch: &cbs_models::Architecture,
-    net: &Trainable,
-    opt: &mut AdamW,
-    ema: &mut Ema,
+    st: &mut Stepper,
     device: &Device,
 ) -> Result<u64> {
+    let (net, opt, ema) = (&st.net, &mut st.opt, &mut st.ema);
     let state = checkpoint::read_state(dir)?;
     if &state.architecture != arch {
         return Err(TrainError::Checkpoint {

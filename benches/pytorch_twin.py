@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""PyTorch twin of `cbs bench train` / `cbs bench sample`: the same SiT, the same step.
+
+Opt-in (needs torch; `scripts/bench_cpu.sh` installs it into a virtual environment).
+Prints the same closing line as `cbs bench`: `median_step_ms=<value>`.
+
+The SiT here is written from the published architecture facts (adaLN-Zero blocks, [cos, sin]
+time features, fixed 2-D sin-cos positions, learn_sigma output halves) with the same parameter
+names and counts as `cbs inspect`, so both sides run the same arithmetic:
+  python3 benches/pytorch_twin.py train --model sit-s-4 --image-size 32 --in-channels 3 --batch 32
+"""
+import argparse
+import copy
+import math
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16),
+         "tiny": (6, 192, 3), "mini": (4, 128, 4), "nano": (2, 64, 2)}
+
+
+def sincos_2d(dim, grid):
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+
+    def axis(pos):
+        a = pos.reshape(-1, 1).double() * omega[None]
+        return torch.cat([a.sin(), a.cos()], dim=1)
+
+    return torch.cat([axis(cols), axis(rows)], dim=1).float()[None]
+
+
+class Attention(nn.Module):
+    def __init__(self, h, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(h, 3 * h)
+        self.proj = nn.Linear(h, h)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)
+        out = attn.softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, h, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(h, hidden)
+        self.fc2 = nn.Linear(hidden, h)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Block(nn.Module):
+    def __init__(self, h, heads):
+        super().__init__()
+        self.attn = Attention(h, heads)
+        self.mlp = Mlp(h, 4 * h)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
+
+    def forward(self, x, c):
+        sm, cm, gm, sp, cp, gp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gm[:, None] * self.attn(modulate(F.layer_norm(x, x.shape[-1:], eps=1e-6), sm, cm))
+        return x + gp[:, None] * self.mlp(modulate(F.layer_norm(x, x.shape[-1:], eps=1e-6), sp, cp))
+
+
+class Final(nn.Module):
+    def __init__(self, h, p, out):
+        super().__init__()
+        self.linear = nn.Linear(h, p * p * out)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 2 * h))
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(F.layer_norm(x, x.shape[-1:], eps=1e-6), shift, scale))
+
+
+class SiT(nn.Module):
+    def __init__(self, depth, h, heads, patch, size, chans, classes):
+        super().__init__()
+        self.p, self.c, self.g = patch, chans, size // patch
+        self.x_embedder = nn.Module()
+        self.x_embedder.proj = nn.Conv2d(chans, h, patch, patch)
+        self.register_buffer("pos_embed", sincos_2d(h, self.g))
+        self.t_embedder = nn.Module()
+        self.t_embedder.mlp = nn.Sequential(nn.Linear(256, h), nn.SiLU(), nn.Linear(h, h))
+        self.y_embedder = nn.Module()
+        self.y_embedder.embedding_table = nn.Embedding(classes + 1, h)
+        self.blocks = nn.ModuleList(Block(h, heads) for _ in range(depth))
+        self.final_layer = Final(h, patch, 2 * chans)
+        for m in self.modules():  # random everywhere: timing needs no adaLN-Zero
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, x, t, y):
+        h = self.x_embedder.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
+        half = 128
+        f = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+        a = t[:, None] * f[None]
+        c = self.t_embedder.mlp(torch.cat([a.cos(), a.sin()], -1)) + self.y_embedder.embedding_table(y)
+        for blk in self.blocks:
+            h = blk(h, c)
+        out = self.final_layer(h, c)
+        b, p, g, oc = x.shape[0], self.p, self.g, 2 * self.c
+        img = out.reshape(b, g, g, p, p, oc).permute(0, 5, 1, 3, 2, 4).reshape(b, oc, g * p, g * p)
+        return img[:, : self.c]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["train", "sample"])
+    ap.add_argument("--model", default="sit-s-4")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--in-channels", type=int, default=3)
+    ap.add_argument("--num-classes", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    _, size, patch = a.model.split("-")
+    depth, h, heads = SIZES[size]
+    model = SiT(depth, h, heads, int(patch), a.image_size, a.in_channels, a.num_classes)
+    n_params = sum(p.numel() for p in model.parameters()) + model.pos_embed.numel()
+    fwd = torch.compile(model) if a.compile else model
+    b, shape = a.batch, (a.batch, a.in_channels, a.image_size, a.image_size)
+    x0, x1 = torch.randn(shape), torch.randn(shape)
+    t, y = torch.rand(b), torch.randint(0, a.num_classes, (b,))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    times = []
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        if a.what == "train":
+            xt = t[:, None, None, None] * x1 + (1 - t[:, None, None, None]) * x0
+            loss = F.mse_loss(fwd(xt, t, y), x1 - x0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.mul_(0.9999).add_(pm, alpha=1 - 0.9999)
+        else:
+            with torch.no_grad():
+                fwd(x0, t, y)
+        if i >= a.warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    med = statistics.median(times)
+    print(f"pytorch {a.what}: model={a.model} params={n_params} batch={b} threads={a.threads} "
+          f"compile={a.compile} torch={torch.__version__}")
+    print(f"images_per_s={b * 1000 / med:.2f}")
+    print(f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    print(f"median_step_ms={med:.3f}")
+
+
+if __name__ == "__main__":
+    main()

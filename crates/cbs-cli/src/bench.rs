@@ -1,0 +1,153 @@
+//! `cbs bench`: time full training steps or sampling steps of a preset on synthetic data.
+//!
+//! Data loading is excluded on purpose (one fixed random batch), so the figure is the step
+//! itself: forward, backward, AdamW, EMA for `train`; one guided velocity evaluation per step
+//! for `sample`. The PyTorch twin in `benches/` times the same work.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use cbs_flow::VelocityField;
+use cbs_models::ModelSpec;
+use cbs_train::rng::{self, Purpose};
+use cbs_train::step::{Batch, StepOutcome, Stepper};
+use cbs_train::TrainSection;
+use rand::Rng;
+use rand_distr::StandardNormal;
+
+use crate::cli::{BenchArgs, BenchCommand, BenchCommon};
+use crate::commands::device;
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    match a.command {
+        BenchCommand::Train(c) => bench_train(c),
+        BenchCommand::Sample(c) => bench_sample(c),
+    }
+}
+
+fn random_batch(c: &BenchCommon, shape: &[usize], classes: usize, dev: &Device) -> Result<Batch> {
+    let mut r = rng::stream(0, Purpose::Train, 0);
+    let n: usize = shape.iter().product();
+    let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| r.sample(StandardNormal)).collect() };
+    let x0 = normal(n);
+    let x1 = normal(n);
+    let t: Vec<f32> = (0..c.batch).map(|_| r.random::<f32>()).collect();
+    let y: Vec<u32> = (0..c.batch)
+        .map(|_| r.random_range(0..classes.max(1) as u32))
+        .collect();
+    Ok(Batch {
+        x0: Tensor::from_vec(x0, shape, dev)?,
+        x1: Tensor::from_vec(x1, shape, dev)?,
+        t: Tensor::from_vec(t, c.batch, dev)?,
+        y: Tensor::from_vec(y, c.batch, dev)?,
+    })
+}
+
+fn check_precision(c: &BenchCommon) -> Result<()> {
+    if c.precision != "f32" {
+        bail!(
+            "--precision {}: only f32 is available in this version (tf32/bf16 come with the CUDA \
+             work)",
+            c.precision
+        );
+    }
+    Ok(())
+}
+
+fn setup(c: &BenchCommon) -> Result<(cbs_models::Architecture, Vec<usize>, Device)> {
+    check_precision(c)?;
+    if c.batch == 0 || c.steps == 0 {
+        bail!("--batch and --steps must be positive");
+    }
+    let dev = device(&c.device)?;
+    let sample: Vec<usize> = if c.model.starts_with("mlp-") {
+        vec![c.dim]
+    } else {
+        vec![c.in_channels, c.image_size, c.image_size]
+    };
+    let arch = ModelSpec::new(&c.model).resolve(&sample, c.num_classes)?;
+    let shape: Vec<usize> = std::iter::once(c.batch).chain(sample).collect();
+    Ok((arch, shape, dev))
+}
+
+fn report(c: &BenchCommon, what: &str, mut ms: Vec<f64>, images_per_step: usize) {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let median = ms[ms.len() / 2];
+    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    println!(
+        "bench {what}: model={} batch={} device={} precision={} threads={threads} steps={} \
+         (after {} warm-up)",
+        c.model, c.batch, c.device.device, c.precision, c.steps, c.warmup
+    );
+    println!(
+        "step ms: median {median:.2}, mean {mean:.2}, min {:.2}, max {:.2}",
+        ms[0],
+        ms[ms.len() - 1]
+    );
+    println!(
+        "images_per_s={:.2}",
+        images_per_step as f64 * 1000.0 / median
+    );
+    if let Some(kb) = peak_rss_kb() {
+        println!("peak_rss_mb={:.1}", kb as f64 / 1024.0);
+    }
+    println!("median_step_ms={median:.3}");
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+fn peak_rss_kb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn bench_train(c: BenchCommon) -> Result<()> {
+    let (arch, shape, dev) = setup(&c)?;
+    let tc = TrainSection {
+        lr: 1e-4,
+        ..Default::default()
+    };
+    let mut st = Stepper::new(&arch, &tc, &dev)?;
+    let batch = random_batch(&c, &shape, arch.num_classes(), &dev)?;
+    let mut ms = Vec::with_capacity(c.steps);
+    for i in 0..c.warmup + c.steps {
+        let t0 = Instant::now();
+        let out = st.step(&batch, tc.lr)?;
+        dev.synchronize()?;
+        if let StepOutcome::NonFinite { loss } = out {
+            bail!("loss became {loss} during the benchmark");
+        }
+        if i >= c.warmup {
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    report(&c, "train", ms, c.batch);
+    Ok(())
+}
+
+fn bench_sample(c: BenchCommon) -> Result<()> {
+    let (arch, shape, dev) = setup(&c)?;
+    let st = Stepper::new(&arch, &TrainSection::default(), &dev)?;
+    // Random weights everywhere: the reference init zeroes whole branches, which a timing of
+    // matrix products does not care about, but keep the arithmetic realistic anyway.
+    cbs_models::sit::init::init_all_random(&st.vars, 0, 0.02)?;
+    let batch = random_batch(&c, &shape, arch.num_classes(), &dev)?;
+    let field = cbs_flow::guidance::Guided {
+        inner: &st.net.model,
+        scale: c.cfg_scale,
+    };
+    let mut ms = Vec::with_capacity(c.steps);
+    for i in 0..c.warmup + c.steps {
+        let t0 = Instant::now();
+        let v = field.velocity(&batch.x0, &batch.t, Some(&batch.y))?;
+        dev.synchronize()?;
+        drop(v);
+        if i >= c.warmup {
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    report(&c, "sample", ms, c.batch);
+    Ok(())
+}
