@@ -77,9 +77,15 @@ fn report(c: &BenchCommon, what: &str, mut ms: Vec<f64>, images_per_step: usize)
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!(
-        "bench {what}: model={} batch={} device={} precision={} threads={threads} steps={} \
-         (after {} warm-up)",
-        c.model, c.batch, c.device.device, c.precision, c.steps, c.warmup
+        "bench {what}: model={} batch={} device={} precision={} threads={threads} \
+         fused_cpu_ops={} steps={} (after {} warm-up)",
+        c.model,
+        c.batch,
+        c.device.device,
+        c.precision,
+        cbs_models::nn::fused_enabled(),
+        c.steps,
+        c.warmup
     );
     println!(
         "step ms: median {median:.2}, mean {mean:.2}, min {:.2}, max {:.2}",

@@ -8,6 +8,7 @@
 //! [`ModelSpec`] is what configs name (`preset = "sit-b-2"` plus image geometry); [`Model`] is
 //! the built network behind the [`cbs_flow::VelocityField`] trait.
 
+pub mod fused;
 pub mod mlp;
 pub mod nn;
 pub mod shapes;

@@ -1225,3 +1225,113 @@ fn velocity_field_uses_the_null_class() -> TestResult {
     assert_eq!(max_abs_diff(&uncond, &class0), 0.0);
     Ok(())
 }
+
+/// The fused CPU kernels against the composed (autograd) versions and finite differences.
+mod fused_ops {
+    use candle_core::{DType, Device, Tensor, Var};
+    use cbs_models::{fused, nn::composed};
+
+    type Op = fn(&Tensor) -> candle_core::Result<Tensor>;
+
+    fn ops() -> Vec<(&'static str, Op, Op)> {
+        vec![
+            ("gelu", fused::gelu_tanh, composed::gelu_tanh),
+            ("softmax", fused::softmax_last, composed::softmax_last),
+            (
+                "layer_norm",
+                |x| fused::layer_norm_no_affine(x, 1e-6),
+                |x| composed::layer_norm_no_affine(x, 1e-6),
+            ),
+        ]
+    }
+
+    fn rand(shape: &[usize], seed: u64, scale: f64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f64> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn vals(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// Gradient of Σ op(x)·r with respect to x.
+    fn grad(op: Op, x: &Tensor, r: &Tensor) -> Vec<f64> {
+        let v = Var::from_tensor(x).unwrap();
+        let l = op(v.as_tensor())
+            .unwrap()
+            .mul(r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        vals(l.backward().unwrap().get(&v).unwrap())
+    }
+
+    #[test]
+    fn values_and_gradients_match_the_composed_versions() {
+        let x = rand(&[3, 5, 17], 1, 3.0);
+        let r = rand(&[3, 5, 17], 2, 1.0);
+        for (name, f, c) in ops() {
+            let d = max_diff(&vals(&f(&x).unwrap()), &vals(&c(&x).unwrap()));
+            assert!(d < 1e-12, "{name}: forward differs by {d}");
+            let d = max_diff(&grad(f, &x, &r), &grad(c, &x, &r));
+            // candle's composed GELU backward uses six-digit constants (about 1e-6 off).
+            let tol = if name == "gelu" { 1e-5 } else { 1e-11 };
+            assert!(d < tol, "{name}: gradient differs by {d}");
+            // f32 too, and non-contiguous input (a transposed view).
+            let x32 = x.to_dtype(DType::F32).unwrap().transpose(1, 2).unwrap();
+            let d = max_diff(&vals(&f(&x32).unwrap()), &vals(&c(&x32).unwrap()));
+            assert!(d < 1e-5, "{name}: f32 forward differs by {d}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_in_f64() {
+        let x = rand(&[2, 4, 9], 3, 2.0);
+        let r = rand(&[2, 4, 9], 4, 1.0);
+        let h = 1e-5;
+        for (name, f, _) in ops() {
+            let g = grad(f, &x, &r);
+            let base = vals(&x);
+            let obj = |v: &[f64]| {
+                let t = Tensor::from_vec(v.to_vec(), x.shape(), &Device::Cpu).unwrap();
+                f(&t)
+                    .unwrap()
+                    .mul(&r)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            for i in (0..base.len()).step_by(5) {
+                let (mut p, mut m) = (base.clone(), base.clone());
+                p[i] += h;
+                m[i] -= h;
+                let fd = (obj(&p) - obj(&m)) / (2.0 * h);
+                let rel = (fd - g[i]).abs() / fd.abs().max(g[i].abs()).max(1e-6);
+                assert!(rel < 1e-6, "{name}[{i}]: autograd {} vs fd {fd}", g[i]);
+            }
+        }
+    }
+}

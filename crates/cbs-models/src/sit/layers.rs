@@ -4,7 +4,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::SitConfig;
-use crate::nn::{chunk_last, layer_norm_no_affine, modulate, softmax_last};
+use crate::nn::{chunk_last, gelu_tanh, layer_norm_no_affine, modulate, softmax_last};
 
 const LN_EPS: f64 = 1e-6;
 
@@ -162,8 +162,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle's `gelu` is the tanh approximation (`gelu_erf` is the exact one).
-        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+        self.fc2.forward(&gelu_tanh(&self.fc1.forward(x)?)?)
     }
 }
 
