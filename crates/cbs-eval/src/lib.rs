@@ -3,6 +3,7 @@
 //! Inception Score, precision/recall and KID.
 
 pub mod error;
+pub mod features;
 pub mod fid;
 pub mod inception;
 pub mod inputs;
