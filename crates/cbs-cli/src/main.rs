@@ -16,6 +16,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     tune_allocator();
+    restore_sigpipe();
     let args = cli::Cli::parse();
     init_tracing(args.verbose);
     match commands::run(args) {
@@ -54,5 +55,15 @@ fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
+/// `cbs inspect --json | head` should end quietly, as other Unix tools do, instead of panicking
+/// on a closed pipe (Rust ignores SIGPIPE by default).
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resetting a signal disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
