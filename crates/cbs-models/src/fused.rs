@@ -40,48 +40,6 @@ fn par_rows<T: Send + Sync + Copy>(
     }
 }
 
-macro_rules! dispatch1 {
-    ($s:expr, $l:expr, $name:expr, $body:ident) => {
-        match $s {
-            CpuStorage::F32(_) => {
-                let x = contiguous::<f32>($s, $l, $name)?;
-                Ok((CpuStorage::F32($body(x, $l)), $l.shape().clone()))
-            }
-            CpuStorage::F64(_) => {
-                let x = contiguous::<f64>($s, $l, $name)?;
-                Ok((CpuStorage::F64($body(x, $l)), $l.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", $name),
-        }
-    };
-}
-
-macro_rules! dispatch2 {
-    ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $name:expr, $body:ident) => {{
-        if $l1.shape() != $l2.shape() {
-            candle_core::bail!(
-                "{}: shape mismatch {:?} vs {:?}",
-                $name,
-                $l1.shape(),
-                $l2.shape()
-            );
-        }
-        match ($s1, $s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let a = contiguous::<f32>($s1, $l1, $name)?;
-                let b = contiguous::<f32>($s2, $l2, $name)?;
-                Ok((CpuStorage::F32($body(a, b, $l1)), $l1.shape().clone()))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let a = contiguous::<f64>($s1, $l1, $name)?;
-                let b = contiguous::<f64>($s2, $l2, $name)?;
-                Ok((CpuStorage::F64($body(a, b, $l1)), $l1.shape().clone()))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 (matching) are supported", $name),
-        }
-    }};
-}
-
 /// Float arithmetic in f64 for both storage types keeps one kernel per op.
 trait F: WithDType + Send + Sync + Copy {
     fn f(self) -> f64;
@@ -108,12 +66,83 @@ fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1).max(1)
 }
 
+/// One fused operation: a forward `CustomOp1` whose backward is a `CustomOp2` over
+/// (`saved`, upstream gradient), where `saved` is the forward's input (`"arg"`) or output
+/// (`"res"`).
+/// `$ffn(x, layout, p)` and `$bfn(saved, grad, layout, p)` are the kernels; `p` is the op's
+/// scalar parameter (LayerNorm's epsilon; unused by the others).
+macro_rules! fused_op {
+    ($fwd:ident, $bwd:ident, $name:literal, $ffn:ident, $bfn:ident, $saved:literal) => {
+        struct $fwd(f64);
+        struct $bwd(f64);
+
+        impl CustomOp1 for $fwd {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+                let out = match s {
+                    CpuStorage::F32(_) => {
+                        CpuStorage::F32($ffn(contiguous(s, l, $name)?, l, self.0))
+                    }
+                    CpuStorage::F64(_) => {
+                        CpuStorage::F64($ffn(contiguous(s, l, $name)?, l, self.0))
+                    }
+                    _ => candle_core::bail!("{}: only f32 and f64 are supported", $name),
+                };
+                Ok((out, l.shape().clone()))
+            }
+            fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+                let saved = if $saved == "res" { res } else { arg };
+                Ok(Some(
+                    saved.apply_op2_no_bwd(&grad.contiguous()?, &$bwd(self.0))?,
+                ))
+            }
+        }
+
+        impl CustomOp2 for $bwd {
+            fn name(&self) -> &'static str {
+                concat!($name, "-bwd")
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let name = self.name();
+                if l1.shape() != l2.shape() {
+                    candle_core::bail!(
+                        "{name}: shape mismatch {:?} vs {:?}",
+                        l1.shape(),
+                        l2.shape()
+                    );
+                }
+                let out = match (s1, s2) {
+                    (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32($bfn(
+                        contiguous(s1, l1, name)?,
+                        contiguous(s2, l2, name)?,
+                        l1,
+                        self.0,
+                    )),
+                    (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64($bfn(
+                        contiguous(s1, l1, name)?,
+                        contiguous(s2, l2, name)?,
+                        l1,
+                        self.0,
+                    )),
+                    _ => candle_core::bail!("{name}: only f32 and f64 (matching) are supported"),
+                };
+                Ok((out, l1.shape().clone()))
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------- GELU (tanh approximation)
 
-struct GeluTanh;
-struct GeluTanhBwd;
-
-fn gelu_fwd<T: F>(x: &[T], l: &Layout) -> Vec<T> {
+fn gelu_fwd<T: F>(x: &[T], l: &Layout, _: f64) -> Vec<T> {
     let mut out = vec![T::of(0.0); x.len()];
     par_rows(&mut out, last_dim(l), &[x], |o, i| {
         for (o, &x) in o.iter_mut().zip(i[0]) {
@@ -125,7 +154,7 @@ fn gelu_fwd<T: F>(x: &[T], l: &Layout) -> Vec<T> {
     out
 }
 
-fn gelu_bwd<T: F>(x: &[T], g: &[T], l: &Layout) -> Vec<T> {
+fn gelu_bwd<T: F>(x: &[T], g: &[T], l: &Layout, _: f64) -> Vec<T> {
     let mut out = vec![T::of(0.0); x.len()];
     par_rows(&mut out, last_dim(l), &[x, g], |o, i| {
         for ((o, &x), &g) in o.iter_mut().zip(i[0]).zip(i[1]) {
@@ -138,41 +167,18 @@ fn gelu_bwd<T: F>(x: &[T], g: &[T], l: &Layout) -> Vec<T> {
     out
 }
 
-impl CustomOp1 for GeluTanh {
-    fn name(&self) -> &'static str {
-        "fused-gelu-tanh"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        dispatch1!(s, l, self.name(), gelu_fwd)
-    }
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluTanhBwd)?,
-        ))
-    }
-}
-
-impl CustomOp2 for GeluTanhBwd {
-    fn name(&self) -> &'static str {
-        "fused-gelu-tanh-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch2!(s1, l1, s2, l2, self.name(), gelu_bwd)
-    }
-}
+fused_op!(
+    GeluTanh,
+    GeluTanhBwd,
+    "fused-gelu-tanh",
+    gelu_fwd,
+    gelu_bwd,
+    "arg"
+);
 
 // ---------------------------------------------------------------- softmax over the last dim
 
-struct Softmax;
-struct SoftmaxBwd;
-
-fn softmax_fwd<T: F>(x: &[T], l: &Layout) -> Vec<T> {
+fn softmax_fwd<T: F>(x: &[T], l: &Layout, _: f64) -> Vec<T> {
     let mut out = vec![T::of(0.0); x.len()];
     par_rows(&mut out, last_dim(l), &[x], |o, i| {
         let max = i[0].iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.f()));
@@ -190,7 +196,7 @@ fn softmax_fwd<T: F>(x: &[T], l: &Layout) -> Vec<T> {
 }
 
 /// `dx = y ⊙ (g − Σ g·y)` per row.
-fn softmax_bwd<T: F>(y: &[T], g: &[T], l: &Layout) -> Vec<T> {
+fn softmax_bwd<T: F>(y: &[T], g: &[T], l: &Layout, _: f64) -> Vec<T> {
     let mut out = vec![T::of(0.0); y.len()];
     par_rows(&mut out, last_dim(l), &[y, g], |o, i| {
         let dot: f64 = i[0].iter().zip(i[1]).map(|(y, g)| y.f() * g.f()).sum();
@@ -201,39 +207,16 @@ fn softmax_bwd<T: F>(y: &[T], g: &[T], l: &Layout) -> Vec<T> {
     out
 }
 
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "fused-softmax-last"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        dispatch1!(s, l, self.name(), softmax_fwd)
-    }
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd)?,
-        ))
-    }
-}
-
-impl CustomOp2 for SoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "fused-softmax-last-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        dispatch2!(s1, l1, s2, l2, self.name(), softmax_bwd)
-    }
-}
+fused_op!(
+    Softmax,
+    SoftmaxBwd,
+    "fused-softmax-last",
+    softmax_fwd,
+    softmax_bwd,
+    "res"
+);
 
 // ---------------------------------------------------------------- LayerNorm without affine
-
-struct LayerNorm(f64);
-struct LayerNormBwd(f64);
 
 fn row_stats<T: F>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
@@ -242,120 +225,56 @@ fn row_stats<T: F>(x: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-impl LayerNorm {
-    fn run<T: F>(&self, x: &[T], l: &Layout) -> Vec<T> {
-        let eps = self.0;
-        let mut out = vec![T::of(0.0); x.len()];
-        par_rows(&mut out, last_dim(l), &[x], |o, i| {
-            let (mean, rstd) = row_stats(i[0], eps);
-            for (o, &x) in o.iter_mut().zip(i[0]) {
-                *o = T::of((x.f() - mean) * rstd);
-            }
-        });
-        out
-    }
+fn layer_norm_fwd<T: F>(x: &[T], l: &Layout, eps: f64) -> Vec<T> {
+    let mut out = vec![T::of(0.0); x.len()];
+    par_rows(&mut out, last_dim(l), &[x], |o, i| {
+        let (mean, rstd) = row_stats(i[0], eps);
+        for (o, &x) in o.iter_mut().zip(i[0]) {
+            *o = T::of((x.f() - mean) * rstd);
+        }
+    });
+    out
 }
 
-impl LayerNormBwd {
-    /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, statistics recomputed from `x`.
-    fn run<T: F>(&self, x: &[T], g: &[T], l: &Layout) -> Vec<T> {
-        let eps = self.0;
-        let mut out = vec![T::of(0.0); x.len()];
-        par_rows(&mut out, last_dim(l), &[x, g], |o, i| {
-            let (mean, rstd) = row_stats(i[0], eps);
-            let n = i[0].len() as f64;
-            let (mut mg, mut mgx) = (0.0, 0.0);
-            for (&x, &g) in i[0].iter().zip(i[1]) {
-                mg += g.f();
-                mgx += g.f() * (x.f() - mean) * rstd;
-            }
-            let (mg, mgx) = (mg / n, mgx / n);
-            for ((o, &x), &g) in o.iter_mut().zip(i[0]).zip(i[1]) {
-                let xh = (x.f() - mean) * rstd;
-                *o = T::of(rstd * (g.f() - mg - xh * mgx));
-            }
-        });
-        out
-    }
+/// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, statistics recomputed from `x`.
+fn layer_norm_bwd<T: F>(x: &[T], g: &[T], l: &Layout, eps: f64) -> Vec<T> {
+    let mut out = vec![T::of(0.0); x.len()];
+    par_rows(&mut out, last_dim(l), &[x, g], |o, i| {
+        let (mean, rstd) = row_stats(i[0], eps);
+        let n = i[0].len() as f64;
+        let (mut mg, mut mgx) = (0.0, 0.0);
+        for (&x, &g) in i[0].iter().zip(i[1]) {
+            mg += g.f();
+            mgx += g.f() * (x.f() - mean) * rstd;
+        }
+        let (mg, mgx) = (mg / n, mgx / n);
+        for ((o, &x), &g) in o.iter_mut().zip(i[0]).zip(i[1]) {
+            let xh = (x.f() - mean) * rstd;
+            *o = T::of(rstd * (g.f() - mg - xh * mgx));
+        }
+    });
+    out
 }
 
-impl CustomOp1 for LayerNorm {
-    fn name(&self) -> &'static str {
-        "fused-layer-norm"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let f32_run = |x: &[f32], l: &Layout| self.run(x, l);
-        let f64_run = |x: &[f64], l: &Layout| self.run(x, l);
-        match s {
-            CpuStorage::F32(_) => Ok((
-                CpuStorage::F32(f32_run(contiguous(s, l, self.name())?, l)),
-                l.shape().clone(),
-            )),
-            CpuStorage::F64(_) => Ok((
-                CpuStorage::F64(f64_run(contiguous(s, l, self.name())?, l)),
-                l.shape().clone(),
-            )),
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        }
-    }
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(
-            &grad.contiguous()?,
-            &LayerNormBwd(self.0),
-        )?))
-    }
-}
-
-impl CustomOp2 for LayerNormBwd {
-    fn name(&self) -> &'static str {
-        "fused-layer-norm-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{}: shape mismatch", self.name());
-        }
-        match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let (a, b) = (
-                    contiguous(s1, l1, self.name())?,
-                    contiguous(s2, l2, self.name())?,
-                );
-                Ok((
-                    CpuStorage::F32(self.run::<f32>(a, b, l1)),
-                    l1.shape().clone(),
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let (a, b) = (
-                    contiguous(s1, l1, self.name())?,
-                    contiguous(s2, l2, self.name())?,
-                );
-                Ok((
-                    CpuStorage::F64(self.run::<f64>(a, b, l1)),
-                    l1.shape().clone(),
-                ))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 (matching) are supported", self.name()),
-        }
-    }
-}
+fused_op!(
+    LayerNorm,
+    LayerNormBwd,
+    "fused-layer-norm",
+    layer_norm_fwd,
+    layer_norm_bwd,
+    "arg"
+);
 
 // ---------------------------------------------------------------- entry points
 
 /// GELU, tanh approximation, with a one-pass backward.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(GeluTanh)
+    x.contiguous()?.apply_op1(GeluTanh(0.0))
 }
 
 /// Softmax over the last dimension, with a one-pass backward.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
+    x.contiguous()?.apply_op1(Softmax(0.0))
 }
 
 /// LayerNorm over the last dimension without affine parameters; the backward recomputes the
