@@ -80,6 +80,7 @@ fn features(weights: &Path, images: &Path, prefix: &str, batch: usize) -> BoxRes
     let x = Tensor::read_npy(images)?;
     let n = x.dim(0)?;
     let (mut pool, mut logits, mut spatial) = (vec![], vec![], vec![]);
+    let started = std::time::Instant::now();
     for start in (0..n).step_by(batch.max(1)) {
         let len = batch.max(1).min(n - start);
         let (p, l, s) = model.forward_images01(&x.narrow(0, start, len)?)?;
@@ -88,6 +89,12 @@ fn features(weights: &Path, images: &Path, prefix: &str, batch: usize) -> BoxRes
         spatial.push(s);
         eprintln!("features: {}/{n}", start + len);
     }
+    let secs = started.elapsed().as_secs_f64();
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    println!(
+        "speed: cbs {:.3} images/s ({threads} threads, batch {batch}, resize included)",
+        n as f64 / secs
+    );
     Tensor::cat(&pool, 0)?.write_npy(format!("{prefix}.pool.npy"))?;
     Tensor::cat(&logits, 0)?.write_npy(format!("{prefix}.logits.npy"))?;
     Tensor::cat(&spatial, 0)?.write_npy(format!("{prefix}.spatial.npy"))?;
