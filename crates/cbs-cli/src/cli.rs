@@ -59,17 +59,36 @@ pub struct TrainArgs {
     /// Run directory: checkpoints/, metrics.jsonl and config.toml are written there.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue the run in --out from its latest checkpoint (exactly: same batches and noise).
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// How a training command runs, shared by `train-aux` and `train-experts`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Continue from the latest checkpoint(s) in --out (exactly: same batches and noise).
     #[arg(long)]
     pub resume: bool,
-    /// Override train.steps (the total, not the number of additional steps).
+    /// Override train.steps (the total per run, not the number of additional steps).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Override train.seed.
+    /// Override train.seed (expert i of train-experts uses seed + i).
     #[arg(long)]
     pub seed: Option<u64>,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+impl RunArgs {
+    /// Apply --steps and --seed to a configuration.
+    pub fn apply(&self, cfg: &mut cbs_train::TrainConfig) {
+        if let Some(s) = self.steps {
+            cfg.train.steps = s;
+        }
+        if let Some(s) = self.seed {
+            cfg.train.seed = s;
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -90,17 +109,8 @@ pub struct TrainExpertsArgs {
     /// Train only expert i (run experts as separate processes or machines).
     #[arg(long)]
     pub expert: Option<usize>,
-    /// Continue the experts' runs from their latest checkpoints.
-    #[arg(long)]
-    pub resume: bool,
-    /// Override train.steps (per expert).
-    #[arg(long)]
-    pub steps: Option<u64>,
-    /// Override train.seed (expert i uses seed + i).
-    #[arg(long)]
-    pub seed: Option<u64>,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub run: RunArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

@@ -52,18 +52,13 @@ pub(crate) fn device(a: &DeviceArgs) -> Result<Device> {
 
 fn train_aux(a: TrainArgs) -> Result<()> {
     let stored = a.out.join("config.toml");
-    let mut cfg = match (&a.config, a.resume) {
+    let mut cfg = match (&a.config, a.run.resume) {
         (Some(p), _) => TrainConfig::from_file(p)?,
         (None, true) if stored.is_file() => TrainConfig::from_file(&stored)?,
         (None, _) => bail!("--config FILE is required (or --resume on a run directory)"),
     };
-    if let Some(s) = a.steps {
-        cfg.train.steps = s;
-    }
-    if let Some(s) = a.seed {
-        cfg.train.seed = s;
-    }
-    if a.resume && stored.is_file() {
+    a.run.apply(&mut cfg);
+    if a.run.resume && stored.is_file() {
         // Only the step budget may change when continuing a run.
         let mut prev = TrainConfig::from_file(&stored)?;
         prev.train.steps = cfg.train.steps;
@@ -76,8 +71,8 @@ fn train_aux(a: TrainArgs) -> Result<()> {
         }
     }
     let opts = TrainOptions {
-        resume: a.resume,
-        device: device(&a.device)?,
+        resume: a.run.resume,
+        device: device(&a.run.device)?,
     };
     let data = cbs_train::load_dataset(&cfg)?;
     eprintln!(

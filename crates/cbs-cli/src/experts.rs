@@ -32,12 +32,7 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         cbs_train::checkpoint::write_text(&stored, &splits.to_toml())?;
     }
     let mut base = TrainConfig::from_file(&a.config)?;
-    if let Some(s) = a.steps {
-        base.train.steps = s;
-    }
-    if let Some(s) = a.seed {
-        base.train.seed = s;
-    }
+    a.run.apply(&mut base);
     let edges = splits.edges();
     let n = edges.len() - 1;
     let which: Vec<usize> = match a.expert {
@@ -46,8 +41,8 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         None => (0..n).collect(),
     };
     let opts = TrainOptions {
-        resume: a.resume,
-        device: device(&a.device)?,
+        resume: a.run.resume,
+        device: device(&a.run.device)?,
     };
     let data = cbs_train::load_dataset(&base)?;
     for i in which {

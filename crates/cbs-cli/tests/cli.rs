@@ -60,6 +60,27 @@ fn config(dir: &Path, data_dir: &Path) -> PathBuf {
     p
 }
 
+/// Generate a small Fashion-MNIST directory under `dir`, write a config for it and run
+/// `train-aux` (with `extra` arguments). Returns the config path and the run directory.
+fn trained_fake_run(dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let data = dir.join("fashion");
+    std::fs::create_dir_all(&data).unwrap();
+    fake_fashion(&data);
+    let cfg = config(dir, &data);
+    let run = dir.join("run");
+    let mut args = vec![
+        "train-aux",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = cbs(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (cfg, run)
+}
+
 #[test]
 fn help_lists_the_pipeline_stages() {
     let o = cbs(&["--help"]);
@@ -104,19 +125,7 @@ fn inspect_json_reports_the_reference_total() {
 #[test]
 fn train_then_sample_writes_grid_and_npz_reproducibly() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("fm");
-    std::fs::create_dir_all(&data).unwrap();
-    fake_fashion(&data);
-    let cfg = config(tmp.path(), &data);
-    let run = tmp.path().join("run");
-    let o = cbs(&[
-        "train-aux",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (cfg, run) = trained_fake_run(tmp.path(), &[]);
     for f in ["config.toml", "metrics.jsonl", "checkpoints/latest"] {
         assert!(run.join(f).exists(), "missing {f}");
     }
@@ -412,21 +421,7 @@ fn estimate_splits_needs_exactly_one_source() {
 #[test]
 fn estimate_splits_from_an_image_model_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("fashion");
-    std::fs::create_dir_all(&data).unwrap();
-    fake_fashion(&data);
-    let cfg = config(tmp.path(), &data);
-    let run = tmp.path().join("run");
-    let o = cbs(&[
-        "train-aux",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--steps",
-        "2",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, run) = trained_fake_run(tmp.path(), &["--steps", "2"]);
     let out = tmp.path().join("splits");
     let o = cbs(&[
         "estimate-splits",
