@@ -41,6 +41,7 @@ fn random_batch(c: &BenchCommon, shape: &[usize], classes: usize, dev: &Device) 
         x1: Tensor::from_vec(x1, shape, dev)?,
         t: Tensor::from_vec(t, c.batch, dev)?,
         y: Tensor::from_vec(y, c.batch, dev)?,
+        dropout_seed: 0,
     })
 }
 
@@ -140,10 +141,7 @@ fn bench_sample(c: BenchCommon) -> Result<()> {
     // matrix products does not care about, but keep the arithmetic realistic anyway.
     cbs_models::sit::init::init_all_random(&st.vars, 0, 0.02)?;
     let batch = random_batch(&c, &shape, arch.num_classes(), &dev)?;
-    let field = cbs_flow::guidance::Guided {
-        inner: &st.net.model,
-        scale: c.cfg_scale,
-    };
+    let field = cbs_flow::guidance::Guided::new(&st.net.model, c.cfg_scale);
     let mut ms = Vec::with_capacity(c.steps);
     for i in 0..c.warmup + c.steps {
         let t0 = Instant::now();

@@ -34,12 +34,39 @@ pub enum Command {
     /// FID, sFID, Inception Score, precision/recall and KID of samples against reference
     /// images or statistics (Inception-v3 features, as pytorch-fid).
     EvalFid(EvalFidArgs),
+    /// Train a small classifier on the data set; its penultimate layer is an offline feature
+    /// space for `eval-fid --features classifier:RUN_DIR` (not comparable with Inception FID).
+    TrainClassifier(TrainClassifierArgs),
     /// Mean log-likelihood and sliced W2 of point samples against the true Gaussian mixture.
     EvalGmm(EvalGmmArgs),
     /// Print the parameter names, shapes and total count of a model preset.
     Inspect(InspectArgs),
     /// Time training or sampling steps of a preset (median step ms, images/s, peak memory).
     Bench(BenchArgs),
+}
+
+/// The feature space of `eval-fid`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FeatureSpace {
+    Inception,
+    Classifier(PathBuf),
+}
+
+fn parse_unit_f64(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}`: expected a time in [0, 1]")),
+    }
+}
+
+fn parse_features(s: &str) -> Result<FeatureSpace, String> {
+    match s.split_once(':') {
+        None if s == "inception" => Ok(FeatureSpace::Inception),
+        Some(("classifier", dir)) if !dir.is_empty() => Ok(FeatureSpace::Classifier(dir.into())),
+        _ => Err(format!(
+            "`{s}`: expected `inception` or `classifier:RUN_DIR` (a `cbs train-classifier` run)"
+        )),
+    }
 }
 
 /// Device selection shared by every command that computes.
@@ -117,6 +144,8 @@ pub struct TrainExpertsArgs {
 pub enum SolverArg {
     Euler,
     Heun,
+    /// Heun with a final Euler step (JiT's sampler).
+    HeunEulerLast,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -147,6 +176,10 @@ pub struct SampleArgs {
     /// Classifier-free guidance scale on all channels (1 = no guidance).
     #[arg(long, default_value_t = 1.0)]
     pub cfg_scale: f64,
+    /// Guide only for LO < t < HI (JiT: 0.1,1.0); elsewhere the conditional field alone.
+    #[arg(long, value_delimiter = ',', num_args = 1, value_name = "LO,HI",
+          value_parser = parse_unit_f64)]
+    pub cfg_interval: Option<Vec<f64>>,
     /// Seed of the starting noise; the same seed gives the same images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -246,16 +279,20 @@ pub struct InspectArgs {
     /// Preset name, e.g. sit-xl-2 (see --list).
     #[arg(long, required_unless_present = "list")]
     pub model: Option<String>,
-    #[arg(long, default_value_t = 32)]
-    pub image_size: usize,
-    #[arg(long, default_value_t = 4)]
-    pub in_channels: usize,
-    #[arg(long, default_value_t = 1000)]
-    pub num_classes: usize,
-    /// Data dimension (MLP presets).
-    #[arg(long, default_value_t = 2)]
-    pub dim: usize,
-    /// Print JSON: {"parameters": total, "tensors": {name: [dims...]}}.
+    /// Image side [default: the preset's: 32 for SiT (ImageNet-256 latents), 256 for
+    /// jit-*-16/32, 64 for jit-b-4, 32 for the small CPU presets].
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// [default: the preset's: 4 for SiT latents, 3 for JiT and UNet].
+    #[arg(long)]
+    pub in_channels: Option<usize>,
+    /// [default: the preset's: 1000 for the ImageNet presets].
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Data dimension (MLP presets) [default: 2].
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Print JSON: {"parameters": total, "trainable": trainable, "tensors": {name: [dims...]}}.
     #[arg(long)]
     pub json: bool,
     /// List the preset names.
@@ -404,6 +441,11 @@ pub struct EvalFidArgs {
     /// Write the statistics of SAMPLES (mu, sigma; mu_s, sigma_s for sFID) to this .npz.
     #[arg(long, value_name = "OUT.npz")]
     pub save_stats: Option<PathBuf>,
+    /// Feature space: `inception` (pytorch-fid's Inception-v3, comparable with papers) or
+    /// `classifier:RUN_DIR`, the penultimate layer of a `cbs train-classifier` run (an
+    /// offline quality signal, NOT comparable with Inception FID; no sFID).
+    #[arg(long, default_value = "inception", value_parser = parse_features, value_name = "SPACE")]
+    pub features: FeatureSpace,
     /// pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth) or a safetensors
     /// copy [default: $CBS_INCEPTION].
     #[arg(long, value_name = "PATH")]
@@ -420,6 +462,30 @@ pub struct EvalFidArgs {
     /// Rows per KID subset (at most the smaller side).
     #[arg(long, default_value_t = 1000)]
     pub kid_subset_size: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainClassifierArgs {
+    /// Config with [data] (as the training configs) and [classifier] (widths, feature_dim,
+    /// steps, batch_size, lr, weight_decay, seed). Default: Fashion-MNIST with the defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run directory: classifier.toml, model.safetensors, summary.json, reference.npz (the
+    /// test split, uint8 NHWC: the reference side for eval-fid) and train-sample.npz (1000
+    /// training images: the FID real data of that size gets).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Override [classifier] steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Override [classifier] seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override [data] dir.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }

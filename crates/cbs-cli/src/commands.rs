@@ -27,6 +27,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::EstimateSplits(a) => crate::estimate::estimate_splits(a),
         Command::TrainExperts(a) => crate::experts::train_experts(a),
         Command::EvalFid(a) => crate::eval_fid::eval_fid(a),
+        Command::TrainClassifier(a) => crate::eval_fid::train_classifier(a),
     }
 }
 
@@ -142,6 +143,11 @@ fn sample(a: SampleArgs) -> Result<()> {
             a.cfg_scale
         );
     }
+    if let Some(v) = &a.cfg_interval {
+        if v.len() != 2 || v[0] >= v[1] {
+            bail!("--cfg-interval {v:?}: expected two times LO,HI with LO < HI, e.g. 0.1,1.0");
+        }
+    }
     let noise = match &a.noise {
         Some(p) => Some(cbs_sample::read_noise(p, a.num, &shape, &dev)?),
         None => None,
@@ -153,6 +159,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         solver: match a.solver {
             SolverArg::Euler => Solver::Euler,
             SolverArg::Heun => Solver::Heun,
+            SolverArg::HeunEulerLast => Solver::HeunEulerLast,
         },
         seed: a.seed,
         labels: a.labels.clone(),
@@ -164,6 +171,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         .map(|m| Guided {
             inner: &m.model,
             scale: a.cfg_scale,
+            interval: a.cfg_interval.as_deref().map(|v| (v[0], v[1])),
         })
         .collect();
     let field_for_step = |i: usize| -> &dyn VelocityField { &guided[owner[i]] };
@@ -220,18 +228,32 @@ fn inspect(a: InspectArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let name = a.model.as_deref().unwrap_or_default();
-    let shape = if name.starts_with("mlp-") {
-        vec![a.dim]
-    } else {
-        vec![a.in_channels, a.image_size, a.image_size]
-    };
-    let arch = ModelSpec::new(name).resolve(&shape, a.num_classes)?;
+    let spec = ModelSpec::new(a.model.as_deref().unwrap_or_default());
+    let (mut shape, mut classes) = spec.default_geometry()?;
+    match shape.as_mut_slice() {
+        [d] => *d = a.dim.unwrap_or(*d),
+        [c, h, w] => {
+            *c = a.in_channels.unwrap_or(*c);
+            *h = a.image_size.unwrap_or(*h);
+            *w = *h;
+        }
+        _ => {}
+    }
+    classes = a.num_classes.unwrap_or(classes);
+    let arch = spec.resolve(&shape, classes)?;
     let shapes = shapes::parameter_shapes(&arch)?;
-    let total: usize = shapes
-        .iter()
-        .map(|(_, d)| d.iter().product::<usize>())
-        .sum();
+    let count = |v: &[(String, Vec<usize>)]| -> usize {
+        v.iter().map(|(_, d)| d.iter().product::<usize>()).sum()
+    };
+    let total = count(&shapes);
+    let buffers = shapes::buffer_names(&arch)?;
+    let trainable = count(
+        &shapes
+            .iter()
+            .filter(|(n, _)| !buffers.contains(n))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     if a.json {
         let tensors: serde_json::Map<String, serde_json::Value> = shapes
             .iter()
@@ -241,6 +263,9 @@ fn inspect(a: InspectArgs) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "parameters": total,
+                "trainable": trainable,
+                "geometry": shape,
+                "num_classes": classes,
                 "tensors": tensors,
             }))?
         );
@@ -248,7 +273,9 @@ fn inspect(a: InspectArgs) -> Result<()> {
         for (n, d) in &shapes {
             println!("{n:60} {d:?}");
         }
+        println!("sample shape {shape:?}, {classes} classes");
         println!("total parameters (buffers included): {total}");
+        println!("trainable parameters: {trainable}");
     }
     Ok(())
 }

@@ -119,10 +119,7 @@ pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
                 a.trajectories,
                 a.grid
             );
-            let field = Guided {
-                inner: &loaded.model,
-                scale: a.cfg_scale,
-            };
+            let field = Guided::new(&loaded.model, a.cfg_scale);
             let labels = (classes > 0).then(|| trajectory_labels(a.trajectories, classes, a.seed));
             let label_fn = labels.as_ref().map(|l| move |k: usize| l[k]);
             let label_ref: Option<&dyn Fn(usize) -> u32> =

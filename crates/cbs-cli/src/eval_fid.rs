@@ -10,7 +10,7 @@ use cbs_eval::inception::{InceptionV3, WEIGHTS_FILE};
 use cbs_eval::inputs::{read_input, Input};
 use cbs_eval::metrics::{evaluate, MetricOptions, Report, Side};
 
-use crate::cli::EvalFidArgs;
+use crate::cli::{EvalFidArgs, FeatureSpace, TrainClassifierArgs};
 use crate::progress::bar;
 
 /// Environment variable naming the Inception weights when --inception is absent.
@@ -33,6 +33,114 @@ impl FeatureExtractor for Inception {
     fn name(&self) -> String {
         FEATURE_SPACE.to_string()
     }
+}
+
+/// A `cbs train-classifier` network as a [`FeatureExtractor`]: penultimate-layer features
+/// and class logits (so the "Inception Score" is computed with its classes); no spatial
+/// features, hence no sFID.
+struct ClassifierFeatures {
+    net: cbs_models::classifier::Classifier,
+    run: PathBuf,
+}
+
+impl FeatureExtractor for ClassifierFeatures {
+    fn extract(&self, images: &Tensor) -> cbs_eval::Result<Features> {
+        let cfg = self.net.config();
+        let (_, _, h, w) = images.dims4()?;
+        if (h, w) != (cfg.image_size, cfg.image_size) {
+            return Err(cbs_eval::EvalError::Invalid(format!(
+                "images are {h}×{w} but the classifier of {} was trained on {s}×{s}",
+                self.run.display(),
+                s = cfg.image_size
+            )));
+        }
+        // Grayscale data: eval-fid made the images RGB by repetition; the mean undoes it.
+        let x = match cfg.in_channels {
+            1 => images.mean_keepdim(1)?,
+            _ => images.clone(),
+        };
+        let x = ((x * 2.0)? - 1.0)?; // [0, 1] → the training scale [-1, 1]
+        let out = self.net.forward(&x)?;
+        Ok(Features {
+            pool: out.features,
+            logits: Some(out.logits),
+            spatial: None,
+        })
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "classifier penultimate layer ({}); NOT comparable with Inception FID",
+            self.run.display()
+        )
+    }
+}
+
+fn load_extractor(a: &EvalFidArgs, dev: &Device) -> Result<Box<dyn FeatureExtractor>> {
+    Ok(match &a.features {
+        FeatureSpace::Inception => {
+            let w = weights_path(a)?;
+            let m = InceptionV3::load(&w, dev).context("loading the Inception network")?;
+            Box::new(Inception(m))
+        }
+        FeatureSpace::Classifier(run) => {
+            let net = cbs_train::classifier::load_classifier(run, dev)
+                .context("loading the classifier (--features classifier:RUN_DIR)")?;
+            Box::new(ClassifierFeatures {
+                net,
+                run: run.clone(),
+            })
+        }
+    })
+}
+
+pub fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
+    use cbs_train::classifier::{ClassifierRunConfig, REFERENCE_FILE};
+    let mut cfg = match &a.config {
+        Some(p) => ClassifierRunConfig::from_file(p)?,
+        None => ClassifierRunConfig {
+            data: Default::default(),
+            classifier: Default::default(),
+        },
+    };
+    if let Some(s) = a.steps {
+        cfg.classifier.steps = s;
+    }
+    if let Some(s) = a.seed {
+        cfg.classifier.seed = s;
+    }
+    if let Some(d) = &a.data_dir {
+        cfg.data.dir = Some(d.clone());
+    }
+    let dev = crate::commands::device(&a.device)?;
+    let pb = bar(cfg.classifier.steps, "steps");
+    let summary =
+        cbs_train::classifier::train_classifier(&cfg, &a.out, &dev, &mut |step, _, loss| {
+            pb.set_position(step);
+            if step % 10 == 0 {
+                pb.set_message(format!("loss {loss:.4}"));
+            }
+        });
+    pb.finish_and_clear();
+    let summary = summary?;
+    println!(
+        "classifier: {} steps in {:.0} s, final loss {:.4}, test accuracy {:.2}% ({} images); \
+         {}-d features",
+        summary.steps,
+        summary.seconds,
+        summary.final_loss,
+        100.0 * summary.test_accuracy,
+        summary.test_images,
+        summary.feature_dim
+    );
+    println!(
+        "use: cbs eval-fid SAMPLES {} --features classifier:{}\n(real-data floor: the same \
+         command with SAMPLES = {})",
+        a.out.join(REFERENCE_FILE).display(),
+        a.out.display(),
+        a.out.join(cbs_train::classifier::TRAIN_SAMPLE_FILE).display()
+    );
+    Ok(())
 }
 
 fn weights_path(a: &EvalFidArgs) -> Result<PathBuf> {
@@ -62,7 +170,7 @@ fn side(
     path: &Path,
     what: &str,
     a: &EvalFidArgs,
-    net: &mut Option<Inception>,
+    net: &mut Option<Box<dyn FeatureExtractor>>,
     dev: &Device,
 ) -> Result<Side> {
     let input = read_input(path).with_context(|| format!("reading {what}"))?;
@@ -78,11 +186,9 @@ fn side(
         Input::Images(images) => images,
     };
     if net.is_none() {
-        let w = weights_path(a)?;
-        let m = InceptionV3::load(&w, dev).context("loading the Inception network")?;
-        *net = Some(Inception(m));
+        *net = Some(load_extractor(a, dev)?);
     }
-    let extractor = net.as_ref().expect("loaded above");
+    let extractor = net.as_deref().expect("loaded above");
     let (h, w) = images.size();
     eprintln!(
         "{what}: {} images of {h}×{w} from {}",
@@ -131,7 +237,15 @@ pub fn eval_fid(a: EvalFidArgs) -> Result<()> {
         seed: a.seed,
         ..MetricOptions::default()
     };
-    let report = evaluate(&samples, &reference, &opts, FEATURE_SPACE, &dev)?;
+    let space = match (&net, &a.features) {
+        (Some(n), _) => n.name(),
+        (None, FeatureSpace::Inception) => FEATURE_SPACE.to_string(),
+        (None, FeatureSpace::Classifier(run)) => format!(
+            "classifier penultimate layer ({}); NOT comparable with Inception FID",
+            run.display()
+        ),
+    };
+    let report = evaluate(&samples, &reference, &opts, &space, &dev)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -448,6 +448,86 @@ fn estimate_splits_from_an_image_model_run() {
     assert_eq!(csv.lines().count(), 12);
 }
 
+/// JiT and UNet through every stage: train-aux → estimate-splits (both monitors) →
+/// train-experts → sample from the experts, chosen by the config alone.
+#[test]
+fn every_backbone_runs_every_stage() {
+    for preset in ["jit-nano-4", "unet-mini"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("fashion");
+        std::fs::create_dir_all(&data).unwrap();
+        fake_fashion(&data);
+        let cfg = tmp.path().join("b.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[model]\npreset = \"{preset}\"\n[data]\ndir = \"{}\"\n[train]\nsteps = 3\n\
+                 batch_size = 4\nlr = 1e-3\ncheckpoint_every = 3\nlog_every = 1\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let p = |s: &str| tmp.path().join(s).to_str().unwrap().to_string();
+        let c = cfg.to_str().unwrap();
+        let o = cbs(&["train-aux", "--config", c, "--out", &p("aux")]);
+        assert!(o.status.success(), "{preset} train-aux: {}", stderr(&o));
+        for monitor in ["acceleration", "dirichlet"] {
+            let o = cbs(&[
+                "estimate-splits",
+                "--aux",
+                &p("aux"),
+                "--experts",
+                "2",
+                "--monitor",
+                monitor,
+                "--grid",
+                "6",
+                "--trajectories",
+                "4",
+                "--batch",
+                "4",
+                "--bootstrap",
+                "0",
+                "--out",
+                &p(&format!("splits-{monitor}")),
+            ]);
+            assert!(o.status.success(), "{preset} {monitor}: {}", stderr(&o));
+        }
+        let o = cbs(&[
+            "train-experts",
+            "--splits",
+            &p("splits-acceleration/splits.toml"),
+            "--config",
+            c,
+            "--out",
+            &p("experts"),
+        ]);
+        assert!(o.status.success(), "{preset} train-experts: {}", stderr(&o));
+        let o = cbs(&[
+            "sample",
+            "--experts",
+            &p("experts"),
+            "--num",
+            "4",
+            "--steps",
+            "4",
+            "--solver",
+            "heun-euler-last",
+            "--cfg-scale",
+            "2",
+            "--cfg-interval",
+            "0.1,1.0",
+            "--out",
+            &p("samples"),
+        ]);
+        assert!(o.status.success(), "{preset} sample: {}", stderr(&o));
+        let npz = candle_core::npy::NpzTensors::new(tmp.path().join("samples/samples.npz"))
+            .unwrap();
+        let arr = npz.get("arr_0").unwrap().unwrap();
+        assert_eq!(arr.dims(), &[4, 32, 32, 1], "{preset}");
+    }
+}
+
 /// The toy pipeline end to end: an MLP trained on ring8 samples finds the oracle's
 /// acceleration knots; uniform and CBS experts train and sample; samples are scored.
 #[test]
@@ -723,6 +803,120 @@ fn eval_fid_end_to_end_with_random_inception_weights() {
     assert!((f1 - f2).abs() <= 1e-9 * f1.abs().max(1.0), "{f1} vs {f2}");
     assert_eq!(v2["sfid"], v["sfid"]);
     assert!(v2["precision"].is_null());
+}
+
+/// A Fashion-MNIST-shaped directory (train and test) of four textures, one per class:
+/// horizontal stripes, vertical stripes, checkerboard, flat grey, each with pixel noise.
+fn texture_fashion(dir: &Path, n_train: u32, n_test: u32) {
+    let mut s = 99u64;
+    let mut noise = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (s >> 59) as u8 // 0..32
+    };
+    let mut make = |n: u32| {
+        let mut img = Vec::new();
+        for i in 0..n {
+            for y in 0..28u32 {
+                for x in 0..28u32 {
+                    let level = |on: bool| if on { 200 } else { 30 };
+                    let base = match i % 4 {
+                        0 => level(y % 4 < 2),
+                        1 => level(x % 4 < 2),
+                        2 => level((x / 2 + y / 2) % 2 == 0),
+                        _ => 120,
+                    };
+                    img.push(base + noise());
+                }
+            }
+        }
+        let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
+        (img, labels)
+    };
+    let (img, lab) = make(n_train);
+    write_idx_gz(&dir.join("train-images-idx3-ubyte.gz"), &[n_train, 28, 28], &img);
+    write_idx_gz(&dir.join("train-labels-idx1-ubyte.gz"), &[n_train], &lab);
+    let (img, lab) = make(n_test);
+    write_idx_gz(&dir.join("t10k-images-idx3-ubyte.gz"), &[n_test, 28, 28], &img);
+    write_idx_gz(&dir.join("t10k-labels-idx1-ubyte.gz"), &[n_test], &lab);
+}
+
+#[test]
+fn train_classifier_then_eval_fid_in_its_feature_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("fashion");
+    std::fs::create_dir(&data).unwrap();
+    texture_fashion(&data, 256, 64);
+    let cfg = tmp.path().join("clf.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ndir = \"{}\"\n[classifier]\nwidths = [8, 16]\nfeature_dim = 16\n\
+             steps = 300\nbatch_size = 16\nlr = 3e-3\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = tmp.path().join("clf");
+    let (run_s, cfg_s) = (run.to_str().unwrap(), cfg.to_str().unwrap());
+    let o = cbs(&["train-classifier", "--config", cfg_s, "--out", run_s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let acc = summary["test_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.9, "test accuracy {acc} on four textures");
+    // Training again into the same directory refuses to overwrite it.
+    let o = cbs(&["train-classifier", "--config", cfg_s, "--out", run_s]);
+    assert!(!o.status.success() && stderr(&o).contains("already holds"), "{}", stderr(&o));
+
+    let reference = run.join("reference.npz");
+    let features = format!("classifier:{run_s}");
+    let eval = |samples: &Path| {
+        let o = cbs_without_weights(&[
+            "eval-fid",
+            samples.to_str().unwrap(),
+            reference.to_str().unwrap(),
+            "--features",
+            &features,
+            "--kid-subset-size",
+            "16",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    // The reference against itself: FID 0, and the report says which space it is.
+    let same = eval(&reference);
+    assert!(same["fid"].as_f64().unwrap().abs() < 1e-3, "{same}");
+    assert!(same["features"].as_str().unwrap().contains("NOT comparable"), "{same}");
+    assert_eq!(same["feature_dim"], 16);
+    assert!(same["sfid"].is_null(), "no spatial features: {same}");
+    assert!(same["inception_score"]["mean"].as_f64().unwrap() > 3.0, "{same}");
+    // Only one class of the reference: far from it, with low recall.
+    let npz = candle_core::npy::NpzTensors::new(&reference).unwrap();
+    let all = npz.get("arr_0").unwrap().unwrap();
+    let idx: Vec<u32> = (0..64).filter(|i| i % 4 == 0).collect();
+    let one = all
+        .index_select(&Tensor::new(idx.as_slice(), &Device::Cpu).unwrap(), 0)
+        .unwrap();
+    let one_path = tmp.path().join("one.npz");
+    Tensor::write_npz(&[("arr_0", &one)], &one_path).unwrap();
+    let far = eval(&one_path);
+    let fid = far["fid"].as_f64().unwrap();
+    assert!(fid > 1.0 && fid > 1e3 * same["fid"].as_f64().unwrap().abs(), "{far}");
+    assert!(far["recall"].as_f64().unwrap() < 0.5, "{far}");
+
+    // Errors: not a classifier run; a malformed --features value.
+    let o = cbs_without_weights(&[
+        "eval-fid",
+        reference.to_str().unwrap(),
+        reference.to_str().unwrap(),
+        "--features",
+        &format!("classifier:{}", data.display()),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a `cbs train-classifier` run directory"), "{}", stderr(&o));
+    let o = cbs(&["eval-fid", run_s, run_s, "--features", "vgg"]);
+    assert!(stderr(&o).contains("classifier:RUN_DIR"), "{}", stderr(&o));
 }
 
 #[test]

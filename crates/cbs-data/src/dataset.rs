@@ -66,22 +66,12 @@ impl ImageDataset {
     /// `fraction == 1.0` returns everything unchanged, so configs that do not
     /// subsample do not depend on the RNG at all.
     pub fn subset(&self, fraction: f64, seed: u64) -> Result<ImageDataset> {
-        if !(fraction.is_finite() && fraction > 0.0 && fraction <= 1.0) {
-            return Err(DataError::Invalid {
-                field: "data_fraction",
-                reason: format!("must be in (0, 1], got {fraction}"),
-            });
-        }
         let n = self.len();
-        if fraction == 1.0 || n == 0 {
+        let Some(chosen) = subset_indices(n, fraction, seed)? else {
             return Ok(self.clone());
-        }
+        };
+        let keep = chosen.len();
         let stride = self.checked_image_len()?;
-        // f64 -> usize saturates, and the result is clamped to [1, n] anyway.
-        let keep = ((fraction * n as f64).round() as usize).clamp(1, n);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut chosen = rand::seq::index::sample(&mut rng, n, keep).into_vec();
-        chosen.sort_unstable();
 
         let mut images = Vec::with_capacity(keep.saturating_mul(stride));
         let mut labels = Vec::with_capacity(keep);
@@ -231,6 +221,27 @@ impl ImageDataset {
             num_classes: self.num_classes,
         }
     }
+}
+
+/// The sorted indices that [`ImageDataset::subset`] keeps out of `n` items, or `None` when it
+/// keeps everything (`fraction == 1.0` or `n == 0`). Shared by loaders that subsample before
+/// decoding (image folders), so both routes select the same images.
+pub(crate) fn subset_indices(n: usize, fraction: f64, seed: u64) -> Result<Option<Vec<usize>>> {
+    if !(fraction.is_finite() && fraction > 0.0 && fraction <= 1.0) {
+        return Err(DataError::Invalid {
+            field: "data_fraction",
+            reason: format!("must be in (0, 1], got {fraction}"),
+        });
+    }
+    if fraction == 1.0 || n == 0 {
+        return Ok(None);
+    }
+    // f64 -> usize saturates, and the result is clamped to [1, n] anyway.
+    let keep = ((fraction * n as f64).round() as usize).clamp(1, n);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut chosen = rand::seq::index::sample(&mut rng, n, keep).into_vec();
+    chosen.sort_unstable();
+    Ok(Some(chosen))
 }
 
 fn scale(p: u8) -> f32 {

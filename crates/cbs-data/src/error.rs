@@ -13,6 +13,11 @@ pub enum DataError {
     #[error("{}: malformed data file: {reason}", path.display())]
     Malformed { path: PathBuf, reason: String },
 
+    /// A folder's contents do not form a data set (no images, an empty class folder, mixed
+    /// layouts).
+    #[error("{}: {reason}", path.display())]
+    Layout { path: PathBuf, reason: String },
+
     /// The OS refused to open or read the file.
     // The source is not repeated in the message so that error-chain printers
     // (anyhow's `{:#}`) do not show it twice.

@@ -1,5 +1,15 @@
 //! Integration tests for cbs-data: IDX parsing, Fashion-MNIST loading,
-//! padding/flipping, subsetting and the resumable batch sampler.
+//! padding/flipping, subsetting and the resumable batch sampler; CIFAR, image folders and
+//! `.npz` in the submodules.
+
+#[path = "data/cifar.rs"]
+mod cifar;
+#[path = "data/folder.rs"]
+mod folder;
+#[path = "data/npz.rs"]
+mod npz;
+#[path = "data/latents.rs"]
+mod latents;
 
 use std::collections::HashSet;
 use std::io::Write;

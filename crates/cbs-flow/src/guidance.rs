@@ -8,9 +8,23 @@ use crate::VelocityField;
 ///
 /// Conditional and unconditional passes share one batch of size `2B` (labels, then null
 /// labels). With `scale == 1`, or without labels, it is the plain conditional field.
+/// With an `interval` `(lo, hi)`, guidance applies only for `lo < t < hi` (JiT samples with
+/// `(0.1, 1.0)`) and the plain conditional field is used elsewhere.
 pub struct Guided<F> {
     pub inner: F,
     pub scale: f64,
+    pub interval: Option<(f64, f64)>,
+}
+
+impl<F> Guided<F> {
+    /// Guidance on the whole time range.
+    pub fn new(inner: F, scale: f64) -> Self {
+        Self {
+            inner,
+            scale,
+            interval: None,
+        }
+    }
 }
 
 impl<F: VelocityField> VelocityField for Guided<F> {
@@ -18,7 +32,16 @@ impl<F: VelocityField> VelocityField for Guided<F> {
         let (Some(y), Some(null)) = (y, self.inner.null_class()) else {
             return self.inner.velocity(x, t, y);
         };
-        if self.scale == 1.0 {
+        let outside = match self.interval {
+            // Every sample of a sampling batch shares one time; the first one decides.
+            Some((lo, hi)) => {
+                let t0 = t.flatten_all()?.get(0)?.to_dtype(candle_core::DType::F64)?;
+                let t0 = t0.to_scalar::<f64>()?;
+                !(lo < t0 && t0 < hi)
+            }
+            None => false,
+        };
+        if self.scale == 1.0 || outside {
             return self.inner.velocity(x, t, Some(y));
         }
         let b = x.dim(0)?;

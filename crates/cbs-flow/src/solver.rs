@@ -17,6 +17,9 @@ pub enum Solver {
     Euler,
     /// Second order (explicit trapezoid): predictor Euler, corrector averages both slopes.
     Heun,
+    /// Heun on every step but the last, which is Euler (JiT's sampler: an x-predicting
+    /// model's velocity is least reliable at t = 1, where the last Heun slope would be taken).
+    HeunEulerLast,
 }
 
 impl Solver {
@@ -24,7 +27,7 @@ impl Solver {
     pub fn evals_per_step(self) -> usize {
         match self {
             Solver::Euler => 1,
-            Solver::Heun => 2,
+            Solver::Heun | Solver::HeunEulerLast => 2,
         }
     }
 }
@@ -104,9 +107,11 @@ pub fn integrate<'a>(
         let h = t1 - t0;
         let field = field_for_step(i);
         let v0 = field.velocity(&x, &time(t0, b, x.dtype(), x.device())?, y)?;
+        let last = i + 1 == steps;
         x = match solver {
             Solver::Euler => (&x + (v0 * h)?)?,
-            Solver::Heun => {
+            Solver::HeunEulerLast if last => (&x + (v0 * h)?)?,
+            Solver::Heun | Solver::HeunEulerLast => {
                 let x_pred = (&x + (&v0 * h)?)?;
                 let v1 = field.velocity(&x_pred, &time(t1, b, x.dtype(), x.device())?, y)?;
                 (&x + ((v0 + v1)? * (0.5 * h))?)?

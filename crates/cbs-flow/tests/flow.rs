@@ -184,12 +184,39 @@ fn guidance_combines_conditional_and_unconditional() {
     let t = t1(&[0.5, 0.5]);
     let y = Tensor::new(&[2u32, 5], &Device::Cpu).unwrap();
     for scale in [1.0, 1.5, 4.0] {
-        let g = Guided {
-            inner: LabelField,
-            scale,
-        };
+        let g = Guided::new(LabelField, scale);
         let v = vals(&g.velocity(&x, &t, Some(&y)).unwrap());
         // v_uncond = 0, v_cond = label ⇒ v = scale·label.
         assert_eq!(v, vec![2.0 * scale, 2.0 * scale, 5.0 * scale, 5.0 * scale]);
+    }
+}
+
+#[test]
+fn heun_with_a_final_euler_step_differs_from_heun_on_the_last_step_only() {
+    // v = a + c·t: Heun is exact; an Euler step [t0, t0 + h] misses by c·h²/2.
+    let f = Affine { a: 0.4, c: 2.0 };
+    let steps = 4;
+    let h = 1.0 / steps as f64;
+    let got = integrate_single(&f, &x0(), &uniform_grid(steps), Solver::HeunEulerLast, None);
+    for (g, x) in vals(&got.unwrap()).iter().zip(vals(&x0())) {
+        let exact = x + 0.4 + 1.0;
+        let want = exact - 2.0 * h * h / 2.0;
+        assert!((g - want).abs() < 1e-12, "{g} vs {want}");
+    }
+    assert_eq!(Solver::HeunEulerLast.evals_per_step(), 2);
+}
+
+#[test]
+fn guidance_interval_guides_inside_only() {
+    let x = x0();
+    let y = Tensor::new(&[2u32, 5], &Device::Cpu).unwrap();
+    let g = Guided {
+        inner: LabelField,
+        scale: 3.0,
+        interval: Some((0.1, 1.0)),
+    };
+    for (t, factor) in [(0.05, 1.0), (0.1, 1.0), (0.5, 3.0), (0.99, 3.0), (1.0, 1.0)] {
+        let v = vals(&g.velocity(&x, &t1(&[t, t]), Some(&y)).unwrap());
+        assert_eq!(v, vec![2.0 * factor, 2.0 * factor, 5.0 * factor, 5.0 * factor], "t = {t}");
     }
 }

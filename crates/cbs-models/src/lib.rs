@@ -8,12 +8,15 @@
 //! [`ModelSpec`] is what configs name (`preset = "sit-b-2"` plus image geometry); [`Model`] is
 //! the built network behind the [`cbs_flow::VelocityField`] trait.
 
+pub mod classifier;
 pub mod fused;
+pub mod jit;
 pub mod mlp;
 pub mod nn;
 pub mod shapes;
 pub mod sit;
 pub mod spec;
+pub mod unet;
 pub mod weights;
 
 pub use sit::{Sit, SitConfig};

@@ -33,18 +33,31 @@ impl candle_nn::var_builder::SimpleBackend for Recorder {
 
 /// `(name, dims)` of every tensor of the reference `state_dict`, sorted by name.
 pub fn parameter_shapes(arch: &Architecture) -> Result<Vec<(String, Vec<usize>)>> {
+    let (mut out, buffers) = record(arch)?;
+    out.extend(buffers);
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Names of the fixed (untrained) buffers among [`parameter_shapes`] (e.g. `pos_embed`).
+pub fn buffer_names(arch: &Architecture) -> Result<Vec<String>> {
+    Ok(record(arch)?.1.into_iter().map(|(n, _)| n).collect())
+}
+
+type Shapes = Vec<(String, Vec<usize>)>;
+
+/// Trainable variables (recorded, not allocated) and buffers of the network.
+fn record(arch: &Architecture) -> Result<(Shapes, Shapes)> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let vb = VarBuilder::from_backend(Box::new(Recorder(log.clone())), DType::F32, Device::Cpu);
     let model = Model::new(arch, vb)?;
-    let mut out = log.lock().expect("recorder lock").clone();
-    out.extend(
-        model
-            .buffers()
-            .into_iter()
-            .map(|(n, t)| (n, t.dims().to_vec())),
-    );
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    let vars = log.lock().expect("recorder lock").clone();
+    let buffers = model
+        .buffers()
+        .into_iter()
+        .map(|(n, t)| (n, t.dims().to_vec()))
+        .collect();
+    Ok((vars, buffers))
 }
 
 /// Total element count, buffers included (what `sum(p.numel() for p in state_dict)` gives).

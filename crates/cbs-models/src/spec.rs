@@ -5,8 +5,10 @@ use candle_nn::{VarBuilder, VarMap};
 use cbs_flow::VelocityField;
 use serde::{Deserialize, Serialize};
 
+use crate::jit::{self, Jit, JitConfig};
 use crate::mlp::{MlpConfig, MlpNet};
 use crate::sit::{init, Sit, SitConfig};
+use crate::unet::{Unet, UnetConfig};
 use crate::{ModelError, Result};
 
 /// The `[model]` table of a config: a named preset and the overrides the data set implies.
@@ -37,6 +39,8 @@ pub struct ModelSpec {
 #[serde(rename_all = "snake_case", tag = "backbone")]
 pub enum Architecture {
     Sit(SitConfig),
+    Jit(JitConfig),
+    Unet(UnetConfig),
     Mlp(MlpConfig),
 }
 
@@ -69,10 +73,49 @@ impl ModelSpec {
             cfg.validate()?;
             return Ok(Architecture::Mlp(cfg));
         }
-        let mut cfg = SitConfig::preset(&self.preset).map_err(|_| ModelError::UnknownPreset {
-            name: self.preset.clone(),
-            known: all_preset_names().join(", "),
-        })?;
+        if self.preset.starts_with("jit-") {
+            let mut cfg = JitConfig::preset(&self.preset).map_err(|_| self.unknown())?;
+            let &[c, h, w] = sample_shape else {
+                return mismatch("a JiT for images [C, H, W]");
+            };
+            if h != w {
+                return mismatch("a JiT for square images");
+            }
+            if self.learn_sigma == Some(true) {
+                return Err(ModelError::Invalid(format!(
+                    "preset `{}`: JiT predicts the clean image and has no learn_sigma channels",
+                    self.preset
+                )));
+            }
+            cfg.input_size = self.image_size.unwrap_or(h);
+            cfg.in_channels = self.in_channels.unwrap_or(c);
+            cfg.num_classes = self.num_classes.unwrap_or(num_classes.max(1));
+            cfg.class_dropout_prob = self.class_dropout_prob.unwrap_or(0.1);
+            cfg.validate()?;
+            return Ok(Architecture::Jit(cfg));
+        }
+        if self.preset.starts_with("unet-") {
+            let mut cfg = UnetConfig::preset(&self.preset).map_err(|_| self.unknown())?;
+            let &[c, h, w] = sample_shape else {
+                return mismatch("a UNet for images [C, H, W]");
+            };
+            if h != w {
+                return mismatch("a UNet for square images");
+            }
+            cfg.image_size = self.image_size.unwrap_or(h);
+            cfg.in_channels = self.in_channels.unwrap_or(c);
+            // `num_classes = 0` makes it unconditional (the reference CIFAR-10 model).
+            cfg.num_classes = self.num_classes.unwrap_or(num_classes);
+            cfg.learn_sigma = self.learn_sigma.unwrap_or(false);
+            cfg.class_dropout_prob = if cfg.num_classes == 0 {
+                0.0
+            } else {
+                self.class_dropout_prob.unwrap_or(0.1)
+            };
+            cfg.validate()?;
+            return Ok(Architecture::Unet(cfg));
+        }
+        let mut cfg = SitConfig::preset(&self.preset).map_err(|_| self.unknown())?;
         let &[c, h, w] = sample_shape else {
             return mismatch("a SiT for images [C, H, W]");
         };
@@ -90,9 +133,40 @@ impl ModelSpec {
     }
 }
 
+impl ModelSpec {
+    /// The sample shape and class count a preset is published with (SiT: ImageNet-256
+    /// latents 4×32×32; JiT: its pixel size; MLP: 2-D points), used by `cbs inspect` when
+    /// no geometry is given.
+    pub fn default_geometry(&self) -> Result<(Vec<usize>, usize)> {
+        let name = self.preset.as_str();
+        if let Some(c) = MlpConfig::preset(name) {
+            return Ok((vec![c.dim], 0));
+        }
+        if name.starts_with("jit-") {
+            let c = JitConfig::preset(name).map_err(|_| self.unknown())?;
+            return Ok((vec![c.in_channels, c.input_size, c.input_size], c.num_classes));
+        }
+        if name.starts_with("unet-") {
+            let c = UnetConfig::preset(name).map_err(|_| self.unknown())?;
+            return Ok((vec![c.in_channels, c.image_size, c.image_size], c.num_classes));
+        }
+        let c = SitConfig::preset(name).map_err(|_| self.unknown())?;
+        Ok((vec![c.in_channels, c.input_size, c.input_size], c.num_classes))
+    }
+
+    fn unknown(&self) -> ModelError {
+        ModelError::UnknownPreset {
+            name: self.preset.clone(),
+            known: all_preset_names().join(", "),
+        }
+    }
+}
+
 /// Every preset name of every backbone.
 pub fn all_preset_names() -> Vec<String> {
     let mut v = SitConfig::preset_names();
+    v.extend(JitConfig::preset_names());
+    v.extend(UnetConfig::preset_names());
     v.extend(MlpConfig::preset_names());
     v
 }
@@ -102,6 +176,8 @@ impl Architecture {
     pub fn sample_shape(&self) -> Vec<usize> {
         match self {
             Architecture::Sit(c) => vec![c.in_channels, c.input_size, c.input_size],
+            Architecture::Jit(c) => vec![c.in_channels, c.input_size, c.input_size],
+            Architecture::Unet(c) => vec![c.in_channels, c.image_size, c.image_size],
             Architecture::Mlp(c) => vec![c.dim],
         }
     }
@@ -109,6 +185,8 @@ impl Architecture {
     pub fn num_classes(&self) -> usize {
         match self {
             Architecture::Sit(c) => c.num_classes,
+            Architecture::Jit(c) => c.num_classes,
+            Architecture::Unet(c) => c.num_classes,
             Architecture::Mlp(_) => 0,
         }
     }
@@ -116,13 +194,42 @@ impl Architecture {
     pub fn null_class(&self) -> Option<u32> {
         match self {
             Architecture::Sit(c) => (c.class_dropout_prob > 0.0).then_some(c.num_classes as u32),
+            Architecture::Jit(c) => (c.class_dropout_prob > 0.0).then_some(c.num_classes as u32),
+            Architecture::Unet(c) => c.null_class(),
             Architecture::Mlp(_) => None,
         }
     }
     pub fn class_dropout_prob(&self) -> f64 {
         match self {
             Architecture::Sit(c) => c.class_dropout_prob,
+            Architecture::Jit(c) => c.class_dropout_prob,
+            Architecture::Unet(c) => c.class_dropout_prob,
             Architecture::Mlp(_) => 0.0,
+        }
+    }
+
+    /// The regression target of training for the sample `x_t` on the path from `x0` (noise)
+    /// to `x1` (data) at times `t` (`[B]`): the velocity `x1 − x0`; for JiT the reference's
+    /// `(x1 − x_t) / max(1 − t, 0.05)`, equal to it except for t > 0.95.
+    pub fn training_target(
+        &self,
+        x0: &Tensor,
+        x1: &Tensor,
+        xt: &Tensor,
+        t: &Tensor,
+    ) -> CResult<Tensor> {
+        match self {
+            Architecture::Jit(_) => jit::x_to_velocity(x1, xt, t, jit::JIT_T_CLAMP),
+            _ => x1 - x0,
+        }
+    }
+
+    /// How training draws times when the config does not say: the backbone's reference
+    /// (logit-normal(−0.8, 0.8) for JiT, uniform otherwise).
+    pub fn default_time_sampling(&self) -> Option<(f64, f64)> {
+        match self {
+            Architecture::Jit(_) => Some((-0.8, 0.8)),
+            _ => None,
         }
     }
 }
@@ -130,6 +237,8 @@ impl Architecture {
 /// A built network of any backbone.
 pub enum Model {
     Sit(Sit),
+    Jit(Jit),
+    Unet(Unet),
     Mlp(MlpNet),
 }
 
@@ -137,15 +246,35 @@ impl Model {
     pub fn new(arch: &Architecture, vb: VarBuilder) -> CResult<Self> {
         Ok(match arch {
             Architecture::Sit(cfg) => Model::Sit(Sit::new(cfg, vb)?),
+            Architecture::Jit(cfg) => Model::Jit(Jit::new(cfg, vb)?),
+            Architecture::Unet(cfg) => Model::Unet(Unet::new(cfg, vb)?),
             Architecture::Mlp(cfg) => Model::Mlp(MlpNet::new(cfg, vb)?),
         })
     }
 
-    /// `x`: `[B, C, H, W]` (or `[B, D]`), `t`: `[B]`, `y`: `[B]` u32 labels → velocity.
+    /// `x`: `[B, C, H, W]` (or `[B, D]`), `t`: `[B]`, `y`: `[B]` u32 labels → velocity
+    /// (JiT's clean-image prediction converted with [`jit::x_to_velocity`]).
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> CResult<Tensor> {
         match self {
             Model::Sit(m) => m.forward(x, t, y),
+            Model::Jit(m) => jit::x_to_velocity(&m.forward(x, t, y)?, x, t, jit::JIT_T_CLAMP),
+            Model::Unet(m) => m.forward(x, t, m.labels(y)),
             Model::Mlp(m) => m.forward(x, t),
+        }
+    }
+
+    /// As [`Model::forward`], in training mode: dropout (where the backbone has it) draws its
+    /// masks from `dropout_seed`, so a step is reproducible.
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: &Tensor,
+        dropout_seed: u64,
+    ) -> CResult<Tensor> {
+        match self {
+            Model::Unet(m) => m.forward_train(x, t, m.labels(y), dropout_seed),
+            _ => self.forward(x, t, y),
         }
     }
 
@@ -153,6 +282,8 @@ impl Model {
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
         match self {
             Model::Sit(m) => vec![("pos_embed".to_string(), m.pos_embed().clone())],
+            Model::Jit(m) => m.buffers(),
+            Model::Unet(_) => vec![],
             Model::Mlp(_) => vec![],
         }
     }
@@ -163,6 +294,11 @@ impl Model {
                 let c = m.config();
                 (c.class_dropout_prob > 0.0).then_some(c.num_classes as u32)
             }
+            Model::Jit(m) => {
+                let c = m.config();
+                (c.class_dropout_prob > 0.0).then_some(c.num_classes as u32)
+            }
+            Model::Unet(m) => m.config().null_class(),
             Model::Mlp(_) => None,
         }
     }
@@ -202,6 +338,8 @@ impl Trainable {
         };
         match arch {
             Architecture::Sit(_) => init::init_sit(&t.named_vars(), seed)?,
+            Architecture::Jit(_) => jit::init::init_jit(&t.named_vars(), seed)?,
+            Architecture::Unet(_) => crate::unet::init::init_unet(&t.named_vars(), seed)?,
             Architecture::Mlp(_) => init::init_xavier(&t.named_vars(), seed)?,
         }
         Ok(t)

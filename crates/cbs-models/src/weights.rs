@@ -100,6 +100,18 @@ pub fn check_names_and_shapes(
     Ok(())
 }
 
+/// Training code that wraps the network (JiT's `Denoiser.net`) saves every key with a
+/// `net.` prefix; such files load as if the prefix were absent.
+pub fn strip_wrapper_prefix(file: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    const PREFIX: &str = "net.";
+    if file.is_empty() || !file.keys().all(|k| k.starts_with(PREFIX)) {
+        return file;
+    }
+    file.into_iter()
+        .map(|(k, v)| (k[PREFIX.len()..].to_string(), v))
+        .collect()
+}
+
 /// Load `path` into `vars` after checking names and shapes against `vars` and `buffers`.
 /// Buffers are checked for presence and shape but keep their computed values.
 pub fn load_into_vars(
@@ -111,7 +123,7 @@ pub fn load_into_vars(
         .first()
         .map(|(_, v)| v.device().clone())
         .unwrap_or(Device::Cpu);
-    let file = load_safetensors(path, &device)?;
+    let file = strip_wrapper_prefix(load_safetensors(path, &device)?);
     let expected: Vec<(String, Vec<usize>)> = vars
         .iter()
         .map(|(n, v)| (n.clone(), v.dims().to_vec()))

@@ -16,6 +16,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+#[path = "models/jit.rs"]
+mod jit;
+#[path = "models/unet.rs"]
+mod unet;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 // ---------------------------------------------------------------------------------------------
@@ -1053,6 +1058,18 @@ fn weight_files() -> TestResult {
     let (oa, ob) = (a.model.forward(&x, &t, &y)?, b.model.forward(&x, &t, &y)?);
     assert!(max_abs(&oa) > 0.0);
     assert_eq!(max_abs_diff(&oa, &ob), 0.0);
+
+    // A wrapped checkpoint (every key prefixed `net.`, as JiT's Denoiser saves) loads too.
+    let wrapped: Vec<(String, Tensor)> = a
+        .state_dict()
+        .into_iter()
+        .map(|(k, v)| (format!("net.{k}"), v))
+        .collect();
+    let net_path = dir.path().join("net.safetensors");
+    weights::save_safetensors(&net_path, &wrapped)?;
+    let c = Trainable::new(&nano, 3, DType::F32, &dev)?;
+    weights::load_into_vars(&net_path, &c.named_vars(), &c.model.buffers())?;
+    assert_eq!(var_bits(&a.named_vars()), var_bits(&c.named_vars()));
 
     // A checkpoint of another preset: the first mismatch in sorted order is named.
     let mini = Architecture::Sit(small("sit-mini-4", 8, 2, 3, true));

@@ -209,7 +209,7 @@ pub fn load_for_inference(path: &Path, which: WeightsKind, device: &Device) -> R
     let state = read_state(&dir)?;
     let config = read_config(&dir)?;
     let file = dir.join(which.file_name());
-    let tensors = load_safetensors(&file, device)?;
+    let tensors = cbs_models::weights::strip_wrapper_prefix(load_safetensors(&file, device)?);
     let expected = cbs_models::shapes::parameter_shapes(&state.architecture)?;
     cbs_models::weights::check_names_and_shapes(&file, &tensors, &expected)?;
     let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);

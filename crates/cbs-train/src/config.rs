@@ -29,18 +29,64 @@ pub enum DataSource {
     FashionMnist,
     /// Points drawn from a Gaussian mixture JSON (`gmm`): toy runs in seconds.
     Gmm,
+    /// CIFAR-10 binary batches (`dir`: `data_batch_{1..5}.bin`, `test_batch.bin`), 3×32×32.
+    Cifar10,
+    /// CIFAR-100 binary files (`dir`: `train.bin`, `test.bin`), 100 fine classes, 3×32×32.
+    Cifar100,
+    /// `dir/<class>/*.{png,jpg,jpeg}` (or a flat folder: one class), ADM centre crop to
+    /// `image_size`, `channels` 3 or 1.
+    ImageFolder,
+    /// ADM `.npz` (`path`): `arr_0` = uint8 `[N, H, W, C]`, labels in `arr_1` or `labels`.
+    Npz,
+    /// Precomputed VAE latents (`path`): `latents` (or `arr_0`) = float32 `[N, C, H, W]`,
+    /// labels in `labels` or `arr_1`, multiplied by `latent_scale` (SiT on ImageNet-256).
+    Latents,
+}
+
+impl DataSource {
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataSource::FashionMnist => "fashion_mnist",
+            DataSource::Gmm => "gmm",
+            DataSource::Cifar10 => "cifar10",
+            DataSource::Cifar100 => "cifar100",
+            DataSource::ImageFolder => "image_folder",
+            DataSource::Npz => "npz",
+            DataSource::Latents => "latents",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     pub source: DataSource,
-    /// Directory of the data files. Default for Fashion-MNIST: `/usr/share/datasets/fashion-mnist`.
+    /// Directory of the data files. Default for Fashion-MNIST: `/usr/share/datasets/fashion-mnist`;
+    /// required for `cifar10`, `cifar100` and `image_folder`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// `train` or `test` (Fashion-MNIST and CIFAR).
     pub split: Split,
-    /// 28 → 32 by padding with background (`pad`, no interpolation) or keep 28 (`none`).
+    /// Fashion-MNIST only: 28 → 32 by padding with background (`pad`, no interpolation) or
+    /// keep 28 (`none`).
     pub resize: Resize,
+    /// The `.npz` file for `source = "npz"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Side of the square centre crop for `source = "image_folder"` (required there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
+    /// `image_folder` only: 3 (RGB, the default) or 1 (grayscale).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
+    /// `npz` only: the number of classes (labels must be below it); default: largest label + 1,
+    /// or 1 without labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
+    /// `latents` only: the factor latents are multiplied by (default 0.18215, SD-VAE's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latent_scale: Option<f64>,
     /// Fraction of the images used (a seeded subset); the auxiliary model needs about 0.1.
     pub data_fraction: f64,
     /// Random horizontal flips (images only).
@@ -61,6 +107,11 @@ impl Default for DataConfig {
             dir: None,
             split: Split::Train,
             resize: Resize::Pad,
+            path: None,
+            image_size: None,
+            channels: None,
+            num_classes: None,
+            latent_scale: None,
             data_fraction: 1.0,
             hflip: true,
             gmm: None,
@@ -68,6 +119,142 @@ impl Default for DataConfig {
             sample_seed: 1234,
         }
     }
+}
+
+impl DataConfig {
+    /// Checks what serde cannot: ranges, the settings each source requires, and settings given
+    /// to a source that does not use them (which would otherwise be silently ignored).
+    pub fn validate(&self) -> Result<()> {
+        let f = self.data_fraction;
+        if !(f > 0.0 && f <= 1.0) {
+            return invalid("data.data_fraction", f.to_string(), "a value in (0, 1]");
+        }
+        let src = self.source;
+        let only = |field: &'static str, value: String, users: &str| {
+            invalid(
+                field,
+                value,
+                &format!(
+                    "only read by source = {users}; remove it for source = \"{}\"",
+                    src.name()
+                ),
+            )
+        };
+        let arrays = matches!(src, DataSource::Npz | DataSource::Latents);
+        if let (Some(p), false) = (&self.path, arrays) {
+            return only("data.path", p.display().to_string(), "\"npz\" or \"latents\"");
+        }
+        if let (Some(v), false) = (self.num_classes, arrays) {
+            return only("data.num_classes", v.to_string(), "\"npz\" or \"latents\"");
+        }
+        if let (Some(v), false) = (self.latent_scale, src == DataSource::Latents) {
+            return only("data.latent_scale", v.to_string(), "\"latents\"");
+        }
+        let folder = src == DataSource::ImageFolder;
+        if let (Some(v), false) = (self.image_size, folder) {
+            return only("data.image_size", v.to_string(), "\"image_folder\"");
+        }
+        if let (Some(v), false) = (self.channels, folder) {
+            return only("data.channels", v.to_string(), "\"image_folder\"");
+        }
+        match src {
+            DataSource::FashionMnist | DataSource::Gmm => {}
+            DataSource::Cifar10 | DataSource::Cifar100 => {
+                self.required_dir()?;
+            }
+            DataSource::ImageFolder => {
+                self.required_dir()?;
+                self.folder_image_size()?;
+                self.folder_channels()?;
+            }
+            DataSource::Npz | DataSource::Latents => {
+                self.npz_path()?;
+                if let Some(v) = self.latent_scale {
+                    if !(v.is_finite() && v > 0.0) {
+                        return invalid("data.latent_scale", v.to_string(), "a positive factor");
+                    }
+                }
+                if let Some(d) = &self.dir {
+                    return invalid(
+                        "data.dir",
+                        d.display().to_string(),
+                        "not read by this source; give the .npz file as data.path",
+                    );
+                }
+                if self.num_classes == Some(0) {
+                    return invalid("data.num_classes", "0".into(), "at least 1 class");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `dir`, for the sources that have no default location.
+    pub(crate) fn required_dir(&self) -> Result<&Path> {
+        let expected = match self.source {
+            DataSource::Cifar10 => {
+                "the folder of the CIFAR-10 binary batches (data_batch_1.bin … data_batch_5.bin, \
+                 test_batch.bin; the cifar-10-batches-bin folder of cifar-10-binary.tar.gz)"
+            }
+            DataSource::Cifar100 => {
+                "the folder of the CIFAR-100 binary files (train.bin, test.bin; the \
+                 cifar-100-binary folder of cifar-100-binary.tar.gz)"
+            }
+            _ => "the image folder (root/<class>/*.png|jpg|jpeg, or a folder of images)",
+        };
+        self.dir
+            .as_deref()
+            .map_or_else(|| invalid("data.dir", "(unset)".into(), expected), Ok)
+    }
+
+    pub(crate) fn folder_image_size(&self) -> Result<usize> {
+        match self.image_size {
+            Some(s) if s > 0 => Ok(s),
+            other => invalid(
+                "data.image_size",
+                other.map_or("(unset)".into(), |s| s.to_string()),
+                "the side of the square centre crop in pixels (e.g. 32 or 64), required for \
+                 source = \"image_folder\"",
+            ),
+        }
+    }
+
+    pub(crate) fn folder_channels(&self) -> Result<usize> {
+        match self.channels.unwrap_or(3) {
+            c @ (1 | 3) => Ok(c),
+            c => invalid("data.channels", c.to_string(), "1 (grayscale) or 3 (RGB)"),
+        }
+    }
+
+    pub(crate) fn npz_path(&self) -> Result<&Path> {
+        self.path.as_deref().map_or_else(
+            || {
+                invalid(
+                    "data.path",
+                    "(unset)".into(),
+                    "the .npz file (npz: arr_0 = uint8 images [N, H, W, C]; latents: latents = \
+                     float32 [N, C, H, W])",
+                )
+            },
+            Ok,
+        )
+    }
+}
+
+fn invalid<T>(field: &'static str, value: String, expected: &str) -> Result<T> {
+    Err(TrainError::Invalid {
+        field,
+        value,
+        expected: expected.to_string(),
+    })
+}
+
+/// The distribution of training times (see [`TrainSection::time_sampling`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeSampling {
+    Uniform,
+    LogitNormal,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,8 +274,16 @@ pub struct TrainSection {
     pub grad_clip: f64,
     pub ema_decay: f64,
     pub seed: u64,
-    /// Times are drawn from U[t_range[0], t_range[1]]; experts train on their interval.
+    /// Training times lie in [t_range[0], t_range[1]]; experts train on their interval.
     pub t_range: [f64; 2],
+    /// How times are drawn within `t_range`: `uniform`, or `logit_normal` (t = sigmoid(n),
+    /// n ~ N(mean, std), truncated to `t_range`). Default: the backbone's reference choice
+    /// (logit-normal(−0.8, 0.8) for JiT, uniform for SiT, UNet and MLP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_sampling: Option<TimeSampling>,
+    /// `[mean, std]` of the logit-normal. Default `[-0.8, 0.8]` (JiT's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logit_normal: Option<[f64; 2]>,
     /// Log (metrics.jsonl, tracing) every this many steps.
     pub log_every: u64,
     /// Write a checkpoint every this many steps (and always at the end).
@@ -111,6 +306,8 @@ impl Default for TrainSection {
             ema_decay: 0.9999,
             seed: 0,
             t_range: [0.0, 1.0],
+            time_sampling: None,
+            logit_normal: None,
             log_every: 10,
             checkpoint_every: 500,
             keep_checkpoints: 2,
@@ -192,6 +389,15 @@ impl TrainConfig {
                 "0 ≤ start < end ≤ 1",
             );
         }
+        if let Some([m, sd]) = t.logit_normal {
+            if !(m.is_finite() && sd.is_finite() && sd > 0.0) {
+                return bad(
+                    "train.logit_normal",
+                    format!("{:?}", [m, sd]),
+                    "[mean, std] with a finite mean and std > 0",
+                );
+            }
+        }
         if t.log_every == 0 || t.checkpoint_every == 0 || t.keep_checkpoints == 0 {
             return bad(
                 "train.log_every / checkpoint_every / keep_checkpoints",
@@ -199,11 +405,7 @@ impl TrainConfig {
                 "positive values",
             );
         }
-        let f = self.data.data_fraction;
-        if !(f > 0.0 && f <= 1.0) {
-            return bad("data.data_fraction", f.to_string(), "a value in (0, 1]");
-        }
-        Ok(())
+        self.data.validate()
     }
 
     /// The data directory in effect.
@@ -211,7 +413,9 @@ impl TrainConfig {
         match (&self.data.dir, self.data.source) {
             (Some(d), _) => d.clone(),
             (None, DataSource::FashionMnist) => PathBuf::from(cbs_data::FASHION_MNIST_DEFAULT_DIR),
-            (None, DataSource::Gmm) => PathBuf::from("."),
+            // The other sources have no default folder (`DataConfig::validate` requires `dir`
+            // where one is read).
+            (None, _) => PathBuf::from("."),
         }
     }
 }

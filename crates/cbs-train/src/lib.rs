@@ -7,14 +7,16 @@
 //! batches, times, noise and label drops that an uninterrupted run draws after step `s`.
 
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
 pub mod ema;
 pub mod optim;
 pub mod rng;
 pub mod step;
+pub mod times;
 mod trainer;
 
-pub use config::{DataConfig, DataSource, TrainConfig, TrainSection};
+pub use config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
 pub use trainer::{load_dataset, train, StepReport, TrainOptions, TrainSummary};
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub enum Purpose {
     Train = 0x7472_6169_6e00_0001,
     Sample = 0x7361_6d70_6c00_0002,
+    Classifier = 0x636c_6173_7300_0003,
 }
 
 /// A generator for `(seed, purpose, counter)`.

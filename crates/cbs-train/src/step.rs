@@ -2,7 +2,7 @@
 //! training loop and `cbs bench train`, so the benchmark times exactly what training runs.
 
 use candle_core::{DType, Device, Tensor, Var};
-use cbs_flow::interpolant::{interpolate, target_velocity, velocity_mse};
+use cbs_flow::interpolant::{interpolate, velocity_mse};
 use cbs_models::{Architecture, Trainable};
 
 use crate::config::TrainSection;
@@ -16,6 +16,8 @@ pub struct Batch {
     pub x1: Tensor,
     pub t: Tensor,
     pub y: Tensor,
+    /// Seed of the dropout masks of this step (backbones with dropout only).
+    pub dropout_seed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,8 +66,12 @@ impl Stepper {
     /// Forward, loss, backward, gradient clipping, AdamW at `lr`, EMA.
     pub fn step(&mut self, b: &Batch, lr: f64) -> Result<StepOutcome> {
         let xt = interpolate(&b.x0, &b.x1, &b.t)?;
-        let pred = self.net.model.forward(&xt, &b.t, &b.y)?;
-        let loss = velocity_mse(&pred, &target_velocity(&b.x0, &b.x1)?)?;
+        let pred = self
+            .net
+            .model
+            .forward_train(&xt, &b.t, &b.y, b.dropout_seed)?;
+        let target = self.net.arch.training_target(&b.x0, &b.x1, &xt, &b.t)?;
+        let loss = velocity_mse(&pred, &target)?;
         let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_val.is_finite() {
             return Ok(StepOutcome::NonFinite { loss: loss_val });

@@ -58,17 +58,41 @@ pub struct TrainSummary {
 }
 
 /// Load the configured data set (and its seeded subset).
+///
+/// Every image source keeps uint8 pixels and batches them as `x / 127.5 - 1`; `data_fraction`
+/// keeps a subset seeded by `train.seed` (an image folder is subsampled before decoding, with
+/// the same selection).
 pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
-    match cfg.data.source {
+    let d = &cfg.data;
+    d.validate()?;
+    let subset = |data: cbs_data::ImageDataset| -> Result<Box<dyn Dataset>> {
+        if d.data_fraction < 1.0 {
+            return Ok(Box::new(data.subset(d.data_fraction, cfg.train.seed)?));
+        }
+        Ok(Box::new(data))
+    };
+    match d.source {
         DataSource::FashionMnist => {
             let dir = cfg.data_dir();
-            let data = cbs_data::load_fashion_mnist(&dir, cfg.data.split, cfg.data.resize)?;
-            if cfg.data.data_fraction < 1.0 {
-                return Ok(Box::new(
-                    data.subset(cfg.data.data_fraction, cfg.train.seed)?,
-                ));
-            }
-            Ok(Box::new(data))
+            subset(cbs_data::load_fashion_mnist(&dir, d.split, d.resize)?)
+        }
+        DataSource::Cifar10 => subset(cbs_data::load_cifar10(d.required_dir()?, d.split)?),
+        DataSource::Cifar100 => subset(cbs_data::load_cifar100(d.required_dir()?, d.split)?),
+        DataSource::ImageFolder => {
+            let index = cbs_data::scan_image_folder(d.required_dir()?)?
+                .subset(d.data_fraction, cfg.train.seed)?;
+            let opts = cbs_data::FolderOptions {
+                image_size: d.folder_image_size()?,
+                channels: d.folder_channels()?,
+                threads: 0,
+            };
+            Ok(Box::new(cbs_data::load_image_index(&index, &opts)?))
+        }
+        DataSource::Npz => subset(cbs_data::load_npz(d.npz_path()?, d.num_classes)?),
+        DataSource::Latents => {
+            let scale = d.latent_scale.unwrap_or(cbs_data::SD_VAE_SCALE);
+            let data = cbs_data::load_latents(d.npz_path()?, d.num_classes, scale)?;
+            Ok(Box::new(data.subset(d.data_fraction, cfg.train.seed)?))
         }
         DataSource::Gmm => {
             let path = cfg.data.gmm.as_ref().ok_or_else(|| TrainError::Invalid {
@@ -156,7 +180,7 @@ pub fn train(
     let per_sample: usize = data.sample_shape().iter().product();
     let null = arch.null_class();
     let drop_p = arch.class_dropout_prob();
-    let [t_lo, t_hi] = tc.t_range;
+    let times_dist = crate::times::TimeDist::resolve(tc, &arch);
     let mut losses = Vec::new();
     let mut last_ckpt = existing;
     let started = Instant::now();
@@ -164,7 +188,8 @@ pub fn train(
     for s in start..tc.steps {
         let step = s + 1;
         let t0 = Instant::now();
-        // Draw order is part of the reproducibility contract: flips, label drops, times, noise.
+        // Draw order is part of the reproducibility contract: flips, label drops, times, noise,
+        // dropout seed.
         let mut rng = rng::stream(tc.seed, Purpose::Train, s);
         let idx = sampler.indices(s);
         let flips: Vec<bool> = (0..b)
@@ -178,7 +203,7 @@ pub fn train(
             }
         }
         let times: Vec<f32> = (0..b)
-            .map(|_| (t_lo + (t_hi - t_lo) * rng.random::<f64>()) as f32)
+            .map(|_| times_dist.time(rng.random::<f64>()) as f32)
             .collect();
         let noise: Vec<f32> = (0..b * per_sample)
             .map(|_| rng.sample::<f32, _>(StandardNormal))
@@ -189,6 +214,7 @@ pub fn train(
             x0: Tensor::from_vec(noise, shape.as_slice(), device)?,
             t: Tensor::from_vec(times, b, device)?,
             y: Tensor::from_vec(labels, b, device)?,
+            dropout_seed: rng.random::<u64>(),
         };
         let lr = lr_at(cfg, s);
         let (loss_val, gnorm) = match st.step(&batch, lr)? {

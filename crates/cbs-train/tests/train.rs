@@ -152,6 +152,210 @@ fn loss_falls_on_toy_data() {
     assert!(late < 0.8 * early, "loss did not fall: {early} → {late}");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Every backbone through the same trainer.
+
+fn backbone_config(preset: &str, steps: u64) -> TrainConfig {
+    let mut cfg = toy_config(steps);
+    cfg.model = ModelSpec::new(preset);
+    cfg.train.checkpoint_every = steps;
+    cfg.train.keep_checkpoints = 1;
+    cfg
+}
+
+#[test]
+fn every_image_backbone_learns_the_toy_data() {
+    for preset in ["sit-nano-4", "jit-nano-4", "unet-mini"] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = run(dir.path(), &backbone_config(preset, 200), false).unwrap();
+        let mean = |r: &[(u64, f64)]| r.iter().map(|x| x.1).sum::<f64>() / r.len() as f64;
+        let (early, late) = (mean(&s.losses[..20]), mean(&s.losses[180..]));
+        assert!(
+            late < 0.7 * early,
+            "{preset}: loss did not fall enough in 200 steps: {early} → {late}"
+        );
+    }
+}
+
+#[test]
+fn jit_resumes_bit_for_bit_with_logit_normal_times() {
+    let whole = tempfile::tempdir().unwrap();
+    let split = tempfile::tempdir().unwrap();
+    let cfg = |steps| {
+        let mut c = toy_config(steps);
+        c.model = ModelSpec::new("jit-nano-4");
+        c
+    };
+    let full = run(whole.path(), &cfg(6), false).unwrap();
+    run(split.path(), &cfg(3), false).unwrap();
+    let second = run(split.path(), &cfg(6), true).unwrap();
+    assert_eq!(full.losses[3..], second.losses[..]);
+    assert_eq!(
+        bits(&full.checkpoint.join("model.safetensors")),
+        bits(&second.checkpoint.join("model.safetensors"))
+    );
+}
+
+#[test]
+fn jit_target_is_the_clamped_velocity() {
+    use cbs_models::Architecture;
+    let arch = ModelSpec::new("jit-nano-4").resolve(&[1, 8, 8], 3).unwrap();
+    assert!(matches!(arch, Architecture::Jit(_)));
+    let dev = Device::Cpu;
+    let x0 = Tensor::new(&[[0.5f32, -1.0], [2.0, 0.0]], &dev).unwrap();
+    let x1 = Tensor::new(&[[1.0f32, 1.0], [-1.0, 3.0]], &dev).unwrap();
+    let t = Tensor::new(&[0.5f32, 0.99], &dev).unwrap();
+    let xt = cbs_flow::interpolant::interpolate(&x0, &x1, &t).unwrap();
+    let got = arch
+        .training_target(&x0, &x1, &xt, &t)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    // t = 0.5: (x1 − x_t)/(1 − t) = x1 − x0; t = 0.99: (1 − t)(x1 − x0)/0.05 = 0.2 (x1 − x0).
+    let want = [[0.5f32, 2.0], [-3.0 * 0.2, 3.0 * 0.2]];
+    for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+        assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+    }
+    let sit = ModelSpec::new("sit-nano-4").resolve(&[1, 8, 8], 3).unwrap();
+    let u = sit.training_target(&x0, &x1, &xt, &t).unwrap();
+    let diff = (u - (&x1 - &x0).unwrap()).unwrap().abs().unwrap().sum_all().unwrap();
+    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+}
+
+/// Every shipped config parses, validates and builds its network (at the geometry its data
+/// source implies); the paper-scale ones have the reference sizes.
+#[test]
+fn shipped_configs_parse_and_resolve() {
+    use cbs_models::shapes::parameter_count;
+    use cbs_train::DataSource;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut files = vec![];
+    let mut dirs = vec![root.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 10, "{files:?}");
+    let mut totals = std::collections::HashMap::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        if text.contains("[classifier]") {
+            cbs_train::classifier::ClassifierRunConfig::from_file(f)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            continue;
+        }
+        let cfg = TrainConfig::from_file(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let d = &cfg.data;
+        let (shape, classes) = match d.source {
+            DataSource::FashionMnist => (vec![1, 32, 32], 10),
+            DataSource::Cifar10 => (vec![3, 32, 32], 10),
+            DataSource::ImageFolder => {
+                let s = d.image_size.unwrap();
+                (vec![d.channels.unwrap_or(3), s, s], 1000)
+            }
+            DataSource::Latents => (vec![4, 32, 32], d.num_classes.unwrap()),
+            DataSource::Gmm => (vec![2], 0),
+            other => panic!("{}: no geometry for {other:?} in this test", f.display()),
+        };
+        let arch = cfg
+            .model
+            .resolve(&shape, classes)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        totals.insert(name, parameter_count(&arch).unwrap());
+    }
+    // torchcfm's CIFAR-10 UNet; SiT-B/2 and SiT-XL/2 as published (pos_embed included).
+    assert_eq!(totals["cifar10-unet.toml"], 35_746_307);
+    assert_eq!(totals["imagenet256-sit-b-2.toml"], 130_512_416);
+    assert_eq!(totals["imagenet256-sit-xl-2.toml"], 675_129_632);
+    assert_eq!(totals["imagenet64-jit-b-4.toml"], 130_674_480);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time distributions.
+
+#[test]
+fn normal_cdf_and_quantile_match_reference_values() {
+    use cbs_train::times::{normal_cdf, normal_quantile};
+    // scipy.stats.norm.cdf. Relative error ~1e-10 to 5σ and ~1e-8 at 8σ (absolute error
+    // below 1e-15): ample for drawing training times.
+    for (x, want) in [
+        (0.0, 0.5),
+        (1.0, 0.841_344_746_068_542_9),
+        (-2.0, 0.022_750_131_948_179_195),
+        (3.0, 0.998_650_101_968_369_9),
+        (-5.0, 2.866_515_718_791_939e-7),
+        (-8.0, 6.220_960_574_271_785e-16),
+    ] {
+        let got = normal_cdf(x);
+        assert!(
+            ((got - want) / want).abs() < if x < -6.0 { 1e-7 } else { 1e-9 },
+            "Φ({x}) = {got}, want {want}"
+        );
+    }
+    for p in [1e-10, 1e-4, 0.02, 0.3, 0.5, 0.8, 0.99, 1.0 - 1e-9] {
+        let x = normal_quantile(p);
+        assert!(
+            ((normal_cdf(x) - p) / p).abs() < 1e-11,
+            "Φ(Φ⁻¹({p})) = {}",
+            normal_cdf(x)
+        );
+    }
+    assert!((normal_quantile(0.975) - 1.959_963_984_540_054).abs() < 1e-12);
+}
+
+#[test]
+fn time_distributions_follow_the_config_and_the_backbone() {
+    use cbs_train::times::TimeDist;
+    use cbs_train::TimeSampling;
+    let sit = ModelSpec::new("sit-nano-4").resolve(&[1, 8, 8], 3).unwrap();
+    let jit = ModelSpec::new("jit-nano-4").resolve(&[1, 8, 8], 3).unwrap();
+    let mut tc = cbs_train::TrainSection::default();
+    assert_eq!(TimeDist::resolve(&tc, &sit), TimeDist::Uniform { lo: 0.0, hi: 1.0 });
+    let ln = TimeDist::resolve(&tc, &jit);
+    assert!(matches!(ln, TimeDist::LogitNormal { mean, std, .. } if mean == -0.8 && std == 0.8));
+    // Untruncated: logit(t) has the configured mean and std (quadrature over u).
+    let n = 20_000;
+    let logits: Vec<f64> = (0..n)
+        .map(|i| {
+            let t = ln.time((i as f64 + 0.5) / n as f64);
+            (t / (1.0 - t)).ln()
+        })
+        .collect();
+    let mean = logits.iter().sum::<f64>() / n as f64;
+    let sd = (logits.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+    assert!((mean + 0.8).abs() < 1e-3 && (sd - 0.8).abs() < 2e-3, "{mean} {sd}");
+    // Truncated to an expert's interval: inside it, monotone in u, ends reached.
+    tc.t_range = [0.6, 0.7];
+    tc.time_sampling = Some(TimeSampling::LogitNormal);
+    let d = TimeDist::resolve(&tc, &sit);
+    let ts: Vec<f64> = (0..=100).map(|i| d.time(i as f64 / 100.0)).collect();
+    assert!((ts[0] - 0.6).abs() < 1e-12 && (ts[100] - 0.7).abs() < 1e-9, "{ts:?}");
+    assert!(ts.windows(2).all(|w| w[0] < w[1]));
+    // Mass shifts towards the mode (sigmoid(−0.8) ≈ 0.31): the median lies below the middle.
+    assert!(ts[50] < 0.65);
+    tc.time_sampling = Some(TimeSampling::Uniform);
+    assert_eq!(TimeDist::resolve(&tc, &jit), TimeDist::Uniform { lo: 0.6, hi: 0.7 });
+}
+
+#[test]
+fn time_sampling_config_errors_name_the_field() {
+    let text = "[model]\npreset = \"sit-nano-4\"\n[train]\ntime_sampling = \"gamma\"\n";
+    let e = TrainConfig::from_toml(text, Path::new("t.toml")).unwrap_err().to_string();
+    assert!(e.contains("time_sampling") || e.contains("gamma"), "{e}");
+    assert!(e.contains("uniform") && e.contains("logit_normal"), "{e}");
+    let text = "[model]\npreset = \"sit-nano-4\"\n[train]\nlogit_normal = [0.0, -1.0]\n";
+    let e = TrainConfig::from_toml(text, Path::new("t.toml")).unwrap_err().to_string();
+    assert!(e.contains("train.logit_normal"), "{e}");
+}
+
 #[test]
 fn existing_run_needs_resume_and_resume_needs_a_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -317,4 +521,233 @@ fn adamw_follows_the_torch_update_rule() {
         assert!((g - w).abs() < 1e-12, "{g} vs {w}");
     }
     assert_eq!(opt.step, 5);
+}
+
+/// The `[data]` sources read from user files: CIFAR-10/100 binary batches, image folders and
+/// ADM `.npz`, each from a TOML config and a generated tiny data set.
+mod data_sources {
+    use std::path::Path;
+
+    use candle_core::{Device, Tensor};
+    use cbs_train::{load_dataset, TrainConfig};
+
+    fn config(data: &str) -> cbs_train::Result<TrainConfig> {
+        let text = format!("[model]\npreset = \"sit-nano-4\"\n[data]\n{data}");
+        TrainConfig::from_toml(&text, Path::new("configs/data.toml"))
+    }
+
+    fn shape_classes_len(data: &str) -> (Vec<usize>, usize, usize) {
+        let ds = load_dataset(&config(data).unwrap()).unwrap();
+        (ds.sample_shape(), ds.num_classes(), ds.len())
+    }
+
+    /// TOML string literal of a path.
+    fn lit(p: &Path) -> String {
+        format!("{:?}", p.display().to_string())
+    }
+
+    /// A CRC-32 (IEEE) for the PNG chunks below.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    /// A valid 8-bit RGB PNG, pixels deflate-"stored" (cbs-train has no image encoder).
+    fn png(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for y in 0..h {
+            raw.push(0); // filter: none
+            for x in 0..w {
+                raw.extend(f(x, y));
+            }
+        }
+        let mut z = vec![0x78, 0x01];
+        let chunks: Vec<&[u8]> = raw.chunks(65535).collect();
+        for (i, block) in chunks.iter().enumerate() {
+            z.push(u8::from(i + 1 == chunks.len()));
+            z.extend((block.len() as u16).to_le_bytes());
+            z.extend((!(block.len() as u16)).to_le_bytes());
+            z.extend(*block);
+        }
+        let (mut a, mut b) = (1u32, 0u32);
+        for &v in &raw {
+            a = (a + u32::from(v)) % 65521;
+            b = (b + a) % 65521;
+        }
+        z.extend(((b << 16) | a).to_be_bytes());
+        let mut ihdr = Vec::new();
+        ihdr.extend(w.to_be_bytes());
+        ihdr.extend(h.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]);
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in [(b"IHDR", ihdr), (b"IDAT", z), (b"IEND", Vec::new())] {
+            out.extend((data.len() as u32).to_be_bytes());
+            let mut body = kind.to_vec();
+            body.extend(&data);
+            out.extend(&body);
+            out.extend(crc32(&body).to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn data_sources_cifar_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |label: &[u8]| [label, &[128u8; 3072][..]].concat();
+        for b in 1..=5u8 {
+            let bytes = [record(&[b]), record(&[b + 4])].concat();
+            std::fs::write(dir.path().join(format!("data_batch_{b}.bin")), bytes).unwrap();
+        }
+        std::fs::write(dir.path().join("test_batch.bin"), record(&[0])).unwrap();
+        std::fs::write(dir.path().join("train.bin"), record(&[3, 77]).repeat(3)).unwrap();
+        let d = lit(dir.path());
+
+        let src = format!("source = \"cifar10\"\ndir = {d}\n");
+        assert_eq!(shape_classes_len(&src), (vec![3, 32, 32], 10, 10));
+        let half = format!("{src}data_fraction = 0.5\n");
+        assert_eq!(shape_classes_len(&half).2, 5);
+        assert_eq!(shape_classes_len(&format!("{src}split = \"test\"\n")).2, 1);
+        let cifar100 = format!("source = \"cifar100\"\ndir = {d}\n");
+        assert_eq!(shape_classes_len(&cifar100), (vec![3, 32, 32], 100, 3));
+
+        // No default location: the error names data.dir and the files.
+        let e = config("source = \"cifar10\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("data.dir") && e.contains("data_batch_1.bin"),
+            "{e}"
+        );
+        let e = config("source = \"cifar100\"\n").unwrap_err().to_string();
+        assert!(e.contains("data.dir") && e.contains("train.bin"), "{e}");
+        // A folder without the files: the loader names the missing file.
+        let empty = tempfile::tempdir().unwrap();
+        let cfg = config(&format!(
+            "source = \"cifar10\"\ndir = {}\n",
+            lit(empty.path())
+        ));
+        let e = load_dataset(&cfg.unwrap()).err().unwrap().to_string();
+        assert!(e.contains("data_batch_1.bin"), "{e}");
+    }
+
+    #[test]
+    fn data_sources_image_folder_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, n) in [("bird", 3u8), ("fish", 2)] {
+            let sub = dir.path().join(class);
+            std::fs::create_dir(&sub).unwrap();
+            for i in 0..n {
+                let bytes = png(20, 12, |x, y| [x as u8 * 9, y as u8 * 20, i * 50]);
+                std::fs::write(sub.join(format!("{i}.png")), bytes).unwrap();
+            }
+        }
+        let src = format!("source = \"image_folder\"\ndir = {}\n", lit(dir.path()));
+        let rgb = format!("{src}image_size = 8\n");
+        assert_eq!(shape_classes_len(&rgb), (vec![3, 8, 8], 2, 5));
+        let gray = format!("{src}image_size = 8\nchannels = 1\ndata_fraction = 0.4\n");
+        assert_eq!(shape_classes_len(&gray), (vec![1, 8, 8], 2, 2));
+        let cfg = config(&gray).unwrap();
+        let back = TrainConfig::from_toml(&cfg.to_toml(), Path::new("run/config.toml"));
+        assert_eq!(back.unwrap(), cfg, "the saved config reloads");
+        let ds = load_dataset(&config(&rgb).unwrap()).unwrap();
+        let (x, y) = ds.batch(&[0, 4], &[false, true]).unwrap();
+        assert_eq!(y, vec![0, 1]);
+        assert!(x.iter().all(|v| (-1.0..=1.0).contains(v)));
+
+        let e = config(&src).unwrap_err().to_string();
+        assert!(
+            e.contains("data.image_size") && e.contains("(unset)"),
+            "{e}"
+        );
+        let e = config(&format!("{rgb}channels = 2\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.channels") && e.contains('2'), "{e}");
+        let e = config(&format!("{src}image_size = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.image_size"), "{e}");
+        let e = config(&format!("{src}image_size = \"big\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("image_size"), "{e}");
+        let e = config("source = \"image_folder\"\nimage_size = 8\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.dir"), "{e}");
+    }
+
+    #[test]
+    fn data_sources_npz_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("samples.npz");
+        let pixels: Vec<u8> = (0..4 * 6 * 6 * 3).map(|i| (i % 256) as u8).collect();
+        let images = Tensor::from_vec(pixels, (4, 6, 6, 3), &Device::Cpu).unwrap();
+        let labels = Tensor::new(&[2i64, 0, 5, 1], &Device::Cpu).unwrap();
+        Tensor::write_npz(&[("arr_0", &images), ("arr_1", &labels)], &path).unwrap();
+
+        let src = format!("source = \"npz\"\npath = {}\n", lit(&path));
+        assert_eq!(shape_classes_len(&src), (vec![3, 6, 6], 6, 4));
+        let declared = format!("{src}num_classes = 10\ndata_fraction = 0.5\n");
+        assert_eq!(shape_classes_len(&declared), (vec![3, 6, 6], 10, 2));
+        let e = load_dataset(&config(&format!("{src}num_classes = 4\n")).unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("samples.npz") && e.contains("label 5"), "{e}");
+
+        let e = config("source = \"npz\"\n").unwrap_err().to_string();
+        assert!(e.contains("data.path"), "{e}");
+        let e = config(&format!("source = \"npz\"\ndir = {}\n", lit(dir.path())))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.path"), "{e}");
+        let e = config(&format!("{src}num_classes = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.num_classes"), "{e}");
+        std::fs::write(&path, b"truncated").unwrap();
+        let e = load_dataset(&config(&src).unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("samples.npz") && e.contains(".npz"), "{e}");
+    }
+
+    #[test]
+    fn data_sources_reject_misplaced_or_unknown_settings() {
+        for (data, field) in [
+            ("image_size = 32\n", "data.image_size"),
+            ("channels = 1\n", "data.channels"),
+            ("path = \"x.npz\"\n", "data.path"),
+            (
+                "source = \"cifar10\"\ndir = \"d\"\nnum_classes = 3\n",
+                "data.num_classes",
+            ),
+            (
+                "source = \"gmm\"\ngmm = \"g.json\"\nimage_size = 8\n",
+                "data.image_size",
+            ),
+        ] {
+            let e = config(data).unwrap_err().to_string();
+            assert!(
+                e.contains(field) && e.contains("only read by"),
+                "{data}: {e}"
+            );
+        }
+        let e = config("source = \"cifar\"\n").unwrap_err().to_string();
+        assert!(e.contains("cifar10") && e.contains("image_folder"), "{e}");
+        let e = config("source = \"npz\"\npath = \"a.npz\"\nlabels = \"arr_1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("labels"), "{e}");
+    }
 }

@@ -1,0 +1,685 @@
+//! NumPy `.npz` archives (`np.savez`, `np.savez_compressed`) and image data sets stored in them.
+//!
+//! [`load_npz`] reads ADM's sample format: `arr_0` = uint8 `[N, H, W, C]` (C = 1 or 3; `[N, H,
+//! W]` is read as one channel), plus optional integer labels of length N in `arr_1` (what
+//! `np.savez(path, images, labels)` writes) or, failing that, `labels`.
+//!
+//! [`NpzArchive`] is the general reader: entries stored or deflated, zip64, every
+//! `.npy` header version, little- and big-endian numbers. Each entry is checked against its
+//! header (declared size), its CRC-32 and the file size before anything large is allocated, so
+//! truncated or corrupt files give an error naming the file and the array.
+
+use std::fs::File;
+use std::io::{BufReader, ErrorKind, Read};
+use std::path::{Path, PathBuf};
+
+use flate2::read::DeflateDecoder;
+use flate2::Crc;
+use zip::{CompressionMethod, ZipArchive};
+
+use crate::dataset::ImageDataset;
+use crate::error::{DataError, Result};
+
+/// Without an explicit class count, labels at or above this are taken for corruption rather
+/// than a class embedding of that many rows.
+pub const NPZ_MAX_IMPLICIT_CLASSES: usize = 1 << 20;
+
+const NPY_MAGIC: &[u8] = b"\x93NUMPY";
+/// `.npy` headers are a few hundred bytes; this bounds what a corrupt length may allocate.
+const MAX_HEADER: usize = 1 << 20;
+/// Deflate expands at most 1032-fold.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+/// Never reserve more than this up front for an array whose size comes from the file.
+const MAX_PREALLOC: usize = 64 << 20;
+
+/// Element type of an `.npy` array: kind (`b` bool, `i` signed, `u` unsigned, `f` float), size
+/// in bytes, byte order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NpyDtype {
+    pub kind: char,
+    pub size: usize,
+    pub big_endian: bool,
+}
+
+impl NpyDtype {
+    /// NumPy's name (`uint8`, `int64`, `float32`, `bool`), `>`-prefixed when big-endian.
+    pub fn name(&self) -> String {
+        let base = match self.kind {
+            'b' => "bool".to_string(),
+            'i' => format!("int{}", self.size * 8),
+            'u' => format!("uint{}", self.size * 8),
+            'f' => format!("float{}", self.size * 8),
+            k => format!("{k}{}", self.size),
+        };
+        if self.big_endian && self.size > 1 {
+            format!(">{base}")
+        } else {
+            base
+        }
+    }
+
+    fn is_integer(&self) -> bool {
+        matches!(self.kind, 'i' | 'u') && matches!(self.size, 1 | 2 | 4 | 8)
+    }
+}
+
+/// The header of one `.npy` array.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NpyHeader {
+    pub dtype: NpyDtype,
+    pub shape: Vec<usize>,
+    pub fortran_order: bool,
+}
+
+impl NpyHeader {
+    /// Bytes of data the header declares, `None` on overflow.
+    pub fn data_len(&self) -> Option<usize> {
+        self.shape
+            .iter()
+            .try_fold(self.dtype.size, |acc, &d| acc.checked_mul(d))
+    }
+}
+
+/// One array: its header and its raw data in the file's byte order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NpyArray {
+    pub header: NpyHeader,
+    pub data: Vec<u8>,
+}
+
+impl NpyArray {
+    /// The elements of an integer array (any size, either byte order) widened to `i128`;
+    /// `None` for other dtypes.
+    pub fn to_i128(&self) -> Option<Vec<i128>> {
+        let d = self.header.dtype;
+        if !d.is_integer() {
+            return None;
+        }
+        let values = self
+            .data
+            .chunks_exact(d.size)
+            .map(|b| {
+                let mut le = [0u8; 8];
+                le[..d.size].copy_from_slice(b);
+                if d.big_endian {
+                    le[..d.size].reverse();
+                }
+                let raw = u64::from_le_bytes(le);
+                if d.kind == 'i' {
+                    // Sign-extend from `size` bytes.
+                    let shift = 64 - 8 * d.size as u32;
+                    i128::from(((raw << shift) as i64) >> shift)
+                } else {
+                    i128::from(raw)
+                }
+            })
+            .collect();
+        Some(values)
+    }
+}
+
+/// An open `.npz` file.
+pub struct NpzArchive {
+    path: PathBuf,
+    zip: ZipArchive<BufReader<File>>,
+    file_len: u64,
+    /// Array names (entry names without `.npy`) with their entry index, in archive order.
+    entries: Vec<(String, usize)>,
+}
+
+impl NpzArchive {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                DataError::Missing {
+                    path: path.to_path_buf(),
+                    hint: "expected an .npz file (np.savez) with arr_0 = uint8 images [N, H, W, C]"
+                        .to_string(),
+                }
+            } else {
+                DataError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
+            }
+        })?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| DataError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?
+            .len();
+        let zip = ZipArchive::new(BufReader::new(file)).map_err(|e| DataError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("not a readable .npz (zip) archive, truncated or corrupt: {e}"),
+        })?;
+        let entries = (0..zip.len())
+            .filter_map(|i| {
+                let name = zip.name_for_index(i)?.ok()?;
+                let name = name.strip_suffix(".npy").unwrap_or(&name).to_string();
+                Some((name, i))
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            zip,
+            file_len,
+            entries,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Array names in archive order.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.entries.iter().any(|(n, _)| n == name)
+    }
+
+    /// The header of array `name`, without reading its data.
+    pub fn header(&mut self, name: &str) -> Result<NpyHeader> {
+        self.with_entry(name, false, |h, _| Ok(h.clone()))
+    }
+
+    /// Reads array `name` whole.
+    pub fn read(&mut self, name: &str) -> Result<NpyArray> {
+        self.with_entry(name, true, |header, data| {
+            let len = header.data_len().unwrap_or(0);
+            let mut buf = Vec::with_capacity(len.min(MAX_PREALLOC));
+            data.take(len as u64)
+                .read_to_end(&mut buf)
+                .map_err(|e| e.to_string())?;
+            Ok(NpyArray {
+                header: header.clone(),
+                data: buf,
+            })
+        })
+    }
+
+    /// Opens entry `name`, parses and checks its header, then hands `f` the header and a reader
+    /// positioned at the data. With `verify`, the rest of the entry is then read to its end and
+    /// the data length, CRC-32 and absence of trailing bytes are checked (so `f` must consume
+    /// exactly the declared data). `f`'s `Err(String)` becomes a `Malformed` naming the array.
+    fn with_entry<T>(
+        &mut self,
+        name: &str,
+        verify: bool,
+        f: impl FnOnce(&NpyHeader, &mut dyn Read) -> std::result::Result<T, String>,
+    ) -> Result<T> {
+        let path = self.path.clone();
+        let bad = |reason: String| DataError::Malformed {
+            path: path.clone(),
+            reason: format!("array {name}: {reason}"),
+        };
+        let Some(&(_, index)) = self.entries.iter().find(|(n, _)| n == name) else {
+            return Err(DataError::Malformed {
+                path: path.clone(),
+                reason: format!("no array {name}; the archive holds {:?}", self.names()),
+            });
+        };
+        let file_len = self.file_len;
+        let entry = self
+            .zip
+            .by_index_raw(index)
+            .map_err(|e| bad(format!("cannot open the zip entry: {e}")))?;
+        if entry.encrypted() {
+            return Err(bad("the zip entry is encrypted".to_string()));
+        }
+        let method = entry.compression();
+        let (size, compressed, crc) = (entry.size(), entry.compressed_size(), entry.crc32());
+        let limit = if method == CompressionMethod::STORE {
+            file_len
+        } else {
+            compressed.saturating_mul(MAX_DEFLATE_RATIO)
+        };
+        if size > limit || compressed > file_len {
+            return Err(bad(format!(
+                "the zip entry claims {size} bytes ({compressed} compressed), more than a \
+                 {file_len}-byte file can hold (truncated or corrupt .npz)"
+            )));
+        }
+        let inner: Box<dyn Read + '_> = if method == CompressionMethod::STORE {
+            Box::new(entry)
+        } else if method == CompressionMethod::DEFLATE {
+            Box::new(DeflateDecoder::new(entry))
+        } else {
+            return Err(bad(format!(
+                "unsupported zip compression {method:?}; write the file with np.savez or \
+                 np.savez_compressed"
+            )));
+        };
+        let mut reader = Checked {
+            inner,
+            crc: Crc::new(),
+            amount: 0,
+        };
+        let (header, header_len) = read_header(&mut reader).map_err(bad)?;
+        let data_len = header
+            .data_len()
+            .ok_or_else(|| bad(format!("shape {:?} overflows usize", header.shape)))?;
+        let declared = (header_len as u64).saturating_add(data_len as u64);
+        if verify && declared != size {
+            return Err(bad(format!(
+                "the header declares {} {:?} ({data_len} bytes of data) but the zip entry \
+                 holds {} bytes after the {header_len}-byte header (truncated or corrupt .npz)",
+                header.dtype.name(),
+                header.shape,
+                size.saturating_sub(header_len as u64)
+            )));
+        }
+        let out = f(&header, &mut reader).map_err(|e| bad(read_reason(e)))?;
+        if verify {
+            let mut rest = [0u8; 1];
+            let extra =
+                read_full(&mut reader, &mut rest).map_err(|e| bad(read_reason(e.to_string())))?;
+            if extra > 0 {
+                return Err(bad("trailing data after the declared array".to_string()));
+            }
+            if reader.amount != size {
+                return Err(bad(format!(
+                    "truncated: the zip entry holds {} of its {size} bytes",
+                    reader.amount
+                )));
+            }
+            if reader.crc.sum() != crc {
+                return Err(bad("CRC-32 mismatch: the data is corrupt".to_string()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Counts the bytes read (as u64: entries may pass 4 GiB) and their CRC-32.
+struct Checked<R> {
+    inner: R,
+    crc: Crc,
+    amount: u64,
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        self.amount += n as u64;
+        Ok(n)
+    }
+}
+
+fn read_reason(e: String) -> String {
+    if e.contains("failed to fill whole buffer") || e.contains("unexpected end of file") {
+        format!("truncated ({e})")
+    } else {
+        e
+    }
+}
+
+/// Reads the `.npy` preamble and header; returns it with its total length in bytes.
+fn read_header(r: &mut impl Read) -> std::result::Result<(NpyHeader, usize), String> {
+    let mut pre = [0u8; 8];
+    let got = read_full(r, &mut pre).map_err(|e| e.to_string())?;
+    if got < pre.len() {
+        return Err(format!("truncated .npy preamble ({got} bytes)"));
+    }
+    if &pre[..6] != NPY_MAGIC {
+        return Err("not an .npy array (bad magic)".to_string());
+    }
+    let (len_bytes, utf8) = match pre[6] {
+        1 => (2, false),
+        2 => (4, false),
+        3 => (4, true),
+        v => return Err(format!("unsupported .npy format version {v}.{}", pre[7])),
+    };
+    let mut lb = [0u8; 4];
+    if read_full(r, &mut lb[..len_bytes]).map_err(|e| e.to_string())? < len_bytes {
+        return Err("truncated .npy header length".to_string());
+    }
+    let hlen = u32::from_le_bytes(lb) as usize;
+    if hlen > MAX_HEADER {
+        return Err(format!("implausible .npy header length {hlen}"));
+    }
+    let mut text = vec![0u8; hlen];
+    if read_full(r, &mut text).map_err(|e| e.to_string())? < hlen {
+        return Err("truncated .npy header".to_string());
+    }
+    let text = if utf8 {
+        String::from_utf8(text).map_err(|_| "the .npy header is not UTF-8".to_string())?
+    } else {
+        text.iter().map(|&b| char::from(b)).collect()
+    };
+    let header = parse_header(&text).map_err(|e| format!("bad .npy header {text:?}: {e}"))?;
+    Ok((header, 8 + len_bytes + hlen))
+}
+
+/// Parses the Python dict literal of an `.npy` header.
+fn parse_header(text: &str) -> std::result::Result<NpyHeader, String> {
+    let mut p = Lit {
+        s: text.as_bytes(),
+        i: 0,
+    };
+    p.expect(b'{')?;
+    let (mut descr, mut fortran, mut shape) = (None, None, None);
+    loop {
+        if p.eat(b'}') {
+            break;
+        }
+        let key = p.string()?;
+        p.expect(b':')?;
+        match key.as_str() {
+            "descr" => {
+                if !p.at_quote() {
+                    return Err("structured dtypes are not supported".to_string());
+                }
+                descr = Some(p.string()?);
+            }
+            "fortran_order" => fortran = Some(p.boolean()?),
+            "shape" => shape = Some(p.tuple()?),
+            other => return Err(format!("unexpected key {other:?}")),
+        }
+        if !p.eat(b',') {
+            p.expect(b'}')?;
+            break;
+        }
+    }
+    let descr = descr.ok_or("no 'descr'")?;
+    Ok(NpyHeader {
+        dtype: parse_descr(&descr)?,
+        shape: shape.ok_or("no 'shape'")?,
+        fortran_order: fortran.ok_or("no 'fortran_order'")?,
+    })
+}
+
+fn parse_descr(d: &str) -> std::result::Result<NpyDtype, String> {
+    let unsupported = || format!("unsupported dtype {d:?}");
+    let mut chars = d.chars();
+    let (big_endian, rest) = match chars.next() {
+        Some('>') => (true, chars.as_str()),
+        Some('<') | Some('|') => (false, chars.as_str()),
+        Some('=') => (cfg!(target_endian = "big"), chars.as_str()),
+        _ => (false, d),
+    };
+    let (kind, size) = match rest {
+        "?" => ('b', 1),
+        _ => {
+            let mut c = rest.chars();
+            let kind = c.next().ok_or_else(unsupported)?;
+            let size: usize = c.as_str().parse().map_err(|_| unsupported())?;
+            (kind, size)
+        }
+    };
+    let ok = match kind {
+        'b' => size == 1,
+        'i' | 'u' => matches!(size, 1 | 2 | 4 | 8),
+        'f' => matches!(size, 2 | 4 | 8),
+        _ => false,
+    };
+    if !ok {
+        return Err(unsupported());
+    }
+    Ok(NpyDtype {
+        kind,
+        size,
+        big_endian,
+    })
+}
+
+/// A cursor over a Python literal.
+struct Lit<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Lit<'_> {
+    fn ws(&mut self) {
+        while self.s.get(self.i).is_some_and(|c| c.is_ascii_whitespace()) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        self.ws();
+        if self.s.get(self.i) == Some(&c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, c: u8) -> std::result::Result<(), String> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!("expected '{}' at byte {}", char::from(c), self.i))
+        }
+    }
+
+    fn at_quote(&mut self) -> bool {
+        self.ws();
+        matches!(self.s.get(self.i), Some(b'\'') | Some(b'"'))
+    }
+
+    fn string(&mut self) -> std::result::Result<String, String> {
+        if !self.at_quote() {
+            return Err(format!("expected a string at byte {}", self.i));
+        }
+        let q = self.s[self.i];
+        let start = self.i + 1;
+        let end = self.s[start..]
+            .iter()
+            .position(|&c| c == q)
+            .ok_or("unterminated string")?;
+        self.i = start + end + 1;
+        Ok(String::from_utf8_lossy(&self.s[start..start + end]).into_owned())
+    }
+
+    fn boolean(&mut self) -> std::result::Result<bool, String> {
+        self.ws();
+        for (word, v) in [(&b"True"[..], true), (&b"False"[..], false)] {
+            if self.s[self.i..].starts_with(word) {
+                self.i += word.len();
+                return Ok(v);
+            }
+        }
+        Err(format!("expected True or False at byte {}", self.i))
+    }
+
+    fn tuple(&mut self) -> std::result::Result<Vec<usize>, String> {
+        self.expect(b'(')?;
+        let mut dims = Vec::new();
+        loop {
+            if self.eat(b')') {
+                return Ok(dims);
+            }
+            self.ws();
+            let start = self.i;
+            while self.s.get(self.i).is_some_and(u8::is_ascii_digit) {
+                self.i += 1;
+            }
+            let digits = std::str::from_utf8(&self.s[start..self.i]).unwrap_or("");
+            let d = digits
+                .parse()
+                .map_err(|_| format!("expected a dimension at byte {start}"))?;
+            dims.push(d);
+            // Python 2 wrote long integers as `3L`.
+            if self.s.get(self.i) == Some(&b'L') {
+                self.i += 1;
+            }
+            if !self.eat(b',') {
+                self.expect(b')')?;
+                return Ok(dims);
+            }
+        }
+    }
+}
+
+/// Like `read_exact`, but reports how much was read instead of failing on end of file.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Loads ADM-format images (module documentation) into a data set.
+///
+/// `num_classes`: the class count when known (labels must be below it); otherwise the largest
+/// label + 1 (labels must be below [`NPZ_MAX_IMPLICIT_CLASSES`]), or 1 without labels (every
+/// image labelled 0).
+pub fn load_npz(path: &Path, num_classes: Option<usize>) -> Result<ImageDataset> {
+    if num_classes == Some(0) {
+        return Err(DataError::Invalid {
+            field: "num_classes",
+            reason: "must be at least 1".to_string(),
+        });
+    }
+    let mut npz = NpzArchive::open(path)?;
+    let malformed = |reason: String| DataError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !npz.has("arr_0") {
+        return Err(malformed(format!(
+            "no array arr_0 (expected arr_0 = uint8 images [N, H, W, C]); the archive holds {:?}",
+            npz.names()
+        )));
+    }
+    let h = npz.header("arr_0")?;
+    let (n, height, width, channels) = match *h.shape.as_slice() {
+        [n, hh, ww, c] => (n, hh, ww, c),
+        [n, hh, ww] => (n, hh, ww, 1),
+        ref dims => {
+            return Err(malformed(format!(
+                "array arr_0 has shape {dims:?} (rank {}); expected uint8 images [N, H, W, C]",
+                dims.len()
+            )))
+        }
+    };
+    if h.dtype.kind != 'u' || h.dtype.size != 1 {
+        return Err(malformed(format!(
+            "array arr_0 is {} {:?}; expected uint8 images [N, H, W, C] with values 0..=255",
+            h.dtype.name(),
+            h.shape
+        )));
+    }
+    if channels != 1 && channels != 3 {
+        return Err(malformed(format!(
+            "array arr_0 has shape {:?}: {channels} channels; expected [N, H, W, C] with C = 1 \
+             or 3",
+            h.shape
+        )));
+    }
+    if n == 0 || height == 0 || width == 0 {
+        return Err(malformed(format!(
+            "array arr_0 has shape {:?}: no images",
+            h.shape
+        )));
+    }
+    if h.fortran_order {
+        return Err(malformed(
+            "array arr_0 is stored in Fortran order; save np.ascontiguousarray(images)".to_string(),
+        ));
+    }
+
+    // Labels first: they are small, and a bad label file should not cost reading the images.
+    let label_name = ["arr_1", "labels"].into_iter().find(|n| npz.has(n));
+    let labels = match label_name {
+        Some(name) => Some(read_labels(&mut npz, name, n, num_classes)?),
+        None => None,
+    };
+    let num_classes = match (num_classes, &labels) {
+        (Some(k), _) => k,
+        (None, Some(l)) => l.iter().max().map_or(1, |&m| m as usize + 1),
+        (None, None) => 1,
+    };
+
+    let stride = height * width * channels;
+    let mut images = vec![0u8; h.data_len().unwrap_or(0)];
+    npz.with_entry("arr_0", true, |_, r| {
+        let mut buf = vec![0u8; stride];
+        let plane = height * width;
+        for dst in images.chunks_exact_mut(stride) {
+            r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+            // HWC → CHW.
+            for (i, px) in buf.chunks_exact(channels).enumerate() {
+                for (c, &v) in px.iter().enumerate() {
+                    dst[c * plane + i] = v;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(ImageDataset {
+        images,
+        labels: labels.unwrap_or_else(|| vec![0; n]),
+        channels,
+        height,
+        width,
+        num_classes,
+    })
+}
+
+pub(crate) fn read_labels(
+    npz: &mut NpzArchive,
+    name: &str,
+    n: usize,
+    num_classes: Option<usize>,
+) -> Result<Vec<u32>> {
+    let path = npz.path().to_path_buf();
+    let bad = |reason: String| DataError::Malformed {
+        path: path.clone(),
+        reason: format!("array {name} (labels): {reason}"),
+    };
+    let h = npz.header(name)?;
+    if !h.dtype.is_integer() {
+        return Err(bad(format!(
+            "dtype {} is not an integer type; expected integer class labels",
+            h.dtype.name()
+        )));
+    }
+    if h.shape != [n] {
+        return Err(bad(format!(
+            "shape {:?}; expected [{n}], one label per image of arr_0",
+            h.shape
+        )));
+    }
+    let values = npz.read(name)?.to_i128().unwrap_or_default();
+    // Labels are stored as u32.
+    let limit = num_classes
+        .unwrap_or(NPZ_MAX_IMPLICIT_CLASSES)
+        .min(u32::MAX as usize + 1);
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v < 0 {
+                Err(bad(format!("label {v} at index {i} is negative")))
+            } else if v >= limit as i128 {
+                Err(bad(match num_classes {
+                    Some(k) if v < k as i128 => {
+                        format!("label {v} at index {i} does not fit in u32")
+                    }
+                    Some(k) => format!("label {v} at index {i} is out of range for {k} classes"),
+                    None => format!(
+                        "label {v} at index {i} is too large (at most {} classes without an \
+                         explicit class count)",
+                        NPZ_MAX_IMPLICIT_CLASSES
+                    ),
+                }))
+            } else {
+                Ok(v as u32)
+            }
+        })
+        .collect()
+}

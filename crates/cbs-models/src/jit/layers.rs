@@ -1,0 +1,293 @@
+//! The layers of JiT, one struct each, named like the reference `state_dict`.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{linear, Init, Linear, VarBuilder};
+
+use super::rope::Rope;
+use super::JitConfig;
+use crate::nn::{chunk_last, modulate, softmax_last};
+
+/// RMSNorm epsilon of every norm of the reference (blocks, qk-norm, final layer).
+pub const RMS_EPS: f64 = 1e-6;
+
+/// RMSNorm with a learned weight (initialised to ones), composed of differentiable ops:
+/// `w · x / sqrt(mean(x²) + eps)` over the last dimension, in f32 for half-precision inputs
+/// (as the reference).
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            eps: RMS_EPS,
+        })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let up = matches!(dtype, DType::F16 | DType::BF16);
+        let xf = if up {
+            x.to_dtype(DType::F32)?
+        } else {
+            x.clone()
+        };
+        let inv = (xf.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let w = if up {
+            self.weight.to_dtype(DType::F32)?
+        } else {
+            self.weight.clone()
+        };
+        let y = xf.broadcast_mul(&inv)?.broadcast_mul(&w)?;
+        if up {
+            y.to_dtype(dtype)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// `x_embedder`: `proj1` = Conv2d(C, bottleneck, k = s = p, no bias), `proj2` =
+/// Conv2d(bottleneck, hidden, 1×1, bias); evaluated as patchify + two matmuls.
+pub struct BottleneckPatchEmbed {
+    proj1: Tensor,      // [bottleneck, C, p, p]
+    proj2: Tensor,      // [hidden, bottleneck, 1, 1]
+    proj2_bias: Tensor, // [hidden]
+    patch: usize,
+}
+
+impl BottleneckPatchEmbed {
+    pub fn new(cfg: &JitConfig, vb: VarBuilder) -> Result<Self> {
+        let (p, bn, h) = (cfg.patch_size, cfg.bottleneck_dim, cfg.hidden_size);
+        Ok(Self {
+            proj1: vb.pp("proj1").get((bn, cfg.in_channels, p, p), "weight")?,
+            proj2: vb.pp("proj2").get((h, bn, 1, 1), "weight")?,
+            proj2_bias: vb.pp("proj2").get(h, "bias")?,
+            patch: p,
+        })
+    }
+}
+
+impl Module for BottleneckPatchEmbed {
+    /// `[B, C, H, W]` → `[B, N, hidden]`, tokens in row-major patch order.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let p = self.patch;
+        let (gh, gw) = (h / p, w / p);
+        let x = x
+            .reshape((b, c, gh, p, gw, p))? // [B, C, gh, p, gw, p]
+            .permute((0, 2, 4, 1, 3, 5))? // [B, gh, gw, C, p, p]
+            .contiguous()?
+            .reshape((b, gh * gw, c * p * p))?; // [B, N, C·p·p]
+        let bn = self.proj1.dim(0)?;
+        let hidden = self.proj2.dim(0)?;
+        let w1 = self.proj1.reshape((bn, c * p * p))?; // [bn, C·p·p]
+        let w2 = self.proj2.reshape((hidden, bn))?; // [hidden, bn]
+        x.broadcast_matmul(&w1.t()?)? // [B, N, bn]
+            .broadcast_matmul(&w2.t()?)? // [B, N, hidden]
+            .broadcast_add(&self.proj2_bias)
+    }
+}
+
+/// `t_embedder`: [cos, sin] frequency features of dim 256 (max period 10000, t unscaled)
+/// → Linear → SiLU → Linear.
+pub struct TimestepEmbedder {
+    fc0: Linear, // mlp.0
+    fc2: Linear, // mlp.2
+}
+
+impl TimestepEmbedder {
+    pub const FREQ_DIM: usize = 256;
+    const MAX_PERIOD: f64 = 10000.0;
+
+    pub fn new(hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("mlp");
+        Ok(Self {
+            fc0: linear(Self::FREQ_DIM, hidden, vb.pp("0"))?,
+            fc2: linear(hidden, hidden, vb.pp("2"))?,
+        })
+    }
+
+    /// `[B]` → `[B, dim]`: `[cos(t·f), sin(t·f)]`, `f_k = exp(−ln(10000)·k/half)`.
+    pub fn frequency_features(t: &Tensor, dim: usize) -> Result<Tensor> {
+        let half = dim / 2;
+        let freqs: Vec<f32> = (0..half)
+            .map(|k| (-(Self::MAX_PERIOD.ln()) * k as f64 / half as f64).exp() as f32)
+            .collect();
+        let freqs = Tensor::from_vec(freqs, (1, half), t.device())?.to_dtype(t.dtype())?;
+        let args = t.unsqueeze(1)?.broadcast_mul(&freqs)?; // [B, half]
+        Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)
+    }
+}
+
+impl Module for TimestepEmbedder {
+    fn forward(&self, t: &Tensor) -> Result<Tensor> {
+        let f = Self::frequency_features(t, Self::FREQ_DIM)?;
+        self.fc2.forward(&self.fc0.forward(&f)?.silu()?)
+    }
+}
+
+/// `y_embedder.embedding_table`: `num_classes + 1` rows (the last one is the null class).
+pub struct LabelEmbedder {
+    table: Tensor,
+}
+
+impl LabelEmbedder {
+    pub fn new(cfg: &JitConfig, vb: VarBuilder) -> Result<Self> {
+        let table = vb
+            .pp("embedding_table")
+            .get((cfg.label_rows(), cfg.hidden_size), "weight")?;
+        Ok(Self { table })
+    }
+
+    /// `[B]` labels → `[B, hidden]`.
+    pub fn forward(&self, y: &Tensor) -> Result<Tensor> {
+        self.table.index_select(&y.to_dtype(DType::U32)?, 0)
+    }
+}
+
+/// Self-attention: fused qkv (bias), per-head RMS qk-norm, RoPE on q and k, softmax
+/// attention with scale `1/sqrt(head_dim)`, output projection.
+pub struct Attention {
+    qkv: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    proj: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    pub fn new(cfg: &JitConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let d = cfg.head_dim();
+        Ok(Self {
+            qkv: linear(h, 3 * h, vb.pp("qkv"))?,
+            q_norm: RmsNorm::new(d, vb.pp("q_norm"))?,
+            k_norm: RmsNorm::new(d, vb.pp("k_norm"))?,
+            proj: linear(h, h, vb.pp("proj"))?,
+            heads: cfg.num_heads,
+            scale: (d as f64).powf(-0.5),
+        })
+    }
+
+    /// `x`: `[B, N, C]`; `rope` covers the N tokens.
+    pub fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let d = c / self.heads;
+        let qkv = self
+            .qkv
+            .forward(x)? // [B, N, 3C]
+            .reshape((b, n, 3, self.heads, d))? // [B, N, 3, H, d]
+            .permute((2, 0, 3, 1, 4))?; // [3, B, H, N, d]
+        let q = self.q_norm.forward(&qkv.get(0)?.contiguous()?)?; // [B, H, N, d]
+        let k = self.k_norm.forward(&qkv.get(1)?.contiguous()?)?; // [B, H, N, d]
+        let v = qkv.get(2)?.contiguous()?; // [B, H, N, d]
+        let q = (rope.apply(&q)? * self.scale)?;
+        let k = rope.apply(&k)?;
+        let attn = softmax_last(&q.matmul(&k.t()?)?)?; // [B, H, N, N]
+        let out = attn
+            .matmul(&v)? // [B, H, N, d]
+            .transpose(1, 2)? // [B, N, H, d]
+            .reshape((b, n, c))?; // [B, N, C]
+        self.proj.forward(&out)
+    }
+}
+
+/// `mlp`: SwiGLU, `w12` (hidden → 2·m) split into (a, b), `silu(a)·b`, `w3` (m → hidden).
+pub struct SwiGluFfn {
+    w12: Linear,
+    w3: Linear,
+    hidden: usize,
+}
+
+impl SwiGluFfn {
+    pub fn new(cfg: &JitConfig, vb: VarBuilder) -> Result<Self> {
+        let m = cfg.mlp_hidden();
+        Ok(Self {
+            w12: linear(cfg.hidden_size, 2 * m, vb.pp("w12"))?,
+            w3: linear(m, cfg.hidden_size, vb.pp("w3"))?,
+            hidden: m,
+        })
+    }
+}
+
+impl Module for SwiGluFfn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x12 = self.w12.forward(x)?; // [B, N, 2m]
+        let a = x12.narrow(D::Minus1, 0, self.hidden)?;
+        let b = x12.narrow(D::Minus1, self.hidden, self.hidden)?;
+        self.w3.forward(&(a.silu()? * b)?)
+    }
+}
+
+/// One adaLN-Zero block with RMSNorm, RoPE attention and SwiGLU.
+pub struct JitBlock {
+    norm1: RmsNorm,
+    attn: Attention,
+    norm2: RmsNorm,
+    mlp: SwiGluFfn,
+    ada_ln: Linear, // adaLN_modulation.1 (index 0 is the SiLU)
+}
+
+impl JitBlock {
+    pub fn new(cfg: &JitConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            norm1: RmsNorm::new(h, vb.pp("norm1"))?,
+            attn: Attention::new(cfg, vb.pp("attn"))?,
+            norm2: RmsNorm::new(h, vb.pp("norm2"))?,
+            mlp: SwiGluFfn::new(cfg, vb.pp("mlp"))?,
+            ada_ln: linear(h, 6 * h, vb.pp("adaLN_modulation").pp("1"))?,
+        })
+    }
+
+    /// `x`: `[B, N, C]`, `c`: `[B, C]`, `rope` covering the N tokens.
+    pub fn forward(&self, x: &Tensor, c: &Tensor, rope: &Rope) -> Result<Tensor> {
+        let m = chunk_last(&self.ada_ln.forward(&c.silu()?)?, 6)?;
+        let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
+        let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
+        let h = modulate(&self.norm1.forward(x)?, shift_msa, scale_msa)?;
+        let x = (x + self
+            .attn
+            .forward(&h, rope)?
+            .broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
+        let h = modulate(&self.norm2.forward(&x)?, shift_mlp, scale_mlp)?;
+        &x + self
+            .mlp
+            .forward(&h)?
+            .broadcast_mul(&gate_mlp.unsqueeze(1)?)?
+    }
+}
+
+/// `final_layer`: RMSNorm (`norm_final`) → adaLN (shift, scale) → Linear(hidden, p²·C).
+pub struct FinalLayer {
+    norm_final: RmsNorm,
+    linear: Linear,
+    ada_ln: Linear,
+}
+
+impl FinalLayer {
+    pub fn new(cfg: &JitConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let p = cfg.patch_size;
+        Ok(Self {
+            norm_final: RmsNorm::new(h, vb.pp("norm_final"))?,
+            linear: linear(h, p * p * cfg.out_channels(), vb.pp("linear"))?,
+            ada_ln: linear(h, 2 * h, vb.pp("adaLN_modulation").pp("1"))?,
+        })
+    }
+
+    /// `[B, N, C]` → `[B, N, p²·out_channels]`.
+    pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
+        let m = chunk_last(&self.ada_ln.forward(&c.silu()?)?, 2)?;
+        let h = modulate(&self.norm_final.forward(x)?, &m[0], &m[1])?;
+        self.linear.forward(&h)
+    }
+}
