@@ -196,9 +196,12 @@ pub struct SampleArgs {
     /// only up to floating-point rounding).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Images per grid row (default: √num).
+    /// Images per grid row (default: √ of the images shown).
     #[arg(long)]
     pub nrow: Option<usize>,
+    /// grid.png shows the first this many images (samples.npz holds all of them).
+    #[arg(long, default_value_t = 100)]
+    pub grid_max: usize,
     /// Also write every image as DIR/images/NNNNNN.png.
     #[arg(long)]
     pub individual: bool,
@@ -483,6 +486,9 @@ pub struct TrainClassifierArgs {
     /// Override [classifier] seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Override [classifier] real_sample: training images written to train-sample.npz.
+    #[arg(long, value_name = "N")]
+    pub real_sample: Option<usize>,
     /// Override [data] dir.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,

@@ -182,7 +182,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     });
     pb.finish_and_clear();
     let (x, labels) = result?;
-    write_outputs(&a.out, &x, labels.as_deref(), a.nrow, a.individual)?;
+    write_outputs(&a.out, &x, labels.as_deref(), a.nrow, a.grid_max, a.individual)?;
     eprintln!(
         "wrote {} samples from {source} to {}",
         a.num,
@@ -196,6 +196,7 @@ fn write_outputs(
     x: &candle_core::Tensor,
     labels: Option<&[u32]>,
     nrow: Option<usize>,
+    grid_max: usize,
     individual: bool,
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -208,8 +209,12 @@ fn write_outputs(
         return Ok(());
     }
     let (bytes, dims) = images::to_uint8_nhwc(x)?;
-    let nrow = nrow.unwrap_or_else(|| (dims[0] as f64).sqrt().ceil() as usize);
-    images::write_grid(&out.join("grid.png"), &bytes, dims, nrow)?;
+    // The grid shows the first `grid_max` images (all of them are in samples.npz).
+    let shown = dims[0].min(grid_max.max(1));
+    let per_image = dims[1] * dims[2] * dims[3];
+    let nrow = nrow.unwrap_or_else(|| (shown as f64).sqrt().ceil() as usize);
+    let grid_dims = [shown, dims[1], dims[2], dims[3]];
+    images::write_grid(&out.join("grid.png"), &bytes[..shown * per_image], grid_dims, nrow)?;
     images::write_npz(&out.join("samples.npz"), &bytes, dims)?;
     if let Some(l) = labels {
         let text: String = l.iter().map(|v| format!("{v}\n")).collect();

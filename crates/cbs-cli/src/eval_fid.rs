@@ -109,6 +109,9 @@ pub fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
     if let Some(s) = a.seed {
         cfg.classifier.seed = s;
     }
+    if let Some(n) = a.real_sample {
+        cfg.classifier.real_sample = n;
+    }
     if let Some(d) = &a.data_dir {
         cfg.data.dir = Some(d.clone());
     }

@@ -851,7 +851,7 @@ fn train_classifier_then_eval_fid_in_its_feature_space() {
         &cfg,
         format!(
             "[data]\ndir = \"{}\"\n[classifier]\nwidths = [8, 16]\nfeature_dim = 16\n\
-             steps = 300\nbatch_size = 16\nlr = 3e-3\n",
+             steps = 300\nbatch_size = 16\nlr = 3e-3\nreal_sample = 64\n",
             data.display()
         ),
     )
@@ -904,6 +904,10 @@ fn train_classifier_then_eval_fid_in_its_feature_space() {
     let fid = far["fid"].as_f64().unwrap();
     assert!(fid > 1.0 && fid > 1e3 * same["fid"].as_f64().unwrap().abs(), "{far}");
     assert!(far["recall"].as_f64().unwrap() < 0.5, "{far}");
+    // Real training images of the same kind: close to the reference, far closer than one class.
+    let real = eval(&run.join("train-sample.npz"));
+    assert_eq!(real["num_samples"], 64);
+    assert!(real["fid"].as_f64().unwrap() < 0.2 * fid, "{real} vs {far}");
 
     // Errors: not a classifier run; a malformed --features value.
     let o = cbs_without_weights(&[

@@ -47,6 +47,9 @@ pub struct ClassifierSection {
     pub lr: f64,
     pub weight_decay: f64,
     pub seed: u64,
+    /// Training images written to `train-sample.npz` (the real-data floor of FID at that
+    /// sample size; match it to the number of samples you evaluate).
+    pub real_sample: usize,
     /// Filled in by training from the data: the network that was trained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<ClassifierConfig>,
@@ -63,6 +66,7 @@ impl Default for ClassifierSection {
             lr: 2e-3,
             weight_decay: 1e-4,
             seed: 0,
+            real_sample: 1000,
             arch: None,
         }
     }
@@ -93,6 +97,13 @@ impl ClassifierRunConfig {
         }
         if c.batch_size == 0 {
             return bad("classifier.batch_size", "0".into(), "at least 1");
+        }
+        if c.real_sample < 2 {
+            return bad(
+                "classifier.real_sample",
+                c.real_sample.to_string(),
+                "at least 2 images",
+            );
         }
         if !(c.lr.is_finite() && c.lr > 0.0) {
             return bad("classifier.lr", c.lr.to_string(), "a positive number");
@@ -145,9 +156,8 @@ pub const CONFIG_FILE: &str = "classifier.toml";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const REFERENCE_FILE: &str = "reference.npz";
-/// 1000 training images (seeded, unflipped): the real-data floor for 1000 samples.
+/// `real_sample` training images (seeded, unflipped): the real-data floor of FID.
 pub const TRAIN_SAMPLE_FILE: &str = "train-sample.npz";
-const TRAIN_SAMPLE: usize = 1000;
 
 /// Train the classifier of `cfg` and write the run to `out`.
 pub fn train_classifier(
@@ -254,7 +264,7 @@ pub fn train_classifier(
     // A same-size draw of real training images: its FID against the reference is the floor
     // that samples of that size can reach in this feature space.
     let mut rng = rng::stream(cc.seed, Purpose::Classifier, u64::MAX);
-    let k = TRAIN_SAMPLE.min(train_data.len());
+    let k = cc.real_sample.min(train_data.len());
     let mut pick = rand::seq::index::sample(&mut rng, train_data.len(), k).into_vec();
     pick.sort_unstable();
     write_images(&out.join(TRAIN_SAMPLE_FILE), train_data.as_ref(), &pick)?;
