@@ -2,15 +2,48 @@
 //!
 //! candle's own fused `layer_norm`, `softmax_last_dim` and the default `LayerNorm` module
 //! return no gradient (silently). On the CPU (f32/f64) these functions use the kernels of
-//! [`crate::fused`], which have hand-written backward passes; elsewhere the [`composed`]
-//! versions, which candle differentiates op by op.
+//! [`crate::fused`], which have hand-written backward passes; elsewhere (and with
+//! `CBS_FUSED=0`, or inside [`with_composed`]) the [`composed`] versions, which candle
+//! differentiates op by op. Besides the single ops (LayerNorm, softmax, GELU, SiLU), the
+//! transformer-block pieces are fused whole: [`layer_norm_modulate`], [`gated_residual`],
+//! [`linear`], [`attention`], and the loss [`mse`] — each one graph node instead of several,
+//! which matters because candle's backward gives every input of every node a zero-filled
+//! gradient buffer plus an add.
 
 use candle_core::{DType, Result, Tensor};
+use candle_nn::Linear;
 
 use crate::fused;
 
 fn fused_ok(x: &Tensor) -> bool {
-    fused_enabled() && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    fused_enabled()
+        && !FORCE_COMPOSED.with(|c| c.get())
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Every tensor can take the fused path (and they share one dtype).
+fn fused_ok_all(xs: &[&Tensor]) -> bool {
+    xs.iter().all(|x| fused_ok(x) && x.dtype() == xs[0].dtype())
+}
+
+thread_local! {
+    static FORCE_COMPOSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with the [`composed`] versions on this thread whatever `CBS_FUSED` says (the switch
+/// is read once per process), e.g. to compare a whole model's fused and composed gradients.
+/// Nests; restored on return and on panic. The loss of `cbs_flow::interpolant::velocity_mse`
+/// is not affected (use [`mse`] / [`composed::mse`]).
+pub fn with_composed<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCE_COMPOSED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCE_COMPOSED.with(|c| c.replace(true)));
+    f()
 }
 
 /// `CBS_FUSED=0` turns the fused kernels off (for side-by-side benchmarks of the two paths).
@@ -38,6 +71,54 @@ pub mod composed {
     pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
         x.gelu()
     }
+
+    pub fn silu(x: &Tensor) -> Result<Tensor> {
+        x.silu()
+    }
+
+    pub fn layer_norm_modulate(
+        x: &Tensor,
+        shift: &Tensor,
+        scale: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        super::modulate(&layer_norm_no_affine(x, eps)?, shift, scale)
+    }
+
+    pub fn gated_residual(x: &Tensor, gate: &Tensor, h: &Tensor) -> Result<Tensor> {
+        x + h.broadcast_mul(&gate.unsqueeze(1)?)?
+    }
+
+    pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        cbs_flow::interpolant::mse_composed(a, b)
+    }
+
+    pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+        y.broadcast_add(b)
+    }
+
+    pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+        let (b, n, c3) = qkv.dims3()?;
+        let c = c3 / 3;
+        let d = c / heads;
+        let qkv = qkv
+            .reshape((b, n, 3, heads, d))? // [B, N, 3, H, d]
+            .permute((2, 0, 3, 1, 4))?; // [3, B, H, N, d]
+        let q = (qkv.get(0)?.contiguous()? * scale)?; // [B, H, N, d]
+        let k = qkv.get(1)?.contiguous()?; // [B, H, N, d]
+        let v = qkv.get(2)?.contiguous()?; // [B, H, N, d]
+        let attn = super::softmax_last(&q.matmul(&k.t()?)?)?; // [B, H, N, N]
+        attn.matmul(&v)? // [B, H, N, d]
+            .transpose(1, 2)? // [B, N, H, d]
+            .reshape((b, n, c)) // [B, N, C]
+    }
+
+    /// candle_nn's own `Linear::forward`, on a contiguous input: with a strided `[B, N, K]`
+    /// input it multiplies by a batch-broadcast weight, and candle 0.11.1's CPU matrix product
+    /// gets that wrong when the left operand is a transposed view.
+    pub fn linear(lin: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+        candle_nn::Module::forward(lin, &x.contiguous()?)
+    }
 }
 
 /// LayerNorm over the last dimension without affine parameters.
@@ -64,6 +145,75 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
         fused::gelu_tanh(x)
     } else {
         composed::gelu_tanh(x)
+    }
+}
+
+/// SiLU, `x·σ(x)`.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    if fused_ok(x) {
+        fused::silu(x)
+    } else {
+        composed::silu(x)
+    }
+}
+
+/// LayerNorm over the last dimension (no affine, epsilon `eps`) followed by the adaLN
+/// modulation: `LN(x)·(1 + scale) + shift`, `x`: `[B, N, C]`, `shift`, `scale`: `[B, C]`.
+/// The same as `modulate(&layer_norm_no_affine(x, eps)?, shift, scale)`.
+pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused_ok_all(&[x, shift, scale]) {
+        fused::layer_norm_modulate(x, shift, scale, eps)
+    } else {
+        composed::layer_norm_modulate(x, shift, scale, eps)
+    }
+}
+
+/// The adaLN-Zero gated residual `x + gate·h`: `x`, `h`: `[B, N, C]`, `gate`: `[B, C]`
+/// broadcast over the tokens.
+pub fn gated_residual(x: &Tensor, gate: &Tensor, h: &Tensor) -> Result<Tensor> {
+    if fused_ok_all(&[x, gate, h]) {
+        fused::gated_residual(x, gate, h)
+    } else {
+        composed::gated_residual(x, gate, h)
+    }
+}
+
+/// Mean over all elements of `(a − b)²` (a scalar).
+pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused_ok_all(&[a, b]) && a.elem_count() > 0 {
+        fused::mse(a, b)
+    } else {
+        composed::mse(a, b)
+    }
+}
+
+/// `y + b` with the bias `b` (`[O]`) broadcast over the leading dimensions of `y` (`[…, O]`).
+pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused_ok_all(&[y, b]) {
+        fused::bias_add(y, b)
+    } else {
+        composed::bias_add(y, b)
+    }
+}
+
+/// A linear layer, `x·Wᵀ + b` over the last dimension: the same arithmetic as
+/// `candle_nn::Linear::forward`, as one graph node on the CPU.
+pub fn linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
+    match lin.bias() {
+        Some(b) if fused_ok_all(&[x, lin.weight(), b]) && x.rank() >= 2 && x.elem_count() > 0 => {
+            fused::linear(x, lin.weight(), b)
+        }
+        _ => composed::linear(lin, x),
+    }
+}
+
+/// Multi-head self-attention `softmax(scale·q·kᵀ)·v` from a fused qkv projection: `qkv`
+/// `[B, N, 3C]` with channels ordered (q|k|v, head, d) → `[B, N, C]` with channels (head, d).
+pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    if fused_ok(qkv) && qkv.elem_count() > 0 {
+        fused::attention(qkv, heads, scale)
+    } else {
+        composed::attention(qkv, heads, scale)
     }
 }
 

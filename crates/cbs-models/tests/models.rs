@@ -16,6 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+#[path = "models/fused.rs"]
+mod fused_more;
 #[path = "models/jit.rs"]
 mod jit;
 #[path = "models/unet.rs"]

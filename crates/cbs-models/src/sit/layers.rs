@@ -4,7 +4,9 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::SitConfig;
-use crate::nn::{chunk_last, gelu_tanh, layer_norm_no_affine, modulate, softmax_last};
+use crate::nn::{
+    attention, chunk_last, gated_residual, gelu_tanh, layer_norm_modulate, linear as apply, silu,
+};
 
 const LN_EPS: f64 = 1e-6;
 
@@ -37,11 +39,11 @@ impl Module for PatchEmbed {
         let x = x
             .reshape((b, c, gh, p, gw, p))? // [B, C, gh, p, gw, p]
             .permute((0, 2, 4, 1, 3, 5))? // [B, gh, gw, C, p, p]
-            .contiguous()?
-            .reshape((b, gh * gw, c * p * p))?; // [B, N, C·p·p]
+            .contiguous()?; // [B, gh, gw, C, p, p]
         let hidden = self.weight.dim(0)?;
         let w = self.weight.reshape((hidden, c * p * p))?; // [hidden, C·p·p]
-        x.broadcast_matmul(&w.t()?)?.broadcast_add(&self.bias)
+        let x = x.reshape((b, gh * gw, c * p * p))?; // [B, N, C·p·p]
+        apply(&Linear::new(w, Some(self.bias.clone())), &x) // [B, N, hidden]
     }
 }
 
@@ -80,7 +82,7 @@ impl TimestepEmbedder {
 impl Module for TimestepEmbedder {
     fn forward(&self, t: &Tensor) -> Result<Tensor> {
         let f = Self::frequency_features(t, self.freq_dim)?;
-        self.fc2.forward(&self.fc0.forward(&f)?.silu()?)
+        apply(&self.fc2, &silu(&apply(&self.fc0, &f)?)?)
     }
 }
 
@@ -125,23 +127,10 @@ impl Attention {
 }
 
 impl Module for Attention {
+    /// `[B, N, C]` → `[B, N, C]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let d = c / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)? // [B, N, 3C]
-            .reshape((b, n, 3, self.heads, d))? // [B, N, 3, H, d]
-            .permute((2, 0, 3, 1, 4))?; // [3, B, H, N, d]
-        let q = (qkv.get(0)?.contiguous()? * self.scale)?; // [B, H, N, d]
-        let k = qkv.get(1)?.contiguous()?; // [B, H, N, d]
-        let v = qkv.get(2)?.contiguous()?; // [B, H, N, d]
-        let attn = softmax_last(&q.matmul(&k.t()?)?)?; // [B, H, N, N]
-        let out = attn
-            .matmul(&v)? // [B, H, N, d]
-            .transpose(1, 2)? // [B, N, H, d]
-            .reshape((b, n, c))?; // [B, N, C]
-        self.proj.forward(&out)
+        let qkv = apply(&self.qkv, x)?; // [B, N, 3C]
+        apply(&self.proj, &attention(&qkv, self.heads, self.scale)?)
     }
 }
 
@@ -162,7 +151,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&gelu_tanh(&self.fc1.forward(x)?)?)
+        apply(&self.fc2, &gelu_tanh(&apply(&self.fc1, x)?)?)
     }
 }
 
@@ -185,19 +174,13 @@ impl SitBlock {
 
     /// `x`: `[B, N, C]`, `c`: `[B, C]`.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let m = chunk_last(&self.ada_ln.forward(&c.silu()?)?, 6)?;
+        let m = chunk_last(&apply(&self.ada_ln, &silu(c)?)?, 6)?;
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
-        let h = modulate(&layer_norm_no_affine(x, LN_EPS)?, shift_msa, scale_msa)?;
-        let x = (x + self
-            .attn
-            .forward(&h)?
-            .broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
-        let h = modulate(&layer_norm_no_affine(&x, LN_EPS)?, shift_mlp, scale_mlp)?;
-        &x + self
-            .mlp
-            .forward(&h)?
-            .broadcast_mul(&gate_mlp.unsqueeze(1)?)?
+        let h = layer_norm_modulate(x, shift_msa, scale_msa, LN_EPS)?;
+        let x = gated_residual(x, gate_msa, &self.attn.forward(&h)?)?;
+        let h = layer_norm_modulate(&x, shift_mlp, scale_mlp, LN_EPS)?;
+        gated_residual(&x, gate_mlp, &self.mlp.forward(&h)?)
     }
 }
 
@@ -219,8 +202,8 @@ impl FinalLayer {
 
     /// `[B, N, C]` → `[B, N, p²·out_channels]`.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let m = chunk_last(&self.ada_ln.forward(&c.silu()?)?, 2)?;
-        let h = modulate(&layer_norm_no_affine(x, LN_EPS)?, &m[0], &m[1])?;
-        self.linear.forward(&h)
+        let m = chunk_last(&apply(&self.ada_ln, &silu(c)?)?, 2)?;
+        let h = layer_norm_modulate(x, &m[0], &m[1], LN_EPS)?;
+        apply(&self.linear, &h)
     }
 }

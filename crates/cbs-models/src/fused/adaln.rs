@@ -1,0 +1,345 @@
+//! The adaLN kernels of a DiT/SiT block: LayerNorm (no affine) fused with the modulation
+//! `·(1 + scale) + shift`, and the gated residual `x + gate·h`. `x`, `h`: `[B, N, C]`;
+//! `shift`, `scale`, `gate`: `[B, C]`, broadcast over the `N` tokens.
+//!
+//! Each backward is one op over (saved inputs, upstream gradient) that returns the gradients of
+//! all inputs packed in one flat buffer (the `[B, N, C]` one first, then each `[B, C]` one),
+//! handed out as contiguous views of it. The per-sample reductions (`Σ_n`) are accumulated in
+//! f64, one sample per task.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{contiguous, row_stats, F, PAR_MIN};
+
+/// `f(i, chunk_i)` over the `chunk`-long pieces of `out`, in parallel for large tensors; the
+/// results in order.
+fn chunks<T: Send, R: Send>(
+    out: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync + Send,
+) -> Vec<R> {
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .map(|(i, o)| f(i, o))
+            .collect()
+    } else {
+        out.chunks_mut(chunk)
+            .enumerate()
+            .map(|(i, o)| f(i, o))
+            .collect()
+    }
+}
+
+/// `(B, N, C)` of `big` after checking that every `small` is `[B, C]` (and `big2` is `big`'s
+/// shape).
+fn bnc(
+    op: &str,
+    big: &Layout,
+    big2: Option<&Layout>,
+    small: &[&Layout],
+) -> Result<(usize, usize, usize)> {
+    let (b, n, c) = big.shape().dims3()?;
+    if let Some(l) = big2 {
+        if l.dims() != big.dims() {
+            bail!("{op}: shape mismatch {:?} vs {:?}", big.dims(), l.dims());
+        }
+    }
+    for l in small {
+        if l.dims() != [b, c] {
+            bail!(
+                "{op}: expected a [{b}, {c}] vector per sample, got {:?}",
+                l.dims()
+            );
+        }
+    }
+    Ok((b, n, c))
+}
+
+/// Run `$body` with `$a`, `$b`, `$c` bound to the contiguous f32 or f64 slices of the three
+/// storages, wrapping the `Vec` it returns into the matching `CpuStorage`.
+macro_rules! with_slices3 {
+    ($op:expr, ($s1:expr, $l1:expr), ($s2:expr, $l2:expr), ($s3:expr, $l3:expr),
+     |$a:ident, $b:ident, $c:ident| $body:expr) => {
+        match ($s1, $s2, $s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let $a = contiguous::<f32>($s1, $l1, $op)?;
+                let $b = contiguous::<f32>($s2, $l2, $op)?;
+                let $c = contiguous::<f32>($s3, $l3, $op)?;
+                CpuStorage::F32($body)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let $a = contiguous::<f64>($s1, $l1, $op)?;
+                let $b = contiguous::<f64>($s2, $l2, $op)?;
+                let $c = contiguous::<f64>($s3, $l3, $op)?;
+                CpuStorage::F64($body)
+            }
+            _ => bail!("{}: only f32 and f64 (all the same) are supported", $op),
+        }
+    };
+}
+
+/// Write per-sample f64 accumulators (`acc[b][k·C + j]`) as `k` contiguous `[B, C]` blocks
+/// after `big` (the layout the backward ops return).
+fn pack<T: F>(mut big: Vec<T>, acc: &[Vec<f64>], k: usize, c: usize) -> Vec<T> {
+    big.reserve(k * acc.len() * c);
+    for q in 0..k {
+        for a in acc {
+            big.extend(a[q * c..(q + 1) * c].iter().map(|&v| T::of(v)));
+        }
+    }
+    big
+}
+
+/// Views of a packed gradient buffer: `[B, N, C]` then `k` blocks of `[B, C]`.
+fn unpack(packed: &Tensor, (b, n, c): (usize, usize, usize), k: usize) -> Result<Vec<Tensor>> {
+    let big = b * n * c;
+    let mut out = vec![packed.narrow(0, 0, big)?.reshape((b, n, c))?];
+    for q in 0..k {
+        out.push(packed.narrow(0, big + q * b * c, b * c)?.reshape((b, c))?);
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------------ LayerNorm + modulation
+
+/// `y = x̂·(1 + scale) + shift`, `x̂ = (x − mean)·rstd` per token.
+fn ln_mod_fwd<T: F>(x: &[T], shift: &[T], scale: &[T], n: usize, c: usize, eps: f64) -> Vec<T> {
+    let mut out = vec![T::of(0.0); x.len()];
+    chunks(&mut out, c, |r, o| {
+        let b = r / n;
+        let xr = &x[r * c..(r + 1) * c];
+        let (sh, sc) = (&shift[b * c..(b + 1) * c], &scale[b * c..(b + 1) * c]);
+        let (mean, rstd) = row_stats(xr, eps);
+        for (((o, &x), &sh), &sc) in o.iter_mut().zip(xr).zip(sh).zip(sc) {
+            *o = T::of((x.f() - mean) * rstd * (1.0 + sc.f()) + sh.f());
+        }
+    });
+    out
+}
+
+/// With `ĝ = g·(1 + scale)`: `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))` per token,
+/// `dshift = Σ_n g`, `dscale = Σ_n g·x̂`; statistics recomputed from `x`.
+fn ln_mod_bwd<T: F>(x: &[T], scale: &[T], g: &[T], n: usize, c: usize, eps: f64) -> Vec<T> {
+    let mut dx = vec![T::of(0.0); x.len()];
+    let acc = chunks(&mut dx, n * c, |b, dx| {
+        let sc = &scale[b * c..(b + 1) * c];
+        let mut acc = vec![0.0f64; 2 * c];
+        let (a_sh, a_sc) = acc.split_at_mut(c);
+        for (j, dx) in dx.chunks_mut(c).enumerate() {
+            let r = b * n + j;
+            let (xr, gr) = (&x[r * c..(r + 1) * c], &g[r * c..(r + 1) * c]);
+            let (mean, rstd) = row_stats(xr, eps);
+            let (mut mg, mut mgx) = (0.0, 0.0);
+            for ((&x, &g), &s) in xr.iter().zip(gr).zip(sc) {
+                let gs = g.f() * (1.0 + s.f());
+                mg += gs;
+                mgx += gs * (x.f() - mean) * rstd;
+            }
+            let (mg, mgx) = (mg / c as f64, mgx / c as f64);
+            let it = dx.iter_mut().zip(xr).zip(gr).zip(sc);
+            for ((((o, &x), &g), &s), (ash, asc)) in it.zip(a_sh.iter_mut().zip(a_sc.iter_mut())) {
+                let (xh, g) = ((x.f() - mean) * rstd, g.f());
+                *o = T::of(rstd * (g * (1.0 + s.f()) - mg - xh * mgx));
+                *ash += g;
+                *asc += g * xh;
+            }
+        }
+        acc
+    });
+    pack(dx, &acc, 2, c)
+}
+
+/// Forward: (x, shift, scale) → `LN(x)·(1 + scale) + shift`; the parameter is epsilon.
+struct LnModulate(f64);
+/// Backward: (x, scale, grad) → packed (dx, dshift, dscale).
+struct LnModulateBwd(f64);
+
+impl CustomOp3 for LnModulate {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-modulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (_, n, c) = bnc(op, l1, None, &[l2, l3])?;
+        let out = with_slices3!(op, (s1, l1), (s2, l2), (s3, l3), |x, sh, sc| {
+            ln_mod_fwd(x, sh, sc, n, c, self.0)
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _shift: &Tensor,
+        scale: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(scale, &grad.contiguous()?, &LnModulateBwd(self.0))?;
+        let mut g = unpack(&packed, x.dims3()?, 2)?.into_iter();
+        Ok((g.next(), g.next(), g.next()))
+    }
+}
+
+impl CustomOp3 for LnModulateBwd {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-modulate-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (b, n, c) = bnc(op, l1, Some(l3), &[l2])?;
+        let out = with_slices3!(op, (s1, l1), (s2, l2), (s3, l3), |x, sc, g| {
+            ln_mod_bwd(x, sc, g, n, c, self.0)
+        });
+        Ok((out, Shape::from(b * n * c + 2 * b * c)))
+    }
+}
+
+// ------------------------------------------------------------------ gated residual
+
+/// `y = x + gate·h`.
+fn gated_fwd<T: F>(x: &[T], gate: &[T], h: &[T], n: usize, c: usize) -> Vec<T> {
+    let mut out = vec![T::of(0.0); x.len()];
+    chunks(&mut out, c, |r, o| {
+        let b = r / n;
+        let gt = &gate[b * c..(b + 1) * c];
+        let (xr, hr) = (&x[r * c..(r + 1) * c], &h[r * c..(r + 1) * c]);
+        for (((o, &x), &h), &gt) in o.iter_mut().zip(xr).zip(hr).zip(gt) {
+            *o = T::of(x.f() + gt.f() * h.f());
+        }
+    });
+    out
+}
+
+/// `dh = g·gate`, `dgate = Σ_n g·h` (`dx = g` needs no kernel).
+fn gated_bwd<T: F>(gate: &[T], h: &[T], g: &[T], n: usize, c: usize) -> Vec<T> {
+    let mut dh = vec![T::of(0.0); h.len()];
+    let acc = chunks(&mut dh, n * c, |b, dh| {
+        let gt = &gate[b * c..(b + 1) * c];
+        let mut acc = vec![0.0f64; c];
+        for (j, dh) in dh.chunks_mut(c).enumerate() {
+            let r = b * n + j;
+            let (hr, gr) = (&h[r * c..(r + 1) * c], &g[r * c..(r + 1) * c]);
+            for ((((o, &h), &g), &gt), a) in dh.iter_mut().zip(hr).zip(gr).zip(gt).zip(&mut acc) {
+                *o = T::of(g.f() * gt.f());
+                *a += g.f() * h.f();
+            }
+        }
+        acc
+    });
+    pack(dh, &acc, 1, c)
+}
+
+/// Forward: (x, gate, h) → `x + gate·h`.
+struct GatedResidual;
+/// Backward: (gate, h, grad) → packed (dh, dgate).
+struct GatedResidualBwd;
+
+impl CustomOp3 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "fused-gated-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (_, n, c) = bnc(op, l1, Some(l3), &[l2])?;
+        let out = with_slices3!(op, (s1, l1), (s2, l2), (s3, l3), |x, gate, h| {
+            gated_fwd(x, gate, h, n, c)
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        gate: &Tensor,
+        h: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = gate.apply_op3_no_bwd(h, &grad.contiguous()?, &GatedResidualBwd)?;
+        let mut g = unpack(&packed, h.dims3()?, 1)?.into_iter();
+        let (dh, dgate) = (g.next(), g.next());
+        Ok((Some(grad.clone()), dgate, dh))
+    }
+}
+
+impl CustomOp3 for GatedResidualBwd {
+    fn name(&self) -> &'static str {
+        "fused-gated-residual-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let (b, n, c) = bnc(op, l2, Some(l3), &[l1])?;
+        let out = with_slices3!(op, (s1, l1), (s2, l2), (s3, l3), |gate, h, g| {
+            gated_bwd(gate, h, g, n, c)
+        });
+        Ok((out, Shape::from(b * n * c + b * c)))
+    }
+}
+
+// ------------------------------------------------------------------ entry points
+
+/// An empty tensor has nothing to fuse (and zero-length chunks cannot be split): callers fall
+/// back to the composed versions.
+fn empty(x: &Tensor) -> Result<bool> {
+    let (b, n, c) = x.dims3()?;
+    Ok(b * n * c == 0)
+}
+
+/// `LN(x)·(1 + scale) + shift`: LayerNorm over the last dimension without affine parameters
+/// (epsilon `eps`) fused with the adaLN modulation; `x`: `[B, N, C]`, `shift`, `scale`:
+/// `[B, C]`. The backward recomputes the row statistics.
+pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    if empty(x)? {
+        return crate::nn::composed::layer_norm_modulate(x, shift, scale, eps);
+    }
+    x.contiguous()?
+        .apply_op3(&shift.contiguous()?, &scale.contiguous()?, LnModulate(eps))
+}
+
+/// `x + gate·h` with `x`, `h`: `[B, N, C]` and `gate`: `[B, C]` broadcast over the tokens.
+pub fn gated_residual(x: &Tensor, gate: &Tensor, h: &Tensor) -> Result<Tensor> {
+    if empty(x)? {
+        return crate::nn::composed::gated_residual(x, gate, h);
+    }
+    x.contiguous()?
+        .apply_op3(&gate.contiguous()?, &h.contiguous()?, GatedResidual)
+}
