@@ -5,7 +5,7 @@ use candle_nn::{linear, Init, Linear, VarBuilder};
 
 use super::rope::Rope;
 use super::JitConfig;
-use crate::nn::{chunk_last, modulate, softmax_last};
+use crate::nn::{self, chunk_last, gated_residual, modulate, softmax_last};
 
 /// RMSNorm epsilon of every norm of the reference (blocks, qk-norm, final layer).
 pub const RMS_EPS: f64 = 1e-6;
@@ -129,7 +129,7 @@ impl TimestepEmbedder {
 impl Module for TimestepEmbedder {
     fn forward(&self, t: &Tensor) -> Result<Tensor> {
         let f = Self::frequency_features(t, Self::FREQ_DIM)?;
-        self.fc2.forward(&self.fc0.forward(&f)?.silu()?)
+        nn::linear(&self.fc2, &nn::silu(&nn::linear(&self.fc0, &f)?)?)
     }
 }
 
@@ -181,9 +181,7 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let d = c / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)? // [B, N, 3C]
+        let qkv = nn::linear(&self.qkv, x)? // [B, N, 3C]
             .reshape((b, n, 3, self.heads, d))? // [B, N, 3, H, d]
             .permute((2, 0, 3, 1, 4))?; // [3, B, H, N, d]
         let q = self.q_norm.forward(&qkv.get(0)?.contiguous()?)?; // [B, H, N, d]
@@ -196,7 +194,7 @@ impl Attention {
             .matmul(&v)? // [B, H, N, d]
             .transpose(1, 2)? // [B, N, H, d]
             .reshape((b, n, c))?; // [B, N, C]
-        self.proj.forward(&out)
+        nn::linear(&self.proj, &out)
     }
 }
 
@@ -220,10 +218,10 @@ impl SwiGluFfn {
 
 impl Module for SwiGluFfn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x12 = self.w12.forward(x)?; // [B, N, 2m]
+        let x12 = nn::linear(&self.w12, x)?; // [B, N, 2m]
         let a = x12.narrow(D::Minus1, 0, self.hidden)?;
         let b = x12.narrow(D::Minus1, self.hidden, self.hidden)?;
-        self.w3.forward(&(a.silu()? * b)?)
+        nn::linear(&self.w3, &(nn::silu(&a)? * b)?)
     }
 }
 
@@ -250,19 +248,13 @@ impl JitBlock {
 
     /// `x`: `[B, N, C]`, `c`: `[B, C]`, `rope` covering the N tokens.
     pub fn forward(&self, x: &Tensor, c: &Tensor, rope: &Rope) -> Result<Tensor> {
-        let m = chunk_last(&self.ada_ln.forward(&c.silu()?)?, 6)?;
+        let m = chunk_last(&nn::linear(&self.ada_ln, &nn::silu(c)?)?, 6)?;
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
         let h = modulate(&self.norm1.forward(x)?, shift_msa, scale_msa)?;
-        let x = (x + self
-            .attn
-            .forward(&h, rope)?
-            .broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
+        let x = gated_residual(x, gate_msa, &self.attn.forward(&h, rope)?)?;
         let h = modulate(&self.norm2.forward(&x)?, shift_mlp, scale_mlp)?;
-        &x + self
-            .mlp
-            .forward(&h)?
-            .broadcast_mul(&gate_mlp.unsqueeze(1)?)?
+        gated_residual(&x, gate_mlp, &self.mlp.forward(&h)?)
     }
 }
 
@@ -286,8 +278,8 @@ impl FinalLayer {
 
     /// `[B, N, C]` → `[B, N, p²·out_channels]`.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let m = chunk_last(&self.ada_ln.forward(&c.silu()?)?, 2)?;
+        let m = chunk_last(&nn::linear(&self.ada_ln, &nn::silu(c)?)?, 2)?;
         let h = modulate(&self.norm_final.forward(x)?, &m[0], &m[1])?;
-        self.linear.forward(&h)
+        nn::linear(&self.linear, &h)
     }
 }
