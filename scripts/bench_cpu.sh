@@ -7,13 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-sit-s-4}; BATCH=${2:-32}; THREADS=${3:-2}; STEPS=${STEPS:-5}
 ARGS=(--model "$MODEL" --image-size 32 --in-channels 3 --batch "$BATCH" --steps "$STEPS" --warmup 2)
-if [ ! -x .venv-bench/bin/python ]; then
+# PYTHON=path/to/python with torch installed skips the venv (e.g. target/parity-venv/bin/python).
+PY=${PYTHON:-.venv-bench/bin/python}
+if [ -z "${PYTHON:-}" ] && [ ! -x .venv-bench/bin/python ]; then
   python3 -m venv .venv-bench
   .venv-bench/bin/pip install -q torch
 fi
 cargo build --release -q -p cbs-cli
 cbs_out=$(RAYON_NUM_THREADS=$THREADS target/release/cbs bench train "${ARGS[@]}")
-torch_out=$(OMP_NUM_THREADS=$THREADS .venv-bench/bin/python benches/pytorch_twin.py train \
+torch_out=$(OMP_NUM_THREADS=$THREADS "$PY" benches/pytorch_twin.py train \
   "${ARGS[@]}" --threads "$THREADS")
 echo "$cbs_out"; echo "$torch_out"
 c=$(echo "$cbs_out" | sed -n 's/^median_step_ms=//p')
