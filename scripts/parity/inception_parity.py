@@ -6,11 +6,13 @@ OPT-IN developer check, never run in CI: it pip-installs torch, torchvision and 
 release build of the `inception_dump` example.
 
     python3 scripts/parity/inception_parity.py [--work DIR] [--venv DIR] [--n N] [--size S]
+                                               [--features FEATURES]
 
 What it does:
   1. creates the venv (default target/parity-venv) and installs the packages, then re-runs
      itself inside it;
-  2. builds `cargo build --release -p cbs-eval --example inception_dump` and lets it write
+  2. builds `cargo build --release -p cbs-eval --example inception_dump` (plus
+     `--features FEATURES` when given, e.g. `avx512`) and lets it write
      deterministic random weights for the whole FID-Inception state_dict (safetensors) and
      deterministic test images (two sets of N images at S×S, one small set at 400×320 to
      exercise downsampling), f32 NCHW in [0, 1];
@@ -148,6 +150,7 @@ def main():
     ap.add_argument("--n", type=int, default=8, help="images per set")
     ap.add_argument("--size", type=int, default=32, help="side of the test images")
     ap.add_argument("--seed", type=int, default=0, help="weights seed")
+    ap.add_argument("--features", default="", help="cargo features of cbs-eval (e.g. avx512)")
     args = ap.parse_args()
     ensure_venv(Path(args.venv))
 
@@ -157,7 +160,8 @@ def main():
     torch.set_grad_enabled(False)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    run(["cargo", "build", "--release", "-p", "cbs-eval", "--example", "inception_dump"])
+    features = ["--features", args.features] if args.features else []
+    run(["cargo", "build", "--release", "-p", "cbs-eval", "--example", "inception_dump", *features])
     exe = ROOT / "target" / "release" / "examples" / "inception_dump"
     weights = work / "weights.safetensors"
     run([exe, "weights", weights, args.seed])

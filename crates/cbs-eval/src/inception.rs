@@ -6,7 +6,9 @@
 //! Architecture (inference only):
 //! * every convolution is a `BasicConv2d`: conv without bias → BatchNorm (eps 1e-3, running
 //!   statistics) → ReLU. The BatchNorm affine map is folded into the convolution weights and a
-//!   per-channel bias when the model is built (`w·γ/√(σ²+ε)`, `β − μ·γ/√(σ²+ε)`).
+//!   per-channel bias when the model is built (`w·γ/√(σ²+ε)`, `β − μ·γ/√(σ²+ε)`). Conv + bias +
+//!   ReLU run as one [`crate::conv::conv2d`] (a CPU im2col/gemm kernel; candle's ops elsewhere),
+//!   the 3×3 poolings through [`crate::pool`].
 //! * stem `Conv2d_1a_3x3` (stride 2) → `Conv2d_2a_3x3` → `Conv2d_2b_3x3` (pad 1) → max-pool 3/2 →
 //!   `Conv2d_3b_1x1` → `Conv2d_4a_3x3` → max-pool 3/2, then `Mixed_5b/5c/5d` (InceptionA),
 //!   `Mixed_6a` (InceptionB), `Mixed_6b/6c/6d/6e` (InceptionC), `Mixed_7a` (InceptionD),
@@ -89,7 +91,7 @@ impl ConvBn {
         let var = bn.get(c_out, "running_var")?;
         let scale = gamma.div(&(var + BN_EPS)?.sqrt()?)?;
         let weight = w.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
-        let bias = beta.sub(&mean.mul(&scale)?)?.reshape((1, c_out, 1, 1))?;
+        let bias = beta.sub(&mean.mul(&scale)?)?;
         Ok(Self {
             weight,
             bias,
@@ -110,55 +112,30 @@ impl ConvBn {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if self.pad.0 == self.pad.1 {
-            x.conv2d(&self.weight, self.pad.0, self.stride, 1, 1)?
-        } else {
-            x.pad_with_zeros(2, self.pad.0, self.pad.0)?
-                .pad_with_zeros(3, self.pad.1, self.pad.1)?
-                .conv2d(&self.weight, 0, self.stride, 1, 1)?
-        };
-        Ok(y.broadcast_add(&self.bias)?.relu()?)
+        crate::conv::conv2d(
+            x,
+            &self.weight,
+            Some(&self.bias),
+            true,
+            self.stride,
+            self.pad,
+        )
     }
-}
-
-/// Number of positions of a size-3, stride-1, pad-1 window centred on `i` that lie inside
-/// `0..n`.
-fn window_count(i: usize, n: usize) -> usize {
-    let lo = i.saturating_sub(1);
-    let hi = (i + 1).min(n - 1);
-    hi - lo + 1
 }
 
 /// 3×3 average pooling, stride 1, padding 1, with `count_include_pad=False`: each output is the
-/// mean of the in-image pixels of its window. candle's `avg_pool2d` has no padding, so this pads
-/// with zeros, averages over the full 9 positions and rescales by `9 / count` (exactly 1, 1.5 or
-/// 2.25 for maps of side ≥ 2).
+/// mean of the in-image pixels of its window (see [`crate::pool`]).
 pub fn avg_pool_3x3_same_exclude_pad(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let mean9 = x
-        .pad_with_zeros(2, 1, 1)?
-        .pad_with_zeros(3, 1, 1)?
-        .avg_pool2d_with_stride(3, 1)?;
-    let mut factor = Vec::with_capacity(h * w);
-    for i in 0..h {
-        for j in 0..w {
-            factor.push(9.0 / (window_count(i, h) * window_count(j, w)) as f32);
-        }
-    }
-    let factor = Tensor::from_vec(factor, (1, 1, h, w), x.device())?.to_dtype(x.dtype())?;
-    Ok(mean9.broadcast_mul(&factor)?)
+    crate::pool::avg_pool_3x3_same_exclude_pad(x)
 }
 
-/// 3×3 max pooling, stride 1, padding 1 (PyTorch pads with −∞). Padding by replicating the border
-/// is equivalent: a replicated value is already inside every window that sees the pad.
+/// 3×3 max pooling, stride 1, padding 1 (PyTorch pads with −∞; see [`crate::pool`]).
 pub fn max_pool_3x3_same(x: &Tensor) -> Result<Tensor> {
-    Ok(x.pad_with_same(2, 1, 1)?
-        .pad_with_same(3, 1, 1)?
-        .max_pool2d_with_stride(3, 1)?)
+    crate::pool::max_pool_3x3(x, 1, 1)
 }
 
 fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    Ok(x.max_pool2d_with_stride(3, 2)?)
+    crate::pool::max_pool_3x3(x, 2, 0)
 }
 
 fn cat(xs: &[Tensor]) -> Result<Tensor> {
