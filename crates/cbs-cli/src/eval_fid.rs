@@ -61,9 +61,11 @@ impl FeatureExtractor for ClassifierFeatures {
         };
         let x = ((x * 2.0)? - 1.0)?; // [0, 1] → the training scale [-1, 1]
         let out = self.net.forward(&x)?;
+        // The weights are variables: without detaching, each batch's features would keep its
+        // whole forward graph (every activation) alive until the end of the extraction.
         Ok(Features {
-            pool: out.features,
-            logits: Some(out.logits),
+            pool: out.features.detach(),
+            logits: Some(out.logits.detach()),
             spatial: None,
         })
     }
