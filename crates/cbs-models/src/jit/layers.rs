@@ -95,43 +95,9 @@ impl Module for BottleneckPatchEmbed {
     }
 }
 
-/// `t_embedder`: [cos, sin] frequency features of dim 256 (max period 10000, t unscaled)
-/// → Linear → SiLU → Linear.
-pub struct TimestepEmbedder {
-    fc0: Linear, // mlp.0
-    fc2: Linear, // mlp.2
-}
-
-impl TimestepEmbedder {
-    pub const FREQ_DIM: usize = 256;
-    const MAX_PERIOD: f64 = 10000.0;
-
-    pub fn new(hidden: usize, vb: VarBuilder) -> Result<Self> {
-        let vb = vb.pp("mlp");
-        Ok(Self {
-            fc0: linear(Self::FREQ_DIM, hidden, vb.pp("0"))?,
-            fc2: linear(hidden, hidden, vb.pp("2"))?,
-        })
-    }
-
-    /// `[B]` → `[B, dim]`: `[cos(t·f), sin(t·f)]`, `f_k = exp(−ln(10000)·k/half)`.
-    pub fn frequency_features(t: &Tensor, dim: usize) -> Result<Tensor> {
-        let half = dim / 2;
-        let freqs: Vec<f32> = (0..half)
-            .map(|k| (-(Self::MAX_PERIOD.ln()) * k as f64 / half as f64).exp() as f32)
-            .collect();
-        let freqs = Tensor::from_vec(freqs, (1, half), t.device())?.to_dtype(t.dtype())?;
-        let args = t.unsqueeze(1)?.broadcast_mul(&freqs)?; // [B, half]
-        Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)
-    }
-}
-
-impl Module for TimestepEmbedder {
-    fn forward(&self, t: &Tensor) -> Result<Tensor> {
-        let f = Self::frequency_features(t, Self::FREQ_DIM)?;
-        nn::linear(&self.fc2, &nn::silu(&nn::linear(&self.fc0, &f)?)?)
-    }
-}
+/// `t_embedder`: the same layer as SiT's (keys `t_embedder.mlp.{0,2}`, [cos, sin] features of
+/// dim 256, max period 10000, t unscaled).
+pub(crate) use crate::sit::layers::TimestepEmbedder;
 
 /// `y_embedder.embedding_table`: `num_classes + 1` rows (the last one is the null class).
 pub struct LabelEmbedder {

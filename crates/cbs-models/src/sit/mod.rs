@@ -4,7 +4,7 @@
 
 mod config;
 pub mod init;
-mod layers;
+pub(crate) mod layers;
 mod model;
 pub mod pos_embed;
 
