@@ -182,7 +182,14 @@ fn sample(a: SampleArgs) -> Result<()> {
     });
     pb.finish_and_clear();
     let (x, labels) = result?;
-    write_outputs(&a.out, &x, labels.as_deref(), a.nrow, a.grid_max, a.individual)?;
+    write_outputs(
+        &a.out,
+        &x,
+        labels.as_deref(),
+        a.nrow,
+        a.grid_max,
+        a.individual,
+    )?;
     eprintln!(
         "wrote {} samples from {source} to {}",
         a.num,
@@ -214,7 +221,12 @@ fn write_outputs(
     let per_image = dims[1] * dims[2] * dims[3];
     let nrow = nrow.unwrap_or_else(|| (shown as f64).sqrt().ceil() as usize);
     let grid_dims = [shown, dims[1], dims[2], dims[3]];
-    images::write_grid(&out.join("grid.png"), &bytes[..shown * per_image], grid_dims, nrow)?;
+    images::write_grid(
+        &out.join("grid.png"),
+        &bytes[..shown * per_image],
+        grid_dims,
+        nrow,
+    )?;
     images::write_npz(&out.join("samples.npz"), &bytes, dims)?;
     if let Some(l) = labels {
         let text: String = l.iter().map(|v| format!("{v}\n")).collect();

@@ -143,7 +143,9 @@ pub fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
          command with SAMPLES = {})",
         a.out.join(REFERENCE_FILE).display(),
         a.out.display(),
-        a.out.join(cbs_train::classifier::TRAIN_SAMPLE_FILE).display()
+        a.out
+            .join(cbs_train::classifier::TRAIN_SAMPLE_FILE)
+            .display()
     );
     Ok(())
 }

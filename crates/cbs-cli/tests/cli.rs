@@ -521,8 +521,8 @@ fn every_backbone_runs_every_stage() {
             &p("samples"),
         ]);
         assert!(o.status.success(), "{preset} sample: {}", stderr(&o));
-        let npz = candle_core::npy::NpzTensors::new(tmp.path().join("samples/samples.npz"))
-            .unwrap();
+        let npz =
+            candle_core::npy::NpzTensors::new(tmp.path().join("samples/samples.npz")).unwrap();
         let arr = npz.get("arr_0").unwrap().unwrap();
         assert_eq!(arr.dims(), &[4, 32, 32, 1], "{preset}");
     }
@@ -810,7 +810,9 @@ fn eval_fid_end_to_end_with_random_inception_weights() {
 fn texture_fashion(dir: &Path, n_train: u32, n_test: u32) {
     let mut s = 99u64;
     let mut noise = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (s >> 59) as u8 // 0..32
     };
     let mut make = |n: u32| {
@@ -833,10 +835,18 @@ fn texture_fashion(dir: &Path, n_train: u32, n_test: u32) {
         (img, labels)
     };
     let (img, lab) = make(n_train);
-    write_idx_gz(&dir.join("train-images-idx3-ubyte.gz"), &[n_train, 28, 28], &img);
+    write_idx_gz(
+        &dir.join("train-images-idx3-ubyte.gz"),
+        &[n_train, 28, 28],
+        &img,
+    );
     write_idx_gz(&dir.join("train-labels-idx1-ubyte.gz"), &[n_train], &lab);
     let (img, lab) = make(n_test);
-    write_idx_gz(&dir.join("t10k-images-idx3-ubyte.gz"), &[n_test, 28, 28], &img);
+    write_idx_gz(
+        &dir.join("t10k-images-idx3-ubyte.gz"),
+        &[n_test, 28, 28],
+        &img,
+    );
     write_idx_gz(&dir.join("t10k-labels-idx1-ubyte.gz"), &[n_test], &lab);
 }
 
@@ -866,7 +876,11 @@ fn train_classifier_then_eval_fid_in_its_feature_space() {
     assert!(acc >= 0.9, "test accuracy {acc} on four textures");
     // Training again into the same directory refuses to overwrite it.
     let o = cbs(&["train-classifier", "--config", cfg_s, "--out", run_s]);
-    assert!(!o.status.success() && stderr(&o).contains("already holds"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("already holds"),
+        "{}",
+        stderr(&o)
+    );
 
     let reference = run.join("reference.npz");
     let features = format!("classifier:{run_s}");
@@ -887,10 +901,19 @@ fn train_classifier_then_eval_fid_in_its_feature_space() {
     // The reference against itself: FID 0, and the report says which space it is.
     let same = eval(&reference);
     assert!(same["fid"].as_f64().unwrap().abs() < 1e-3, "{same}");
-    assert!(same["features"].as_str().unwrap().contains("NOT comparable"), "{same}");
+    assert!(
+        same["features"]
+            .as_str()
+            .unwrap()
+            .contains("NOT comparable"),
+        "{same}"
+    );
     assert_eq!(same["feature_dim"], 16);
     assert!(same["sfid"].is_null(), "no spatial features: {same}");
-    assert!(same["inception_score"]["mean"].as_f64().unwrap() > 3.0, "{same}");
+    assert!(
+        same["inception_score"]["mean"].as_f64().unwrap() > 3.0,
+        "{same}"
+    );
     // Only one class of the reference: far from it, with low recall.
     let npz = candle_core::npy::NpzTensors::new(&reference).unwrap();
     let all = npz.get("arr_0").unwrap().unwrap();
@@ -902,7 +925,10 @@ fn train_classifier_then_eval_fid_in_its_feature_space() {
     Tensor::write_npz(&[("arr_0", &one)], &one_path).unwrap();
     let far = eval(&one_path);
     let fid = far["fid"].as_f64().unwrap();
-    assert!(fid > 1.0 && fid > 1e3 * same["fid"].as_f64().unwrap().abs(), "{far}");
+    assert!(
+        fid > 1.0 && fid > 1e3 * same["fid"].as_f64().unwrap().abs(),
+        "{far}"
+    );
     assert!(far["recall"].as_f64().unwrap() < 0.5, "{far}");
     // Real training images of the same kind: close to the reference, far closer than one class.
     let real = eval(&run.join("train-sample.npz"));
@@ -918,7 +944,11 @@ fn train_classifier_then_eval_fid_in_its_feature_space() {
         &format!("classifier:{}", data.display()),
     ]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("not a `cbs train-classifier` run directory"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a `cbs train-classifier` run directory"),
+        "{}",
+        stderr(&o)
+    );
     let o = cbs(&["eval-fid", run_s, run_s, "--features", "vgg"]);
     assert!(stderr(&o).contains("classifier:RUN_DIR"), "{}", stderr(&o));
 }

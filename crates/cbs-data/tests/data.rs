@@ -6,10 +6,10 @@
 mod cifar;
 #[path = "data/folder.rs"]
 mod folder;
-#[path = "data/npz.rs"]
-mod npz;
 #[path = "data/latents.rs"]
 mod latents;
+#[path = "data/npz.rs"]
+mod npz;
 
 use std::collections::HashSet;
 use std::io::Write;

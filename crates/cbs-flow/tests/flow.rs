@@ -217,6 +217,10 @@ fn guidance_interval_guides_inside_only() {
     };
     for (t, factor) in [(0.05, 1.0), (0.1, 1.0), (0.5, 3.0), (0.99, 3.0), (1.0, 1.0)] {
         let v = vals(&g.velocity(&x, &t1(&[t, t]), Some(&y)).unwrap());
-        assert_eq!(v, vec![2.0 * factor, 2.0 * factor, 5.0 * factor, 5.0 * factor], "t = {t}");
+        assert_eq!(
+            v,
+            vec![2.0 * factor, 2.0 * factor, 5.0 * factor, 5.0 * factor],
+            "t = {t}"
+        );
     }
 }

@@ -144,14 +144,23 @@ impl ModelSpec {
         }
         if name.starts_with("jit-") {
             let c = JitConfig::preset(name).map_err(|_| self.unknown())?;
-            return Ok((vec![c.in_channels, c.input_size, c.input_size], c.num_classes));
+            return Ok((
+                vec![c.in_channels, c.input_size, c.input_size],
+                c.num_classes,
+            ));
         }
         if name.starts_with("unet-") {
             let c = UnetConfig::preset(name).map_err(|_| self.unknown())?;
-            return Ok((vec![c.in_channels, c.image_size, c.image_size], c.num_classes));
+            return Ok((
+                vec![c.in_channels, c.image_size, c.image_size],
+                c.num_classes,
+            ));
         }
         let c = SitConfig::preset(name).map_err(|_| self.unknown())?;
-        Ok((vec![c.in_channels, c.input_size, c.input_size], c.num_classes))
+        Ok((
+            vec![c.in_channels, c.input_size, c.input_size],
+            c.num_classes,
+        ))
     }
 
     fn unknown(&self) -> ModelError {

@@ -170,8 +170,7 @@ pub fn train_classifier(
     if out.join(WEIGHTS_FILE).exists() {
         return Err(TrainError::Checkpoint {
             path: out.to_path_buf(),
-            message: "already holds a trained classifier; choose another --out or delete it"
-                .into(),
+            message: "already holds a trained classifier; choose another --out or delete it".into(),
         });
     }
     let train_data = crate::load_dataset(&cfg.as_train_config(Split::Train))?;
@@ -299,7 +298,11 @@ pub fn accuracy(net: &Classifier, data: &dyn Dataset, device: &Device) -> Result
         let (pixels, labels) = data.batch(&idx, &vec![false; idx.len()])?;
         let dims: Vec<usize> = std::iter::once(idx.len()).chain(shape.clone()).collect();
         let x = Tensor::from_vec(pixels, dims.as_slice(), device)?;
-        let pred = net.forward(&x)?.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let pred = net
+            .forward(&x)?
+            .logits
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
         correct += pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
     }
     Ok((correct, data.len()))
@@ -324,11 +327,10 @@ fn write_images(path: &Path, data: &dyn Dataset, indices: &[usize]) -> Result<()
         .permute((0, 2, 3, 1))? // [N, H, W, C]
         .contiguous()?;
     let tmp = path.with_extension("npz.tmp");
-    Tensor::write_npz(&[("arr_0", &t)], &tmp)
-        .map_err(|e| TrainError::Checkpoint {
-            path: tmp.clone(),
-            message: e.to_string(),
-        })?;
+    Tensor::write_npz(&[("arr_0", &t)], &tmp).map_err(|e| TrainError::Checkpoint {
+        path: tmp.clone(),
+        message: e.to_string(),
+    })?;
     weights::sync_and_rename(&tmp, path)?;
     Ok(())
 }

@@ -142,7 +142,11 @@ impl DataConfig {
         };
         let arrays = matches!(src, DataSource::Npz | DataSource::Latents);
         if let (Some(p), false) = (&self.path, arrays) {
-            return only("data.path", p.display().to_string(), "\"npz\" or \"latents\"");
+            return only(
+                "data.path",
+                p.display().to_string(),
+                "\"npz\" or \"latents\"",
+            );
         }
         if let (Some(v), false) = (self.num_classes, arrays) {
             return only("data.num_classes", v.to_string(), "\"npz\" or \"latents\"");

@@ -10,7 +10,10 @@ use crate::config::{TimeSampling, TrainSection};
 /// A resolved time distribution.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum TimeDist {
-    Uniform { lo: f64, hi: f64 },
+    Uniform {
+        lo: f64,
+        hi: f64,
+    },
     /// `t = sigmoid(n)`, `n ~ N(mean, std)` conditioned on `t ∈ [lo, hi]`.
     LogitNormal {
         mean: f64,

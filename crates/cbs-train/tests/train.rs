@@ -218,7 +218,12 @@ fn jit_target_is_the_clamped_velocity() {
     }
     let sit = ModelSpec::new("sit-nano-4").resolve(&[1, 8, 8], 3).unwrap();
     let u = sit.training_target(&x0, &x1, &xt, &t).unwrap();
-    let diff = (u - (&x1 - &x0).unwrap()).unwrap().abs().unwrap().sum_all().unwrap();
+    let diff = (u - (&x1 - &x0).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap();
     assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
 }
 
@@ -318,7 +323,10 @@ fn time_distributions_follow_the_config_and_the_backbone() {
     let sit = ModelSpec::new("sit-nano-4").resolve(&[1, 8, 8], 3).unwrap();
     let jit = ModelSpec::new("jit-nano-4").resolve(&[1, 8, 8], 3).unwrap();
     let mut tc = cbs_train::TrainSection::default();
-    assert_eq!(TimeDist::resolve(&tc, &sit), TimeDist::Uniform { lo: 0.0, hi: 1.0 });
+    assert_eq!(
+        TimeDist::resolve(&tc, &sit),
+        TimeDist::Uniform { lo: 0.0, hi: 1.0 }
+    );
     let ln = TimeDist::resolve(&tc, &jit);
     assert!(matches!(ln, TimeDist::LogitNormal { mean, std, .. } if mean == -0.8 && std == 0.8));
     // Untruncated: logit(t) has the configured mean and std (quadrature over u).
@@ -331,28 +339,41 @@ fn time_distributions_follow_the_config_and_the_backbone() {
         .collect();
     let mean = logits.iter().sum::<f64>() / n as f64;
     let sd = (logits.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
-    assert!((mean + 0.8).abs() < 1e-3 && (sd - 0.8).abs() < 2e-3, "{mean} {sd}");
+    assert!(
+        (mean + 0.8).abs() < 1e-3 && (sd - 0.8).abs() < 2e-3,
+        "{mean} {sd}"
+    );
     // Truncated to an expert's interval: inside it, monotone in u, ends reached.
     tc.t_range = [0.6, 0.7];
     tc.time_sampling = Some(TimeSampling::LogitNormal);
     let d = TimeDist::resolve(&tc, &sit);
     let ts: Vec<f64> = (0..=100).map(|i| d.time(i as f64 / 100.0)).collect();
-    assert!((ts[0] - 0.6).abs() < 1e-12 && (ts[100] - 0.7).abs() < 1e-9, "{ts:?}");
+    assert!(
+        (ts[0] - 0.6).abs() < 1e-12 && (ts[100] - 0.7).abs() < 1e-9,
+        "{ts:?}"
+    );
     assert!(ts.windows(2).all(|w| w[0] < w[1]));
     // Mass shifts towards the mode (sigmoid(−0.8) ≈ 0.31): the median lies below the middle.
     assert!(ts[50] < 0.65);
     tc.time_sampling = Some(TimeSampling::Uniform);
-    assert_eq!(TimeDist::resolve(&tc, &jit), TimeDist::Uniform { lo: 0.6, hi: 0.7 });
+    assert_eq!(
+        TimeDist::resolve(&tc, &jit),
+        TimeDist::Uniform { lo: 0.6, hi: 0.7 }
+    );
 }
 
 #[test]
 fn time_sampling_config_errors_name_the_field() {
     let text = "[model]\npreset = \"sit-nano-4\"\n[train]\ntime_sampling = \"gamma\"\n";
-    let e = TrainConfig::from_toml(text, Path::new("t.toml")).unwrap_err().to_string();
+    let e = TrainConfig::from_toml(text, Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("time_sampling") || e.contains("gamma"), "{e}");
     assert!(e.contains("uniform") && e.contains("logit_normal"), "{e}");
     let text = "[model]\npreset = \"sit-nano-4\"\n[train]\nlogit_normal = [0.0, -1.0]\n";
-    let e = TrainConfig::from_toml(text, Path::new("t.toml")).unwrap_err().to_string();
+    let e = TrainConfig::from_toml(text, Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("train.logit_normal"), "{e}");
 }
 

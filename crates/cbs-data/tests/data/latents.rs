@@ -44,23 +44,35 @@ fn latent_errors_name_the_array_and_what_was_expected() {
     let cases: Vec<(&str, Vec<(&str, Tensor)>, &str)> = vec![
         (
             "images.npz",
-            vec![("arr_0", Tensor::zeros((2, 4, 4, 3), candle_core::DType::U8, &Device::Cpu).unwrap())],
+            vec![(
+                "arr_0",
+                Tensor::zeros((2, 4, 4, 3), candle_core::DType::U8, &Device::Cpu).unwrap(),
+            )],
             "expected float32 latents [N, C, H, W]",
         ),
         (
             "rank.npz",
-            vec![("latents", Tensor::zeros((2, 16), candle_core::DType::F32, &Device::Cpu).unwrap())],
+            vec![(
+                "latents",
+                Tensor::zeros((2, 16), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            )],
             "shape [2, 16]",
         ),
         (
             "none.npz",
-            vec![("mu", Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap())],
+            vec![(
+                "mu",
+                Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            )],
             "no array `latents` or `arr_0`",
         ),
         (
             "labels.npz",
             vec![
-                ("latents", Tensor::zeros((2, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap()),
+                (
+                    "latents",
+                    Tensor::zeros((2, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+                ),
                 ("labels", Tensor::new(&[0i64, 1, 2], &Device::Cpu).unwrap()),
             ],
             "labels",
@@ -79,5 +91,14 @@ fn latent_errors_name_the_array_and_what_was_expected() {
     let msg = load_latents(&nan, None, 1.0).unwrap_err().to_string();
     assert!(msg.contains("non-finite"), "{msg}");
     let e = load_latents(&nan, None, 0.0).unwrap_err();
-    assert!(matches!(e, DataError::Invalid { field: "latent_scale", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            DataError::Invalid {
+                field: "latent_scale",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
