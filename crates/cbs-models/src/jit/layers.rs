@@ -99,24 +99,9 @@ impl Module for BottleneckPatchEmbed {
 /// dim 256, max period 10000, t unscaled).
 pub(crate) use crate::sit::layers::TimestepEmbedder;
 
-/// `y_embedder.embedding_table`: `num_classes + 1` rows (the last one is the null class).
-pub struct LabelEmbedder {
-    table: Tensor,
-}
-
-impl LabelEmbedder {
-    pub fn new(cfg: &JitConfig, vb: VarBuilder) -> Result<Self> {
-        let table = vb
-            .pp("embedding_table")
-            .get((cfg.label_rows(), cfg.hidden_size), "weight")?;
-        Ok(Self { table })
-    }
-
-    /// `[B]` labels → `[B, hidden]`.
-    pub fn forward(&self, y: &Tensor) -> Result<Tensor> {
-        self.table.index_select(&y.to_dtype(DType::U32)?, 0)
-    }
-}
+/// `y_embedder.embedding_table`: SiT's layer, `num_classes + 1` rows (the last one is the null
+/// class); built with `LabelEmbedder::with_rows`.
+pub(crate) use crate::sit::layers::LabelEmbedder;
 
 /// Self-attention: fused qkv (bias), per-head RMS qk-norm, RoPE on q and k, softmax
 /// attention with scale `1/sqrt(head_dim)`, output projection.

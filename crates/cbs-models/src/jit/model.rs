@@ -42,7 +42,11 @@ impl Jit {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             t_embedder: TimestepEmbedder::new(h, vb.pp("t_embedder"))?,
-            y_embedder: LabelEmbedder::new(cfg, vb.pp("y_embedder"))?,
+            y_embedder: LabelEmbedder::with_rows(
+                cfg.label_rows(),
+                cfg.hidden_size,
+                vb.pp("y_embedder"),
+            )?,
             x_embedder: BottleneckPatchEmbed::new(cfg, vb.pp("x_embedder"))?,
             pos_embed,
             in_context_posemb,

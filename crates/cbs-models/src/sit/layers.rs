@@ -93,9 +93,12 @@ pub struct LabelEmbedder {
 
 impl LabelEmbedder {
     pub fn new(cfg: &SitConfig, vb: VarBuilder) -> Result<Self> {
-        let table = vb
-            .pp("embedding_table")
-            .get((cfg.label_rows(), cfg.hidden_size), "weight")?;
+        Self::with_rows(cfg.label_rows(), cfg.hidden_size, vb)
+    }
+
+    /// A `rows × hidden` table (JiT's has the same layout and key).
+    pub fn with_rows(rows: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let table = vb.pp("embedding_table").get((rows, hidden), "weight")?;
         Ok(Self { table })
     }
 
