@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use cbs_flow::VelocityField;
 use cbs_models::ModelSpec;
 use cbs_train::rng::{self, Purpose};
-use cbs_train::step::{Batch, StepOutcome, Stepper};
+use cbs_train::step::{Batch, PhaseTimes, StepOutcome, Stepper};
 use cbs_train::TrainSection;
 use rand::Rng;
 use rand_distr::StandardNormal;
@@ -119,17 +119,31 @@ fn bench_train(c: BenchCommon) -> Result<()> {
     let mut st = Stepper::new(&arch, &tc, &dev)?;
     let batch = random_batch(&c, &shape, arch.num_classes(), &dev)?;
     let mut ms = Vec::with_capacity(c.steps);
+    let mut phases = PhaseTimes::default();
     for i in 0..c.warmup + c.steps {
         let t0 = Instant::now();
-        let out = st.step(&batch, tc.lr)?;
+        let mut step_phases = PhaseTimes::default();
+        let out = st.step_timed(&batch, tc.lr, Some(&mut step_phases))?;
         dev.synchronize()?;
         if let StepOutcome::NonFinite { loss } = out {
             bail!("loss became {loss} during the benchmark");
         }
         if i >= c.warmup {
             ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            phases.forward_ms += step_phases.forward_ms;
+            phases.backward_ms += step_phases.backward_ms;
+            phases.optimizer_ms += step_phases.optimizer_ms;
+            phases.ema_ms += step_phases.ema_ms;
         }
     }
+    let n = c.steps as f64;
+    println!(
+        "phase ms (mean): forward {:.1}, backward {:.1}, grad-norm+AdamW {:.1}, EMA {:.1}",
+        phases.forward_ms / n,
+        phases.backward_ms / n,
+        phases.optimizer_ms / n,
+        phases.ema_ms / n
+    );
     report(&c, "train", ms, c.batch);
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use candle_core::{Tensor, Var};
 
+use crate::inplace::{self, EmaUpdate};
 use crate::Result;
 
 pub struct Ema {
@@ -22,6 +23,11 @@ impl Ema {
 
     pub fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
         for ((_, e), (_, v)) in self.tensors.iter_mut().zip(vars) {
+            let p = v.as_tensor();
+            if inplace::applies(e) && inplace::applies(p) && e.dtype() == p.dtype() {
+                e.inplace_op2(p, &EmaUpdate { decay: self.decay })?;
+                continue;
+            }
             // Detached: otherwise each average holds the previous one's op graph, and the
             // whole history stays alive.
             *e = ((&*e * self.decay)? + (v.as_tensor().detach() * (1.0 - self.decay))?)?.detach();

@@ -1,8 +1,10 @@
 //! AdamW whose moment buffers can be saved and restored (candle's own keeps them private,
-//! which rules out exact resume). The update is `torch.optim.AdamW`'s, term for term.
+//! which rules out exact resume). The update is `torch.optim.AdamW`'s, term for term. On the
+//! CPU it runs as two in-place passes per parameter ([`crate::inplace`]).
 
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
+use crate::inplace::{self, MomentUpdate, ParamUpdate};
 use crate::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,27 +20,25 @@ pub struct AdamW {
     /// Number of updates applied so far (bias correction uses it).
     pub step: u64,
     vars: Vec<(String, Var)>,
-    exp_avg: Vec<Tensor>,
-    exp_avg_sq: Vec<Tensor>,
+    /// Per variable `[2, …shape]`: `exp_avg` then `exp_avg_sq` (one buffer, so one in-place
+    /// pass updates both).
+    moments: Vec<Tensor>,
 }
 
 impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, params: AdamWParams) -> Result<Self> {
-        let zeros = |v: &Var| v.zeros_like();
-        let exp_avg = vars
+        let moments = vars
             .iter()
-            .map(|(_, v)| zeros(v))
-            .collect::<candle_core::Result<_>>()?;
-        let exp_avg_sq = vars
-            .iter()
-            .map(|(_, v)| zeros(v))
+            .map(|(_, v)| {
+                let dims: Vec<usize> = std::iter::once(2).chain(v.dims().iter().copied()).collect();
+                Tensor::zeros(dims, v.dtype(), v.device())
+            })
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             params,
             step: 0,
             vars,
-            exp_avg,
-            exp_avg_sq,
+            moments,
         })
     }
 
@@ -61,22 +61,44 @@ impl AdamW {
             // Gradients carry the op graph of the step that made them; keeping them (through
             // the moments) would chain every step's graph to the next and leak memory.
             let g = g.detach();
+            let p = var.as_tensor();
+            let mv = &self.moments[i];
+            if inplace::applies(p) && inplace::applies(mv) && g.dtype() == p.dtype() {
+                let g = g.contiguous()?;
+                mv.inplace_op2(
+                    &g,
+                    &MomentUpdate {
+                        beta1,
+                        beta2,
+                        grad_scale,
+                    },
+                )?;
+                p.inplace_op2(
+                    mv,
+                    &ParamUpdate {
+                        decay: 1.0 - lr * weight_decay,
+                        step_size,
+                        bc2_sqrt,
+                        eps,
+                    },
+                )?;
+                continue;
+            }
             let g = if grad_scale != 1.0 {
                 (g * grad_scale)?
             } else {
                 g
             };
-            let m = ((&self.exp_avg[i] * beta1)? + (&g * (1.0 - beta1))?)?;
-            let v = ((&self.exp_avg_sq[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            let m = ((mv.get(0)? * beta1)? + (&g * (1.0 - beta1))?)?;
+            let v = ((mv.get(1)? * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
-            let mut p = var.as_tensor().detach();
+            let mut p = p.detach();
             if weight_decay != 0.0 {
                 p = (p * (1.0 - lr * weight_decay))?;
             }
             let p = (p - ((&m / &denom)? * step_size)?)?;
             var.set(&p)?;
-            self.exp_avg[i] = m.detach();
-            self.exp_avg_sq[i] = v.detach();
+            self.moments[i] = Tensor::stack(&[m, v], 0)?.detach();
         }
         Ok(())
     }
@@ -85,8 +107,8 @@ impl AdamW {
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(2 * self.vars.len());
         for (i, (name, _)) in self.vars.iter().enumerate() {
-            out.push((format!("exp_avg.{name}"), self.exp_avg[i].clone()));
-            out.push((format!("exp_avg_sq.{name}"), self.exp_avg_sq[i].clone()));
+            out.push((format!("exp_avg.{name}"), self.moments[i].get(0)?));
+            out.push((format!("exp_avg_sq.{name}"), self.moments[i].get(1)?));
         }
         Ok(out)
     }
@@ -98,10 +120,8 @@ impl AdamW {
         lookup: &dyn Fn(&str) -> Option<Tensor>,
     ) -> std::result::Result<(), String> {
         for (i, (name, var)) in self.vars.iter().enumerate() {
-            for (prefix, slot) in [
-                ("exp_avg", &mut self.exp_avg[i]),
-                ("exp_avg_sq", &mut self.exp_avg_sq[i]),
-            ] {
+            let mut parts = Vec::with_capacity(2);
+            for prefix in ["exp_avg", "exp_avg_sq"] {
                 let key = format!("{prefix}.{name}");
                 let t = lookup(&key).ok_or_else(|| format!("missing optimizer tensor `{key}`"))?;
                 if t.dims() != var.dims() {
@@ -111,12 +131,14 @@ impl AdamW {
                         var.dims()
                     ));
                 }
-                *slot = t
-                    .to_dtype(DType::F32)
-                    .and_then(|t| t.to_dtype(var.dtype()))
-                    .and_then(|t| t.to_device(var.device()))
-                    .map_err(|e| e.to_string())?;
+                parts.push(
+                    t.to_dtype(DType::F32)
+                        .and_then(|t| t.to_dtype(var.dtype()))
+                        .and_then(|t| t.to_device(var.device()))
+                        .map_err(|e| e.to_string())?,
+                );
             }
+            self.moments[i] = Tensor::stack(&parts, 0).map_err(|e| e.to_string())?;
         }
         self.step = step;
         Ok(())
@@ -128,6 +150,10 @@ pub fn grad_norm(vars: &[(String, Var)], grads: &GradStore) -> Result<f64> {
     let mut sum = 0f64;
     for (_, v) in vars {
         if let Some(g) = grads.get(v) {
+            if inplace::applies(g) {
+                sum += inplace::sum_sq(g)?;
+                continue;
+            }
             sum += g
                 .sqr()?
                 .sum_all()?

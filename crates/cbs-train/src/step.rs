@@ -32,6 +32,17 @@ pub enum StepOutcome {
     },
 }
 
+/// Milliseconds spent in each phase of [`Stepper::step_timed`] (accumulated over calls).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseTimes {
+    /// Interpolation, forward pass, target, loss (and reading the loss back).
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    /// Gradient norm, clipping and the AdamW update.
+    pub optimizer_ms: f64,
+    pub ema_ms: f64,
+}
+
 /// The network, its optimizer and its EMA.
 pub struct Stepper {
     pub net: Trainable,
@@ -65,6 +76,29 @@ impl Stepper {
 
     /// Forward, loss, backward, gradient clipping, AdamW at `lr`, EMA.
     pub fn step(&mut self, b: &Batch, lr: f64) -> Result<StepOutcome> {
+        self.step_timed(b, lr, None)
+    }
+
+    /// [`Stepper::step`], recording the wall time of each phase into `times` when given
+    /// (the device is synchronised at each phase boundary then, so the split is exact on
+    /// asynchronous devices too).
+    pub fn step_timed(
+        &mut self,
+        b: &Batch,
+        lr: f64,
+        mut times: Option<&mut PhaseTimes>,
+    ) -> Result<StepOutcome> {
+        let device = b.x0.device().clone();
+        let mut clock = std::time::Instant::now();
+        let mut lap = |slot: fn(&mut PhaseTimes) -> &mut f64| -> Result<()> {
+            if let Some(t) = times.as_deref_mut() {
+                device.synchronize()?;
+                let now = std::time::Instant::now();
+                *slot(t) += (now - clock).as_secs_f64() * 1e3;
+                clock = now;
+            }
+            Ok(())
+        };
         let xt = interpolate(&b.x0, &b.x1, &b.t)?;
         let pred = self
             .net
@@ -76,7 +110,9 @@ impl Stepper {
         if !loss_val.is_finite() {
             return Ok(StepOutcome::NonFinite { loss: loss_val });
         }
+        lap(|t| &mut t.forward_ms)?;
         let grads = loss.backward()?;
+        lap(|t| &mut t.backward_ms)?;
         let gnorm = grad_norm(&self.vars, &grads)?;
         let scale = if self.grad_clip > 0.0 && gnorm > self.grad_clip {
             self.grad_clip / (gnorm + 1e-6)
@@ -84,7 +120,11 @@ impl Stepper {
             1.0
         };
         self.opt.step(&grads, lr, scale)?;
+        // Freeing the step's gradients and graph is part of the update's cost.
+        drop((grads, loss, pred, target));
+        lap(|t| &mut t.optimizer_ms)?;
         self.ema.update(&self.vars)?;
+        lap(|t| &mut t.ema_ms)?;
         Ok(StepOutcome::Updated {
             loss: loss_val,
             grad_norm: gnorm,

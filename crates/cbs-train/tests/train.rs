@@ -544,6 +544,109 @@ fn adamw_follows_the_torch_update_rule() {
     assert_eq!(opt.step, 5);
 }
 
+/// The in-place CPU AdamW (f32, gradient scaling, weight decay, a parameter large enough to
+/// be split across threads, one parameter left without a gradient) against the update rule
+/// written out in f64, and its state surviving `state_tensors` → `load_state`.
+#[test]
+fn inplace_adamw_matches_the_update_rule_and_restores() {
+    let n = 70_000; // more than one parallel chunk
+    let p0: Vec<f32> = (0..n).map(|i| ((i * 37 % 1000) as f32 - 500.0) / 250.0).collect();
+    let make = || {
+        let w = Var::from_tensor(&Tensor::new(p0.as_slice(), &Device::Cpu).unwrap()).unwrap();
+        let idle = Var::from_tensor(&Tensor::new(&[1.5f32, -2.0], &Device::Cpu).unwrap()).unwrap();
+        (w, idle)
+    };
+    let params = AdamWParams {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.05,
+    };
+    let (lr, scale) = (0.01, 0.5);
+    let (w, idle) = make();
+    let vars = vec![("w".to_string(), w.clone()), ("idle".to_string(), idle.clone())];
+    let mut opt = AdamW::new(vars, params).unwrap();
+    let (mut p, mut m, mut v): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+        p0.iter().map(|&x| x as f64).collect(),
+        vec![0.0; n],
+        vec![0.0; n],
+    );
+    let step = |opt: &mut AdamW, w: &Var| {
+        // loss = Σ w² ⇒ grad = 2w
+        let grads = w.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        opt.step(&grads, lr, scale).unwrap();
+    };
+    for t in 1..=3 {
+        step(&mut opt, &w);
+        for i in 0..n {
+            let g = scale * 2.0 * p[i];
+            p[i] *= 1.0 - lr * params.weight_decay;
+            m[i] = params.beta1 * m[i] + (1.0 - params.beta1) * g;
+            v[i] = params.beta2 * v[i] + (1.0 - params.beta2) * g * g;
+            let (bc1, bc2) = (1.0 - params.beta1.powi(t), 1.0 - params.beta2.powi(t));
+            p[i] -= lr / bc1 * m[i] / ((v[i] / bc2).sqrt() + params.eps);
+        }
+    }
+    let got = w.as_tensor().to_vec1::<f32>().unwrap();
+    let worst = got
+        .iter()
+        .zip(&p)
+        .map(|(&g, &w)| (g as f64 - w).abs() / w.abs().max(1e-3))
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-5, "worst relative error {worst}");
+    assert_eq!(idle.as_tensor().to_vec1::<f32>().unwrap(), [1.5, -2.0]);
+
+    // Save and restore the moments into a fresh optimizer: the next step is bit-identical.
+    let saved: std::collections::HashMap<String, Tensor> =
+        opt.state_tensors().unwrap().into_iter().collect();
+    let exp_avg = saved["exp_avg.w"].to_vec1::<f32>().unwrap();
+    for i in (0..n).step_by(997) {
+        assert!((exp_avg[i] as f64 - m[i]).abs() <= 1e-5 * m[i].abs().max(1e-3));
+    }
+    let (w2, idle2) = make();
+    w2.set(w.as_tensor()).unwrap();
+    let vars2 = vec![("w".to_string(), w2.clone()), ("idle".to_string(), idle2)];
+    let mut opt2 = AdamW::new(vars2, params).unwrap();
+    opt2.load_state(opt.step, &|k| saved.get(k).map(|t| t.copy().unwrap()))
+        .unwrap();
+    step(&mut opt, &w);
+    step(&mut opt2, &w2);
+    assert_eq!(
+        w.as_tensor().to_vec1::<f32>().unwrap(),
+        w2.as_tensor().to_vec1::<f32>().unwrap()
+    );
+    let e = opt2
+        .load_state(3, &|k| (k != "exp_avg_sq.idle").then(|| saved[k].clone()))
+        .unwrap_err();
+    assert!(e.contains("exp_avg_sq.idle"), "{e}");
+}
+
+/// The in-place EMA and the gradient norm against their formulas.
+#[test]
+fn inplace_ema_and_grad_norm_match_their_formulas() {
+    use cbs_train::ema::Ema;
+    let n = 50_000;
+    let a: Vec<f32> = (0..n).map(|i| (i % 101) as f32 / 50.0 - 1.0).collect();
+    let w = Var::from_tensor(&Tensor::new(a.as_slice(), &Device::Cpu).unwrap()).unwrap();
+    let vars = vec![("w".to_string(), w.clone())];
+    let mut ema = Ema::new(&vars, 0.9).unwrap();
+    let b: Vec<f32> = a.iter().map(|x| 3.0 * x + 1.0).collect();
+    w.set(&Tensor::new(b.as_slice(), &Device::Cpu).unwrap()).unwrap();
+    ema.update(&vars).unwrap();
+    let got = ema.tensors[0].1.to_vec1::<f32>().unwrap();
+    for i in 0..n {
+        let want = 0.9 * a[i] as f64 + 0.1 * b[i] as f64;
+        assert!((got[i] as f64 - want).abs() < 1e-6, "{i}: {} vs {want}", got[i]);
+    }
+    // The EMA is its own copy: updating it leaves the weights alone.
+    assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), b);
+
+    let grads = w.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let norm = cbs_train::optim::grad_norm(&vars, &grads).unwrap();
+    let want = b.iter().map(|&x| (2.0 * x as f64).powi(2)).sum::<f64>().sqrt();
+    assert!((norm - want).abs() < 1e-9 * want, "{norm} vs {want}");
+}
+
 /// The `[data]` sources read from user files: CIFAR-10/100 binary batches, image folders and
 /// ADM `.npz`, each from a TOML config and a generated tiny data set.
 mod data_sources {

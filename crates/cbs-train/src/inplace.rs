@@ -1,0 +1,176 @@
+//! In-place CPU kernels for the per-step parameter passes: AdamW's moment and weight updates,
+//! the EMA, and the squared gradient norm.
+//!
+//! Composed from tensor ops, AdamW alone is about fifteen passes over every parameter, each
+//! allocating a fresh tensor (measured on sit-s-4: 175 ms of a 2.1 s step, and the EMA 42 ms
+//! more). Here each update is one pass that writes into the existing buffers. Arithmetic is in
+//! f64 and rounded once per stored value; the composed versions remain the path on other
+//! devices and for non-contiguous or other-dtype tensors ([`applies`]).
+
+use candle_core::{
+    bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Storage, Tensor, WithDType,
+};
+use rayon::prelude::*;
+
+/// Elements per parallel task: large enough that the split costs nothing next to the work.
+const CHUNK: usize = 1 << 15;
+
+/// Whether the in-place kernels handle `t` (CPU, f32/f64, contiguous).
+pub fn applies(t: &Tensor) -> bool {
+    matches!(t.device(), Device::Cpu)
+        && matches!(t.dtype(), DType::F32 | DType::F64)
+        && t.is_contiguous()
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Runs `f` over matching chunks of `dst` (chunk `CHUNK·w`) and `src` (chunk `CHUNK`), in
+/// parallel: `w` destination values per source value.
+fn zip_chunks<T: WithDType, S: WithDType>(
+    dst: &mut [T],
+    w: usize,
+    src: &[S],
+    f: impl Fn(&mut [T], &[S]) + Sync + Send,
+) {
+    dst.par_chunks_mut(CHUNK * w)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| f(d, s));
+}
+
+/// Moments stored as one `[2, …]` tensor (first `m`, then `v`): `m ← β₁m + (1−β₁)g'`,
+/// `v ← β₂v + (1−β₂)g'²` with `g' = scale·g`.
+pub struct MomentUpdate {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub grad_scale: f64,
+}
+
+/// `θ ← θ(1 − lr·wd) − step_size · m / (√v / bc2_sqrt + eps)` from the `[2, …]` moments.
+pub struct ParamUpdate {
+    pub decay: f64,
+    pub step_size: f64,
+    pub bc2_sqrt: f64,
+    pub eps: f64,
+}
+
+/// `e ← decay·e + (1 − decay)·θ`.
+pub struct EmaUpdate {
+    pub decay: f64,
+}
+
+fn moments<T: WithDType>(mv: &mut [T], g: &[T], u: &MomentUpdate) -> Result<()> {
+    let n = g.len();
+    if mv.len() != 2 * n {
+        bail!("adamw moments: {} values for a {n}-element gradient", mv.len());
+    }
+    let (m, v) = mv.split_at_mut(n);
+    let (b1, b2, s) = (u.beta1, u.beta2, u.grad_scale);
+    m.par_chunks_mut(CHUNK)
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|((m, v), g)| {
+            for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
+                let g = s * g.to_f64();
+                *m = T::from_f64(b1 * m.to_f64() + (1.0 - b1) * g);
+                *v = T::from_f64(b2 * v.to_f64() + (1.0 - b2) * g * g);
+            }
+        });
+    Ok(())
+}
+
+fn params<T: WithDType>(p: &mut [T], mv: &[T], u: &ParamUpdate) -> Result<()> {
+    let n = p.len();
+    if mv.len() != 2 * n {
+        bail!("adamw update: {} moment values for {n} parameters", mv.len());
+    }
+    let (m, v) = mv.split_at(n);
+    p.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks(CHUNK))
+        .zip(v.par_chunks(CHUNK))
+        .for_each(|((p, m), v)| {
+            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                let denom = v.to_f64().sqrt() / u.bc2_sqrt + u.eps;
+                *p = T::from_f64(p.to_f64() * u.decay - u.step_size * m.to_f64() / denom);
+            }
+        });
+    Ok(())
+}
+
+fn ema<T: WithDType>(e: &mut [T], p: &[T], u: &EmaUpdate) -> Result<()> {
+    if e.len() != p.len() {
+        bail!("ema: {} averaged values for {} parameters", e.len(), p.len());
+    }
+    let d = u.decay;
+    zip_chunks(e, 1, p, |e, p| {
+        for (e, &p) in e.iter_mut().zip(p) {
+            *e = T::from_f64(d * e.to_f64() + (1.0 - d) * p.to_f64());
+        }
+    });
+    Ok(())
+}
+
+fn offsets(l: &Layout, op: &str) -> Result<(usize, usize)> {
+    match l.contiguous_offsets() {
+        Some(o) => Ok(o),
+        None => bail!("{op}: tensors must be contiguous"),
+    }
+}
+
+macro_rules! inplace_op {
+    ($ty:ty, $name:literal, $kernel:ident) => {
+        impl InplaceOp2 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                dst: &mut CpuStorage,
+                dst_l: &Layout,
+                src: &CpuStorage,
+                src_l: &Layout,
+            ) -> Result<()> {
+                let op = $name;
+                let (a, b) = offsets(dst_l, op)?;
+                let (c, d) = offsets(src_l, op)?;
+                match (dst, src) {
+                    (CpuStorage::F32(x), CpuStorage::F32(y)) => {
+                        $kernel(&mut x[a..b], &y[c..d], self)
+                    }
+                    (CpuStorage::F64(x), CpuStorage::F64(y)) => {
+                        $kernel(&mut x[a..b], &y[c..d], self)
+                    }
+                    _ => bail!("{op}: only f32 and f64 (matching) are supported"),
+                }
+            }
+        }
+    };
+}
+
+inplace_op!(MomentUpdate, "adamw-moments", moments);
+inplace_op!(ParamUpdate, "adamw-update", params);
+inplace_op!(EmaUpdate, "ema-update", ema);
+
+/// `Σ g²` in f64 over a CPU tensor (any layout is made contiguous first).
+pub fn sum_sq(g: &Tensor) -> Result<f64> {
+    let g = g.contiguous()?;
+    let (storage, layout) = g.storage_and_layout();
+    let Storage::Cpu(s) = &*storage else {
+        bail!("sum_sq: CPU tensors only");
+    };
+    fn sum<T: WithDType>(x: &[T]) -> f64 {
+        x.par_chunks(CHUNK)
+            .map(|c| c.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>())
+            .sum()
+    }
+    Ok(match s {
+        CpuStorage::F32(_) => sum(slice::<f32>(s, layout, "sum_sq")?),
+        CpuStorage::F64(_) => sum(slice::<f64>(s, layout, "sum_sq")?),
+        _ => bail!("sum_sq: only f32 and f64 are supported"),
+    })
+}
