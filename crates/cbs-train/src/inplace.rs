@@ -66,7 +66,10 @@ pub struct EmaUpdate {
 fn moments<T: WithDType>(mv: &mut [T], g: &[T], u: &MomentUpdate) -> Result<()> {
     let n = g.len();
     if mv.len() != 2 * n {
-        bail!("adamw moments: {} values for a {n}-element gradient", mv.len());
+        bail!(
+            "adamw moments: {} values for a {n}-element gradient",
+            mv.len()
+        );
     }
     let (m, v) = mv.split_at_mut(n);
     let (b1, b2, s) = (u.beta1, u.beta2, u.grad_scale);
@@ -86,7 +89,10 @@ fn moments<T: WithDType>(mv: &mut [T], g: &[T], u: &MomentUpdate) -> Result<()> 
 fn params<T: WithDType>(p: &mut [T], mv: &[T], u: &ParamUpdate) -> Result<()> {
     let n = p.len();
     if mv.len() != 2 * n {
-        bail!("adamw update: {} moment values for {n} parameters", mv.len());
+        bail!(
+            "adamw update: {} moment values for {n} parameters",
+            mv.len()
+        );
     }
     let (m, v) = mv.split_at(n);
     p.par_chunks_mut(CHUNK)
@@ -103,7 +109,11 @@ fn params<T: WithDType>(p: &mut [T], mv: &[T], u: &ParamUpdate) -> Result<()> {
 
 fn ema<T: WithDType>(e: &mut [T], p: &[T], u: &EmaUpdate) -> Result<()> {
     if e.len() != p.len() {
-        bail!("ema: {} averaged values for {} parameters", e.len(), p.len());
+        bail!(
+            "ema: {} averaged values for {} parameters",
+            e.len(),
+            p.len()
+        );
     }
     let d = u.decay;
     zip_chunks(e, 1, p, |e, p| {

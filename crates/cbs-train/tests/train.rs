@@ -550,7 +550,9 @@ fn adamw_follows_the_torch_update_rule() {
 #[test]
 fn inplace_adamw_matches_the_update_rule_and_restores() {
     let n = 70_000; // more than one parallel chunk
-    let p0: Vec<f32> = (0..n).map(|i| ((i * 37 % 1000) as f32 - 500.0) / 250.0).collect();
+    let p0: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 1000) as f32 - 500.0) / 250.0)
+        .collect();
     let make = || {
         let w = Var::from_tensor(&Tensor::new(p0.as_slice(), &Device::Cpu).unwrap()).unwrap();
         let idle = Var::from_tensor(&Tensor::new(&[1.5f32, -2.0], &Device::Cpu).unwrap()).unwrap();
@@ -564,7 +566,10 @@ fn inplace_adamw_matches_the_update_rule_and_restores() {
     };
     let (lr, scale) = (0.01, 0.5);
     let (w, idle) = make();
-    let vars = vec![("w".to_string(), w.clone()), ("idle".to_string(), idle.clone())];
+    let vars = vec![
+        ("w".to_string(), w.clone()),
+        ("idle".to_string(), idle.clone()),
+    ];
     let mut opt = AdamW::new(vars, params).unwrap();
     let (mut p, mut m, mut v): (Vec<f64>, Vec<f64>, Vec<f64>) = (
         p0.iter().map(|&x| x as f64).collect(),
@@ -573,7 +578,14 @@ fn inplace_adamw_matches_the_update_rule_and_restores() {
     );
     let step = |opt: &mut AdamW, w: &Var| {
         // loss = Σ w² ⇒ grad = 2w
-        let grads = w.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = w
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         opt.step(&grads, lr, scale).unwrap();
     };
     for t in 1..=3 {
@@ -631,19 +643,35 @@ fn inplace_ema_and_grad_norm_match_their_formulas() {
     let vars = vec![("w".to_string(), w.clone())];
     let mut ema = Ema::new(&vars, 0.9).unwrap();
     let b: Vec<f32> = a.iter().map(|x| 3.0 * x + 1.0).collect();
-    w.set(&Tensor::new(b.as_slice(), &Device::Cpu).unwrap()).unwrap();
+    w.set(&Tensor::new(b.as_slice(), &Device::Cpu).unwrap())
+        .unwrap();
     ema.update(&vars).unwrap();
     let got = ema.tensors[0].1.to_vec1::<f32>().unwrap();
     for i in 0..n {
         let want = 0.9 * a[i] as f64 + 0.1 * b[i] as f64;
-        assert!((got[i] as f64 - want).abs() < 1e-6, "{i}: {} vs {want}", got[i]);
+        assert!(
+            (got[i] as f64 - want).abs() < 1e-6,
+            "{i}: {} vs {want}",
+            got[i]
+        );
     }
     // The EMA is its own copy: updating it leaves the weights alone.
     assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), b);
 
-    let grads = w.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = w
+        .as_tensor()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let norm = cbs_train::optim::grad_norm(&vars, &grads).unwrap();
-    let want = b.iter().map(|&x| (2.0 * x as f64).powi(2)).sum::<f64>().sqrt();
+    let want = b
+        .iter()
+        .map(|&x| (2.0 * x as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     assert!((norm - want).abs() < 1e-9 * want, "{norm} vs {want}");
 }
 

@@ -2,213 +2,186 @@
 //!
 //! Composed, the attention core is a dozen graph nodes (reshape, permute, three `get`s and
 //! copies, the scaling, two matrix products, the softmax, a transpose and a reshape), and candle's
-//! backward gives every input of every node a zero-filled gradient buffer plus an add, and each
-//! `get` a concatenation with zero padding as large as all of qkv. Here the forward runs the
-//! same matrix products outside the graph and keeps `q`, `k`, `v` and the attention weights
-//! `P` in the op (the memory the composed graph keeps too); the backward is four matrix
-//! products and one softmax-backward pass, and writes the gradient of qkv in its layout in
-//! one pass.
+//! backward gives every input of every node a zero-filled gradient buffer plus an add. candle's
+//! batched matmul also dispatches each `N×N` product of each (image, head) to the thread pool
+//! on its own, which for ViT-sized heads costs more than the product.
+//!
+//! Here one task per image runs all of its heads with single-threaded products that read
+//! `q`, `k`, `v` in place from the `[N, 3C]` rows (strided views, no permute copies) and write
+//! the output and the qkv gradient straight into their `[N, C]` / `[N, 3C]` layouts. The
+//! forward keeps the attention weights `P` (`[B, H, N, N]`, as the composed graph does); the
+//! backward is four products and one softmax-backward pass per head.
 
 use std::sync::Mutex;
 
-use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
-};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous, last_dim, par_rows, F, PAR_MIN};
+use super::gemm::{gemm_into, Threads, View};
+use super::{contiguous, with_slice, F};
 
-/// `[B, H, N, d]` parts (each contiguous) → `[B, N, P, H, d]`, `P` the number of parts.
-fn merge_heads<T: F>(parts: &[&[T]], (b, h, n, d): (usize, usize, usize, usize)) -> Vec<T> {
-    let p = parts.len();
-    let row = p * h * d; // one token of the output
-    let mut out = vec![T::of(0.0); b * n * row];
-    let fill = |(r, o): (usize, &mut [T])| {
-        let (bi, ni) = (r / n, r % n);
-        for (pi, part) in parts.iter().enumerate() {
-            for hi in 0..h {
-                let src = ((bi * h + hi) * n + ni) * d;
-                let dst = (pi * h + hi) * d;
-                o[dst..dst + d].copy_from_slice(&part[src..src + d]);
-            }
+/// Sizes: batch, tokens, heads, head width (`C = H·d`).
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    n: usize,
+    h: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn c(&self) -> usize {
+        self.h * self.d
+    }
+}
+
+/// In place: `row ← softmax(scale·row)`.
+fn softmax_row<T: F>(row: &mut [T], scale: f64) {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.f()));
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        let e = T::exp_k(scale * (x.f() - max));
+        sum += e;
+        *x = T::of(e);
+    }
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x = T::of(x.f() * inv);
+    }
+}
+
+/// In place: `dp ← dS = scale·P ⊙ (dP − Σ dP·P)` for one row.
+fn softmax_bwd_row<T: F>(dp: &mut [T], p: &[T], scale: f64) {
+    let dot: f64 = dp.iter().zip(p).map(|(g, p)| g.f() * p.f()).sum();
+    for (g, &p) in dp.iter_mut().zip(p) {
+        *g = T::of(scale * p.f() * (g.f() - dot));
+    }
+}
+
+/// Whether to run one image per task with single-threaded products, or images one after
+/// another with products spread over the threads (fewer images than threads).
+fn per_image(b: usize) -> bool {
+    b >= rayon::current_num_threads()
+}
+
+/// One image: `qkv` `[N, 3C]` → `out` `[N, C]`, `p` `[H, N, N]`.
+fn fwd_image<T: F>(qkv: &[T], out: &mut [T], p: &mut [T], dm: Dims, scale: f64, th: Threads) {
+    let Dims { n, d, .. } = dm;
+    let c = dm.c();
+    let part = |j: usize, hi: usize| View::rows(&qkv[j * c + hi * d..], n, d, 3 * c);
+    for (hi, s) in p.chunks_mut(n * n).enumerate() {
+        gemm_into(s, n, part(0, hi), part(1, hi).t(), false, th); // q·kᵀ
+        for row in s.chunks_mut(n) {
+            softmax_row(row, scale);
         }
-    };
-    if out.len() >= PAR_MIN {
-        out.par_chunks_mut(row).enumerate().for_each(fill);
-    } else {
-        out.chunks_mut(row).enumerate().for_each(fill);
-    }
-    out
-}
-
-/// Row softmax of `scale·s` (the attention weights).
-fn softmax_scaled<T: F>(s: &[T], l: &Layout, scale: f64) -> Vec<T> {
-    let mut out = vec![T::of(0.0); s.len()];
-    par_rows(&mut out, last_dim(l), &[s], |o, i| {
-        let max = i[0].iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.f()));
-        let mut sum = 0.0;
-        for (o, &x) in o.iter_mut().zip(i[0]) {
-            let e = T::exp_k(scale * (x.f() - max));
-            sum += e;
-            *o = T::of(e);
-        }
-        for o in o.iter_mut() {
-            *o = T::of(o.f() / sum);
-        }
-    });
-    out
-}
-
-/// `dS = scale·P ⊙ (dP − Σ_row dP·P)`.
-fn softmax_scaled_bwd<T: F>(p: &[T], dp: &[T], l: &Layout, scale: f64) -> Vec<T> {
-    let mut out = vec![T::of(0.0); p.len()];
-    par_rows(&mut out, last_dim(l), &[p, dp], |o, i| {
-        let dot: f64 = i[0].iter().zip(i[1]).map(|(p, g)| p.f() * g.f()).sum();
-        for ((o, &p), &g) in o.iter_mut().zip(i[0]).zip(i[1]) {
-            *o = T::of(scale * p.f() * (g.f() - dot));
-        }
-    });
-    out
-}
-
-/// Forward-only kernels applied outside the graph.
-struct SoftmaxScaled(f64);
-struct SoftmaxScaledBwd(f64);
-/// `[B, H, N, d]` parts → `[B, N, P·H·d]`.
-struct MergeHeads {
-    dims: (usize, usize, usize, usize),
-    parts: usize,
-}
-
-macro_rules! f32_or_f64 {
-    ($op:expr, $s:expr, |$T:ident| $body:expr) => {
-        match $s {
-            CpuStorage::F32(_) => {
-                type $T = f32;
-                CpuStorage::F32($body)
-            }
-            CpuStorage::F64(_) => {
-                type $T = f64;
-                CpuStorage::F64($body)
-            }
-            _ => bail!("{}: only f32 and f64 are supported", $op),
-        }
-    };
-}
-
-impl CustomOp1 for SoftmaxScaled {
-    fn name(&self) -> &'static str {
-        "fused-attention-softmax"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let out = f32_or_f64!(op, s, |T| softmax_scaled::<T>(
-            contiguous(s, l, op)?,
-            l,
-            self.0
-        ));
-        Ok((out, l.shape().clone()))
+        let pv = View::rows(&*s, n, n, n);
+        gemm_into(&mut out[hi * d..], c, pv, part(2, hi), false, th); // P·v
     }
 }
 
-impl CustomOp2 for SoftmaxScaledBwd {
-    fn name(&self) -> &'static str {
-        "fused-attention-softmax-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        if l1.shape() != l2.shape() {
-            bail!("{op}: P and dP differ in shape");
-        }
-        let out = f32_or_f64!(op, s1, |T| softmax_scaled_bwd::<T>(
-            contiguous(s1, l1, op)?,
-            contiguous(s2, l2, op)?,
-            l1,
-            self.0
-        ));
-        Ok((out, l1.shape().clone()))
-    }
-}
-
-impl MergeHeads {
-    fn check(&self, l: &Layout) -> Result<()> {
-        let (b, h, n, d) = self.dims;
-        if l.dims() != [b, h, n, d] {
-            bail!(
-                "fused-attention-merge-heads: expected {:?}, got {:?}",
-                self.dims,
-                l.dims()
-            );
-        }
-        Ok(())
-    }
-
-    fn out_shape(&self) -> Shape {
-        let (b, h, n, d) = self.dims;
-        Shape::from((b, n, self.parts * h * d))
-    }
-}
-
-impl CustomOp1 for MergeHeads {
-    fn name(&self) -> &'static str {
-        "fused-attention-merge-heads"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let op = <Self as CustomOp1>::name(self);
-        self.check(l)?;
-        let out = f32_or_f64!(op, s, |T| merge_heads::<T>(
-            &[contiguous(s, l, op)?],
-            self.dims
-        ));
-        Ok((out, self.out_shape()))
-    }
-}
-
-impl CustomOp3 for MergeHeads {
-    fn name(&self) -> &'static str {
-        "fused-attention-merge-heads"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let op = <Self as CustomOp3>::name(self);
-        for l in [l1, l2, l3] {
-            self.check(l)?;
-        }
-        let out = f32_or_f64!(op, s1, |T| merge_heads::<T>(
-            &[
-                contiguous(s1, l1, op)?,
-                contiguous(s2, l2, op)?,
-                contiguous(s3, l3, op)?
-            ],
-            self.dims
-        ));
-        Ok((out, self.out_shape()))
-    }
-}
-
-/// The attention node: its forward writes out the per-head output `o` (`[B, H, N, d]`)
-/// computed beforehand in the `[B, N, C]` layout; its backward uses the saved `q`, `k`, `v`
-/// (`[B, H, N, d]`) and `P` (`[B, H, N, N]`).
-struct Attention {
-    o: Mutex<Option<Tensor>>,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    p: Tensor,
+/// One image: the qkv gradient `dqkv` `[N, 3C]` from `go` `[N, C]`; `tmp` is `N×N` scratch.
+#[allow(clippy::too_many_arguments)]
+fn bwd_image<T: F>(
+    qkv: &[T],
+    p: &[T],
+    go: &[T],
+    dqkv: &mut [T],
+    tmp: &mut [T],
+    dm: Dims,
     scale: f64,
+    th: Threads,
+) {
+    let Dims { n, d, .. } = dm;
+    let c = dm.c();
+    let part = |j: usize, hi: usize| View::rows(&qkv[j * c + hi * d..], n, d, 3 * c);
+    for (hi, p) in p.chunks(n * n).enumerate() {
+        let pv = View::rows(p, n, n, n);
+        let dout = View::rows(&go[hi * d..], n, d, c);
+        gemm_into(&mut dqkv[2 * c + hi * d..], 3 * c, pv.t(), dout, false, th); // dv = Pᵀ·dO
+        gemm_into(tmp, n, dout, part(2, hi).t(), false, th); // dP = dO·vᵀ
+        for (g, p) in tmp.chunks_mut(n).zip(p.chunks(n)) {
+            softmax_bwd_row(g, p, scale);
+        }
+        let ds = View::rows(&*tmp, n, n, n);
+        gemm_into(&mut dqkv[hi * d..], 3 * c, ds, part(1, hi), false, th); // dq = dS·k
+        gemm_into(
+            &mut dqkv[c + hi * d..],
+            3 * c,
+            ds.t(),
+            part(0, hi),
+            false,
+            th,
+        ); // dk = dSᵀ·q
+    }
+}
+
+fn fwd<T: F>(qkv: &[T], dm: Dims, scale: f64) -> (Vec<T>, Vec<T>) {
+    let Dims { b, n, h, .. } = dm;
+    let c = dm.c();
+    let mut out = vec![T::of(0.0); b * n * c];
+    let mut p = vec![T::of(0.0); b * h * n * n];
+    let (xs, os, ps) = (n * 3 * c, n * c, h * n * n);
+    if per_image(b) {
+        qkv.par_chunks(xs)
+            .zip(out.par_chunks_mut(os))
+            .zip(p.par_chunks_mut(ps))
+            .for_each(|((x, o), p)| fwd_image(x, o, p, dm, scale, Threads::One));
+    } else {
+        qkv.chunks(xs)
+            .zip(out.chunks_mut(os))
+            .zip(p.chunks_mut(ps))
+            .for_each(|((x, o), p)| fwd_image(x, o, p, dm, scale, Threads::All));
+    }
+    (out, p)
+}
+
+fn bwd<T: F>(qkv: &[T], p: &[T], go: &[T], dm: Dims, scale: f64) -> Vec<T> {
+    let Dims { b, n, h, .. } = dm;
+    let c = dm.c();
+    let mut dqkv = vec![T::of(0.0); b * n * 3 * c];
+    let (xs, os, ps) = (n * 3 * c, n * c, h * n * n);
+    if per_image(b) {
+        qkv.par_chunks(xs)
+            .zip(p.par_chunks(ps))
+            .zip(go.par_chunks(os))
+            .zip(dqkv.par_chunks_mut(xs))
+            .for_each_init(
+                || vec![T::of(0.0); n * n],
+                |tmp, (((x, p), g), dx)| bwd_image(x, p, g, dx, tmp, dm, scale, Threads::One),
+            );
+    } else {
+        let mut tmp = vec![T::of(0.0); n * n];
+        let items = qkv.chunks(xs).zip(p.chunks(ps)).zip(go.chunks(os));
+        for (((x, p), g), dx) in items.zip(dqkv.chunks_mut(xs)) {
+            bwd_image(x, p, g, dx, &mut tmp, dm, scale, Threads::All);
+        }
+    }
+    dqkv
+}
+
+/// The attention node over `qkv` `[B, N, 3C]`; its forward keeps `P` for the backward.
+struct Attention {
+    heads: usize,
+    scale: f64,
+    p: Mutex<Option<Tensor>>,
+}
+
+impl Attention {
+    fn dims(&self, shape: &[usize]) -> Result<Dims> {
+        let &[b, n, c3] = shape else {
+            bail!("attention: qkv must be [B, N, 3C], got {shape:?}");
+        };
+        let h = self.heads;
+        if h == 0 || c3 % (3 * h) != 0 {
+            bail!("attention: {c3} channels are not 3 × {h} heads");
+        }
+        Ok(Dims {
+            b,
+            n,
+            h,
+            d: c3 / 3 / h,
+        })
+    }
 }
 
 impl CustomOp1 for Attention {
@@ -216,41 +189,55 @@ impl CustomOp1 for Attention {
         "fused-attention"
     }
 
-    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let Some(o) = self.o.lock().expect("attention output lock").take() else {
-            bail!("{op}: the op can be applied once only");
+        let dm = self.dims(l.dims())?;
+        let p_shape = (dm.b, dm.h, dm.n, dm.n);
+        let (out, p) = match s {
+            CpuStorage::F32(_) => {
+                let (o, p) = fwd::<f32>(contiguous(s, l, op)?, dm, self.scale);
+                (
+                    CpuStorage::F32(o),
+                    Tensor::from_vec(p, p_shape, &candle_core::Device::Cpu)?,
+                )
+            }
+            CpuStorage::F64(_) => {
+                let (o, p) = fwd::<f64>(contiguous(s, l, op)?, dm, self.scale);
+                (
+                    CpuStorage::F64(o),
+                    Tensor::from_vec(p, p_shape, &candle_core::Device::Cpu)?,
+                )
+            }
+            _ => bail!("{op}: only f32 and f64 are supported"),
         };
-        let merge = MergeHeads {
-            dims: o.dims4()?,
-            parts: 1,
-        };
-        let (st, l) = o.storage_and_layout();
-        match &*st {
-            candle_core::Storage::Cpu(s) => CustomOp1::cpu_fwd(&merge, s, l),
-            _ => bail!("{op}: CPU only"),
-        }
+        *self.p.lock().expect("attention weights lock") = Some(p);
+        Ok((out, Shape::from((dm.b, dm.n, dm.c()))))
     }
 
-    fn bwd(&self, _qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (b, h, n, d) = self.q.dims4()?;
-        let go = grad
-            .detach()
-            .reshape((b, n, h, d))?
-            .transpose(1, 2)?
-            .contiguous()?; // [B, H, N, d]
-        let dv = self.p.t()?.matmul(&go)?; // Pᵀ·dO
-        let dp = go.matmul(&self.v.t()?)?; // dO·Vᵀ  [B, H, N, N]
-        let ds = self
-            .p
-            .apply_op2_no_bwd(&dp, &SoftmaxScaledBwd(self.scale))?;
-        let dq = ds.matmul(&self.k)?; // dS·K
-        let dk = ds.t()?.matmul(&self.q)?; // dSᵀ·Q
-        let merge = MergeHeads {
-            dims: (b, h, n, d),
-            parts: 3,
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dm = self.dims(qkv.dims())?;
+        let Some(p) = self.p.lock().expect("attention weights lock").clone() else {
+            bail!("fused-attention: backward before forward");
         };
-        Ok(Some(dq.apply_op3_no_bwd(&dk, &dv, &merge)?))
+        let (qkv, go) = (qkv.contiguous()?, grad.contiguous()?);
+        let dev = qkv.device().clone();
+        macro_rules! run {
+            ($t:ty) => {
+                with_slice::<$t, _>(&qkv, |x| {
+                    with_slice::<$t, _>(&p, |p| {
+                        with_slice::<$t, _>(&go, |g| {
+                            Tensor::from_vec(bwd(x, p, g, dm, self.scale), qkv.shape(), &dev)
+                        })
+                    })
+                })?
+            };
+        }
+        let dqkv = match qkv.dtype() {
+            candle_core::DType::F32 => run!(f32),
+            candle_core::DType::F64 => run!(f64),
+            dt => bail!("fused-attention: only f32 and f64 are supported, got {dt:?}"),
+        };
+        Ok(Some(dqkv))
     }
 }
 
@@ -258,25 +245,9 @@ impl CustomOp1 for Attention {
 /// (q|k|v, head, d), as PyTorch's `qkv.reshape(B, N, 3, H, d)`) to `[B, N, C]` (channels
 /// (head, d)). One graph node; CPU, f32/f64.
 pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-    let (b, n, c3) = qkv.dims3()?;
-    if c3 % (3 * heads.max(1)) != 0 || heads == 0 {
-        bail!("attention: {c3} channels are not 3 × {heads} heads");
-    }
-    let d = c3 / 3 / heads;
-    let x = qkv.detach();
-    let parts = x
-        .reshape((b, n, 3, heads, d))?
-        .permute((2, 0, 3, 1, 4))?
-        .contiguous()?; // [3, B, H, N, d]
-    let (q, k, v) = (parts.get(0)?, parts.get(1)?, parts.get(2)?);
-    let p = q.matmul(&k.t()?)?.apply_op1_no_bwd(&SoftmaxScaled(scale))?; // [B, H, N, N]
-    let o = p.matmul(&v)?; // [B, H, N, d]
-    qkv.apply_op1(Attention {
-        o: Mutex::new(Some(o)),
-        q,
-        k,
-        v,
-        p,
+    qkv.contiguous()?.apply_op1(Attention {
+        heads,
         scale,
+        p: Mutex::new(None),
     })
 }

@@ -6,16 +6,16 @@
 //! candle's backward gives every input of every node a zero-filled gradient buffer plus an add
 //! (for `[B, N, 4C]` activations, most of the cost of the layer outside the products). Here the
 //! forward's product and the backward's three (`dx = g·W`, `dW = gᵀ·x`, `db = Σ g`) run outside
-//! the graph, with candle's matrix product.
-
-use std::sync::Mutex;
+//! the graph, on the slices (`super::gemm`: no zero-filled outputs, the bias as the product's
+//! starting value).
 
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
 
-use super::{contiguous, last_dim, par_rows, F, PAR_MIN};
+use super::gemm::{gemm_into, matmul, Threads, View};
+use super::{contiguous, last_dim, par_rows, with_slice, F, PAR_MIN};
 
 /// Forward: (y `[…, O]`, b `[O]`) → `y + b`.
 struct BiasAdd;
@@ -131,10 +131,34 @@ pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)
 }
 
-/// The linear node over (x, W, b): its forward adds the bias to the product computed
-/// beforehand (`xW`, `[rows, O]`); its backward runs the three products.
-struct Linear {
-    xw: Mutex<Option<Tensor>>,
+/// The linear node over (x, W, b): forward and backward run their products on the slices
+/// directly (see [`super::gemm`]).
+struct Linear;
+
+/// `x·Wᵀ + b`: every output row starts as the bias and the product accumulates into it (one
+/// write pass fewer than a product followed by a bias addition).
+fn linear_fwd<T: F>(x: &[T], w: &[T], b: &[T], (rows, k, o): (usize, usize, usize)) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows * o);
+    for _ in 0..rows {
+        out.extend_from_slice(b);
+    }
+    let xv = View::rows(x, rows, k, k);
+    let wt = View::rows(w, o, k, k).t(); // Wᵀ: [K, O]
+    gemm_into(&mut out, o, xv, wt, true, Threads::All);
+    out
+}
+
+/// `(dx, dW, db)` = `(g·W, gᵀ·x, Σ_rows g)` for `g` `[rows, O]`.
+fn linear_bwd<T: F>(
+    x: &[T],
+    w: &[T],
+    g: &[T],
+    (rows, k, o): (usize, usize, usize),
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let gv = View::rows(g, rows, o, o);
+    let dx = matmul(gv, View::rows(w, o, k, k), Threads::All);
+    let dw = matmul(gv.t(), View::rows(x, rows, k, k), Threads::All);
+    (dx, dw, column_sum(g, o))
 }
 
 impl CustomOp3 for Linear {
@@ -144,45 +168,46 @@ impl CustomOp3 for Linear {
 
     fn cpu_fwd(
         &self,
-        _x: &CpuStorage,
+        sx: &CpuStorage,
         lx: &Layout,
-        _w: &CpuStorage,
+        sw: &CpuStorage,
         lw: &Layout,
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let Some(xw) = self.xw.lock().expect("linear product lock").take() else {
-            bail!("{op}: the op can be applied once only");
-        };
-        let o = lw.dims()[0];
-        if lb.dims() != [o] {
+        let (o, k) = lw.shape().dims2()?;
+        if lb.dims() != [o] || lx.dims().last() != Some(&k) {
             bail!(
-                "{op}: bias {:?} does not match weight {:?}",
-                lb.dims(),
-                lw.dims()
+                "{op}: x {:?}, weight {:?}, bias {:?}",
+                lx.dims(),
+                lw.dims(),
+                lb.dims()
             );
         }
-        let (st, l) = xw.storage_and_layout();
-        let candle_core::Storage::Cpu(s) = &*st else {
-            bail!("{op}: CPU only");
-        };
-        let out = match (s, sb) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(bias_fwd(
-                contiguous::<f32>(s, l, op)?,
-                contiguous(sb, lb, op)?,
-                o,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(bias_fwd(
-                contiguous::<f64>(s, l, op)?,
-                contiguous(sb, lb, op)?,
-                o,
-            )),
+        let dims = (lx.shape().elem_count() / k.max(1), k, o);
+        let out = match (sx, sw, sb) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(linear_fwd::<f32>(
+                    contiguous(sx, lx, op)?,
+                    contiguous(sw, lw, op)?,
+                    contiguous(sb, lb, op)?,
+                    dims,
+                ))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(linear_fwd::<f64>(
+                    contiguous(sx, lx, op)?,
+                    contiguous(sw, lw, op)?,
+                    contiguous(sb, lb, op)?,
+                    dims,
+                ))
+            }
             _ => bail!("{op}: only f32 and f64 (matching) are supported"),
         };
-        let mut dims = lx.dims().to_vec();
-        *dims.last_mut().expect("rank ≥ 1") = o;
-        Ok((out, Shape::from(dims)))
+        let mut shape = lx.dims().to_vec();
+        *shape.last_mut().expect("rank ≥ 1") = o;
+        Ok((out, Shape::from(shape)))
     }
 
     fn bwd(
@@ -194,12 +219,30 @@ impl CustomOp3 for Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (o, k) = w.dims2()?;
-        let rows = x.elem_count() / k.max(1);
-        let g = grad.detach().contiguous()?.reshape((rows, o))?;
-        let x2 = x.detach().reshape((rows, k))?;
-        let dx = g.matmul(&w.detach())?.reshape(x.shape())?;
-        let dw = g.t()?.matmul(&x2)?;
-        let db = g.apply_op1_no_bwd(&ColumnSum)?;
+        let dims = (x.elem_count() / k.max(1), k, o);
+        let (x, w, g) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+        let dev = x.device().clone();
+        macro_rules! run {
+            ($t:ty) => {
+                with_slice::<$t, _>(&x, |xs| {
+                    with_slice::<$t, _>(&w, |ws| {
+                        with_slice::<$t, _>(&g, |gs| {
+                            let (dx, dw, db) = linear_bwd(xs, ws, gs, dims);
+                            Ok((
+                                Tensor::from_vec(dx, x.shape(), &dev)?,
+                                Tensor::from_vec(dw, (o, k), &dev)?,
+                                Tensor::from_vec(db, o, &dev)?,
+                            ))
+                        })
+                    })
+                })?
+            };
+        }
+        let (dx, dw, db) = match (x.dtype(), w.dtype(), g.dtype()) {
+            (DType::F32, DType::F32, DType::F32) => run!(f32),
+            (DType::F64, DType::F64, DType::F64) => run!(f64),
+            _ => bail!("fused-linear: only f32 and f64 (matching) are supported"),
+        };
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
@@ -216,14 +259,6 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         );
     }
-    let x = x.contiguous()?;
-    let rows = x.elem_count() / k.max(1);
-    let xw = x.detach().reshape((rows, k))?.matmul(&w.detach().t()?)?;
-    x.apply_op3(
-        w,
-        b,
-        Linear {
-            xw: Mutex::new(Some(xw)),
-        },
-    )
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
 }

@@ -16,6 +16,7 @@
 
 mod adaln;
 mod attention;
+mod gemm;
 mod linear;
 
 pub use adaln::{gated_residual, layer_norm_modulate};
@@ -35,6 +36,16 @@ fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Resu
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => candle_core::bail!("{op}: input must be contiguous"),
     }
+}
+
+/// `f` on the CPU slice of a contiguous tensor (the backward passes read their saved
+/// tensors this way, outside the graph).
+fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+    let (st, l) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*st else {
+        candle_core::bail!("fused kernels: CPU tensors only");
+    };
+    f(contiguous::<T>(s, l, "fused kernels")?)
 }
 
 /// Apply `f` to matching chunks of `out` and `inputs`, in parallel for large tensors.

@@ -127,6 +127,13 @@ fn cases() -> Vec<Case> {
             shapes: vec![vec![B, 6, 3 * 2 * 4]],
         },
         Case {
+            // Fewer images than threads: images in turn, each product spread over threads.
+            name: "attention (one image)",
+            fused: Box::new(|x| fused::attention(&x[0], 3, 0.5)),
+            composed: Box::new(|x| composed::attention(&x[0], 3, 0.5)),
+            shapes: vec![vec![1, 40, 3 * 3 * 8]],
+        },
+        Case {
             // Large enough for the parallel paths; a transposed (non-contiguous) input.
             name: "attention (large, transposed)",
             fused: Box::new(|x| fused::attention(&x[0].transpose(1, 2)?, 3, 0.35)),
