@@ -343,18 +343,33 @@ fn f32_exp_gelu_and_silu_are_accurate() {
         );
         // Away from the zeros of the function (x = 0) and of the derivative (GELU' at x ≈ −0.75,
         // SiLU' at x ≈ −1.28), where a relative error means nothing.
-        let keep = |v: &[f64]| -> Vec<f64> {
+        let keep_within = |v: &[f64], lim: f64| -> Vec<f64> {
             v.iter()
                 .zip(&xs)
+                .filter(|(_, x)| x.abs() <= lim)
                 .filter(|(_, x)| x.abs() > 0.01 && (x.abs() - 0.75).abs() > 0.05)
                 .filter(|(_, x)| (x.abs() - 1.28).abs() > 0.05)
                 .map(|(v, _)| *v)
                 .collect()
         };
+        // GELU's f32 kernel computes in f32 (as PyTorch's does): the rounding of its
+        // argument u = √(2/π)(x + c·x³) is amplified by |2u| in e^(−2u), so the far negative
+        // tail (|x| > 3, values below 1e-4·|x|) is held to 3e-5, the typical range to 1e-6.
+        let keep = |v: &[f64]| keep_within(v, f64::INFINITY);
+        let typical = |v: &[f64]| keep_within(v, 3.0);
+        let (far, near) = if *name == "gelu" {
+            (3e-5, 1e-6)
+        } else {
+            (1e-6, 1e-6)
+        };
         let e = err(&keep(&y32), &keep(&y64));
-        assert!(e < 1e-6, "{name} f32 off by {e:e} (relative)");
+        assert!(e < far, "{name} f32 off by {e:e} (relative)");
+        let e = err(&typical(&y32), &typical(&y64));
+        assert!(e < near, "{name} f32 off by {e:e} (relative) for |x| ≤ 3");
         let e = err(&keep(&g32[0]), &keep(&g64[0]));
-        assert!(e < 1e-5, "{name}' f32 off by {e:e} (relative)");
+        assert!(e < 10.0 * far, "{name}' f32 off by {e:e} (relative)");
+        let e = err(&typical(&g32[0]), &typical(&g64[0]));
+        assert!(e < 1e-5, "{name}' f32 off by {e:e} (relative) for |x| ≤ 3");
     }
 }
 
