@@ -10,7 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous, row_stats, F, PAR_MIN};
+use super::{contiguous, lane_sum3, row_stats, simd_kernel, F, PAR_MIN};
 
 /// `f(i, chunk_i)` over the `chunk`-long pieces of `out`, in parallel for large tensors; the
 /// results in order.
@@ -111,12 +111,19 @@ fn ln_mod_fwd<T: F>(x: &[T], shift: &[T], scale: &[T], n: usize, c: usize, eps: 
         let b = r / n;
         let xr = &x[r * c..(r + 1) * c];
         let (sh, sc) = (&shift[b * c..(b + 1) * c], &scale[b * c..(b + 1) * c]);
+        ln_mod_row(o, xr, sh, sc, eps)
+    });
+    out
+}
+
+simd_kernel! {
+    /// One token of [`ln_mod_fwd`].
+    fn ln_mod_row<T: F>(o: &mut [T], xr: &[T], sh: &[T], sc: &[T], eps: f64) {
         let (mean, rstd) = row_stats(xr, eps);
         for (((o, &x), &sh), &sc) in o.iter_mut().zip(xr).zip(sh).zip(sc) {
             *o = T::of((x.f() - mean) * rstd * (1.0 + sc.f()) + sh.f());
         }
-    });
-    out
+    }
 }
 
 /// With `ĝ = g·(1 + scale)`: `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))` per token,
@@ -124,20 +131,23 @@ fn ln_mod_fwd<T: F>(x: &[T], shift: &[T], scale: &[T], n: usize, c: usize, eps: 
 fn ln_mod_bwd<T: F>(x: &[T], scale: &[T], g: &[T], n: usize, c: usize, eps: f64) -> Vec<T> {
     let mut dx = vec![T::of(0.0); x.len()];
     let acc = chunks(&mut dx, n * c, |b, dx| {
+        let rows = b * n * c..(b + 1) * n * c;
         let sc = &scale[b * c..(b + 1) * c];
+        ln_mod_bwd_sample(dx, &x[rows.clone()], &g[rows], sc, c, eps)
+    });
+    pack(dx, &acc, 2, c)
+}
+
+simd_kernel! {
+    /// One sample of [`ln_mod_bwd`]: writes its `dx` rows, returns `[dshift | dscale]`.
+    fn ln_mod_bwd_sample<T: F>(dx: &mut [T], x: &[T], g: &[T], sc: &[T], c: usize, eps: f64)
+        -> Vec<f64> {
         let mut acc = vec![0.0f64; 2 * c];
         let (a_sh, a_sc) = acc.split_at_mut(c);
-        for (j, dx) in dx.chunks_mut(c).enumerate() {
-            let r = b * n + j;
-            let (xr, gr) = (&x[r * c..(r + 1) * c], &g[r * c..(r + 1) * c]);
+        for ((dx, xr), gr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c)) {
             let (mean, rstd) = row_stats(xr, eps);
-            let (mut mg, mut mgx) = (0.0, 0.0);
-            for ((&x, &g), &s) in xr.iter().zip(gr).zip(sc) {
-                let gs = g.f() * (1.0 + s.f());
-                mg += gs;
-                mgx += gs * (x.f() - mean) * rstd;
-            }
-            let (mg, mgx) = (mg / c as f64, mgx / c as f64);
+            let mg = lane_sum3(gr, sc, sc, |g, s, _| g * (1.0 + s)) / c as f64;
+            let mgx = lane_sum3(gr, sc, xr, |g, s, x| g * (1.0 + s) * (x - mean) * rstd) / c as f64;
             let it = dx.iter_mut().zip(xr).zip(gr).zip(sc);
             for ((((o, &x), &g), &s), (ash, asc)) in it.zip(a_sh.iter_mut().zip(a_sc.iter_mut())) {
                 let (xh, g) = ((x.f() - mean) * rstd, g.f());
@@ -147,8 +157,7 @@ fn ln_mod_bwd<T: F>(x: &[T], scale: &[T], g: &[T], n: usize, c: usize, eps: f64)
             }
         }
         acc
-    });
-    pack(dx, &acc, 2, c)
+    }
 }
 
 /// Forward: (x, shift, scale) → `LN(x)·(1 + scale) + shift`; the parameter is epsilon.
@@ -220,34 +229,46 @@ impl CustomOp3 for LnModulateBwd {
 /// `y = x + gate·h`.
 fn gated_fwd<T: F>(x: &[T], gate: &[T], h: &[T], n: usize, c: usize) -> Vec<T> {
     let mut out = vec![T::of(0.0); x.len()];
-    chunks(&mut out, c, |r, o| {
-        let b = r / n;
-        let gt = &gate[b * c..(b + 1) * c];
-        let (xr, hr) = (&x[r * c..(r + 1) * c], &h[r * c..(r + 1) * c]);
-        for (((o, &x), &h), &gt) in o.iter_mut().zip(xr).zip(hr).zip(gt) {
-            *o = T::of(x.f() + gt.f() * h.f());
-        }
+    chunks(&mut out, n * c, |b, o| {
+        let rows = b * n * c..(b + 1) * n * c;
+        gated_sample(o, &x[rows.clone()], &gate[b * c..(b + 1) * c], &h[rows], c)
     });
     out
+}
+
+simd_kernel! {
+    /// One sample of [`gated_fwd`].
+    fn gated_sample<T: F>(o: &mut [T], x: &[T], gt: &[T], h: &[T], c: usize) {
+        for ((o, x), h) in o.chunks_mut(c).zip(x.chunks(c)).zip(h.chunks(c)) {
+            for (((o, &x), &h), &gt) in o.iter_mut().zip(x).zip(h).zip(gt) {
+                *o = T::of(x.f() + gt.f() * h.f());
+            }
+        }
+    }
 }
 
 /// `dh = g·gate`, `dgate = Σ_n g·h` (`dx = g` needs no kernel).
 fn gated_bwd<T: F>(gate: &[T], h: &[T], g: &[T], n: usize, c: usize) -> Vec<T> {
     let mut dh = vec![T::of(0.0); h.len()];
     let acc = chunks(&mut dh, n * c, |b, dh| {
-        let gt = &gate[b * c..(b + 1) * c];
+        let rows = b * n * c..(b + 1) * n * c;
+        gated_bwd_sample(dh, &gate[b * c..(b + 1) * c], &h[rows.clone()], &g[rows], c)
+    });
+    pack(dh, &acc, 1, c)
+}
+
+simd_kernel! {
+    /// One sample of [`gated_bwd`]: writes its `dh` rows, returns `dgate`.
+    fn gated_bwd_sample<T: F>(dh: &mut [T], gt: &[T], h: &[T], g: &[T], c: usize) -> Vec<f64> {
         let mut acc = vec![0.0f64; c];
-        for (j, dh) in dh.chunks_mut(c).enumerate() {
-            let r = b * n + j;
-            let (hr, gr) = (&h[r * c..(r + 1) * c], &g[r * c..(r + 1) * c]);
+        for ((dh, hr), gr) in dh.chunks_mut(c).zip(h.chunks(c)).zip(g.chunks(c)) {
             for ((((o, &h), &g), &gt), a) in dh.iter_mut().zip(hr).zip(gr).zip(gt).zip(&mut acc) {
                 *o = T::of(g.f() * gt.f());
                 *a += g.f() * h.f();
             }
         }
         acc
-    });
-    pack(dh, &acc, 1, c)
+    }
 }
 
 /// Forward: (x, gate, h) → `x + gate·h`.

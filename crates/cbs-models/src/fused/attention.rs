@@ -18,7 +18,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{gemm_into, Threads, View};
-use super::{contiguous, with_slice, F};
+use super::{contiguous, lane_sum, lane_sum3, simd_kernel, with_slice, F, LANES};
 
 /// Sizes: batch, tokens, heads, head width (`C = H·d`).
 #[derive(Clone, Copy, Debug)]
@@ -35,26 +35,38 @@ impl Dims {
     }
 }
 
-/// In place: `row ← softmax(scale·row)`.
-fn softmax_row<T: F>(row: &mut [T], scale: f64) {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.f()));
-    let mut sum = 0.0;
-    for x in row.iter_mut() {
-        let e = T::exp_k(scale * (x.f() - max));
-        sum += e;
-        *x = T::of(e);
-    }
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x = T::of(x.f() * inv);
+simd_kernel! {
+    /// In place: `row ← softmax(scale·row)` for each `n`-long row of `s`.
+    fn softmax_rows<T: F>(s: &mut [T], n: usize, scale: f64) {
+        for row in s.chunks_mut(n) {
+            let mut m = [f64::NEG_INFINITY; LANES];
+            let split = row.len() - row.len() % LANES;
+            for c in row[..split].chunks_exact(LANES) {
+                for l in 0..LANES {
+                    m[l] = m[l].max(c[l].f());
+                }
+            }
+            let max = row[split..].iter().fold(m.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)), |a, v| a.max(v.f()));
+            for x in row.iter_mut() {
+                *x = T::of(T::exp_k(scale * (x.f() - max)));
+            }
+            let inv = 1.0 / lane_sum(row, |v| v);
+            for x in row.iter_mut() {
+                *x = T::of(x.f() * inv);
+            }
+        }
     }
 }
 
-/// In place: `dp ← dS = scale·P ⊙ (dP − Σ dP·P)` for one row.
-fn softmax_bwd_row<T: F>(dp: &mut [T], p: &[T], scale: f64) {
-    let dot: f64 = dp.iter().zip(p).map(|(g, p)| g.f() * p.f()).sum();
-    for (g, &p) in dp.iter_mut().zip(p) {
-        *g = T::of(scale * p.f() * (g.f() - dot));
+simd_kernel! {
+    /// In place: `dp ← dS = scale·P ⊙ (dP − Σ dP·P)`, row by row (`n` long).
+    fn softmax_bwd_rows<T: F>(dp: &mut [T], p: &[T], n: usize, scale: f64) {
+        for (g, p) in dp.chunks_mut(n).zip(p.chunks(n)) {
+            let dot = lane_sum3(g, p, p, |g, p, _| g * p);
+            for (g, &p) in g.iter_mut().zip(p) {
+                *g = T::of(scale * p.f() * (g.f() - dot));
+            }
+        }
     }
 }
 
@@ -71,9 +83,7 @@ fn fwd_image<T: F>(qkv: &[T], out: &mut [T], p: &mut [T], dm: Dims, scale: f64, 
     let part = |j: usize, hi: usize| View::rows(&qkv[j * c + hi * d..], n, d, 3 * c);
     for (hi, s) in p.chunks_mut(n * n).enumerate() {
         gemm_into(s, n, part(0, hi), part(1, hi).t(), false, th); // q·kᵀ
-        for row in s.chunks_mut(n) {
-            softmax_row(row, scale);
-        }
+        softmax_rows(s, n, scale);
         let pv = View::rows(&*s, n, n, n);
         gemm_into(&mut out[hi * d..], c, pv, part(2, hi), false, th); // P·v
     }
@@ -99,9 +109,7 @@ fn bwd_image<T: F>(
         let dout = View::rows(&go[hi * d..], n, d, c);
         gemm_into(&mut dqkv[2 * c + hi * d..], 3 * c, pv.t(), dout, false, th); // dv = Pᵀ·dO
         gemm_into(tmp, n, dout, part(2, hi).t(), false, th); // dP = dO·vᵀ
-        for (g, p) in tmp.chunks_mut(n).zip(p.chunks(n)) {
-            softmax_bwd_row(g, p, scale);
-        }
+        softmax_bwd_rows(tmp, p, n, scale);
         let ds = View::rows(&*tmp, n, n, n);
         gemm_into(&mut dqkv[hi * d..], 3 * c, ds, part(1, hi), false, th); // dq = dS·k
         gemm_into(

@@ -15,7 +15,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use super::gemm::{gemm_into, matmul, Threads, View};
-use super::{contiguous, last_dim, par_rows, with_slice, F, PAR_MIN};
+use super::{contiguous, last_dim, par_rows, simd_kernel, with_slice, F, PAR_MIN};
 
 /// Forward: (y `[…, O]`, b `[O]`) → `y + b`.
 struct BiasAdd;
@@ -35,15 +35,6 @@ fn bias_fwd<T: F>(y: &[T], b: &[T], o: usize) -> Vec<T> {
 /// Column sums of a row-major `[rows, o]` matrix, accumulated in f64 over blocks of rows
 /// (in parallel for large inputs).
 fn column_sum<T: F>(g: &[T], o: usize) -> Vec<T> {
-    let block = |rows: &[T]| {
-        let mut acc = vec![0.0f64; o];
-        for row in rows.chunks(o) {
-            for (a, &g) in acc.iter_mut().zip(row) {
-                *a += g.f();
-            }
-        }
-        acc
-    };
     let add = |mut a: Vec<f64>, b: Vec<f64>| {
         a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
         a
@@ -52,12 +43,25 @@ fn column_sum<T: F>(g: &[T], o: usize) -> Vec<T> {
         // About 32 rows of work per task at least; rayon splits further as it needs.
         let rows_per_task = (PAR_MIN / o).max(32);
         g.par_chunks(rows_per_task * o)
-            .map(block)
+            .map(|rows| column_sum_block(rows, o))
             .reduce(|| vec![0.0; o], add)
     } else {
-        block(g)
+        column_sum_block(g, o)
     };
     acc.into_iter().map(T::of).collect()
+}
+
+simd_kernel! {
+    /// f64 column sums of a block of rows.
+    fn column_sum_block<T: F>(rows: &[T], o: usize) -> Vec<f64> {
+        let mut acc = vec![0.0f64; o];
+        for row in rows.chunks(o) {
+            for (a, &g) in acc.iter_mut().zip(row) {
+                *a += g.f();
+            }
+        }
+        acc
+    }
 }
 
 impl CustomOp2 for BiasAdd {

@@ -120,25 +120,60 @@ impl F for f32 {
 /// twice the lanes). The body is an `#[inline(always)]` function, so it is compiled inside
 /// each wrapper with that wrapper's instruction set.
 macro_rules! simd_kernel {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$m:meta])* fn $name:ident$(<$g:ident: $bound:path>)?($($arg:ident: $ty:ty),*)
+     $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
-        fn $name($($arg: $ty),*) {
+        #[allow(clippy::too_many_arguments)]
+        fn $name$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            #[allow(clippy::too_many_arguments)]
+            fn body$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    body($($arg),*)
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? {
+                    body$(::<$g>)?($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU supports AVX2 (checked just above).
-                    return unsafe { avx2($($arg),*) };
+                    return unsafe { avx2$(::<$g>)?($($arg),*) };
                 }
             }
-            body($($arg),*)
+            body$(::<$g>)?($($arg),*)
         }
     };
+}
+pub(crate) use simd_kernel;
+
+/// Lanes of the partial sums in [`lane_sum3`].
+const LANES: usize = 8;
+
+/// `Σ_i f(a_i, b_i, c_i)` in f64 over the common length, with `LANES` interleaved partial
+/// sums: a single running sum is a chain of dependent additions the compiler must keep in
+/// order, which stops the loop from vectorising.
+#[inline(always)]
+fn lane_sum3<T: F>(a: &[T], b: &[T], c: &[T], f: impl Fn(f64, f64, f64) -> f64) -> f64 {
+    let n = a.len().min(b.len()).min(c.len());
+    let split = n - n % LANES;
+    let mut acc = [0.0f64; LANES];
+    let body = a[..split].chunks_exact(LANES);
+    for ((a, b), c) in body
+        .zip(b[..split].chunks_exact(LANES))
+        .zip(c[..split].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            acc[l] += f(a[l].f(), b[l].f(), c[l].f());
+        }
+    }
+    let tail: f64 = (split..n).map(|i| f(a[i].f(), b[i].f(), c[i].f())).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// `Σ_i f(x_i)` (see [`lane_sum3`]).
+#[inline(always)]
+fn lane_sum<T: F>(x: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    lane_sum3(x, x, x, |v, _, _| f(v))
 }
 
 simd_kernel! {
@@ -436,10 +471,11 @@ fused_op!(
 
 // ---------------------------------------------------------------- LayerNorm without affine
 
+#[inline(always)]
 fn row_stats<T: F>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|v| v.f()).sum::<f64>() / n;
-    let var = x.iter().map(|v| (v.f() - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sum(x, |v| v) / n;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
