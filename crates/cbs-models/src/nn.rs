@@ -217,6 +217,62 @@ pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     }
 }
 
+/// The attention half of an adaLN-Zero block: `x + gate·proj(attention(qkv(LN(x)·(1 + scale)
+/// + shift)))`, with (shift, scale, gate) the chunks `chunk..chunk + 3` of the six in `ada`
+/// (`[B, 6C]`). One graph node on the CPU ([`fused::attention_half`]); elsewhere the same ops
+/// one by one.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_half(
+    x: &Tensor,
+    ada: &Tensor,
+    chunk: usize,
+    qkv: &Linear,
+    proj: &Linear,
+    heads: usize,
+    scale: f64,
+    eps: f64,
+) -> Result<Tensor> {
+    if let (Some(bq), Some(bp)) = (qkv.bias(), proj.bias()) {
+        if fused_ok_all(&[x, ada, qkv.weight(), bq, proj.weight(), bp]) && x.elem_count() > 0 {
+            return fused::attention_half(
+                x,
+                ada,
+                chunk,
+                (qkv.weight(), bq),
+                (proj.weight(), bp),
+                heads,
+                scale,
+                eps,
+            );
+        }
+    }
+    let m = chunk_last(ada, 6)?;
+    let h = layer_norm_modulate(x, &m[chunk], &m[chunk + 1], eps)?;
+    let a = linear(proj, &attention(&linear(qkv, &h)?, heads, scale)?)?;
+    gated_residual(x, &m[chunk + 2], &a)
+}
+
+/// The MLP half of an adaLN-Zero block: `x + gate·fc2(GELU(fc1(LN(x)·(1 + scale) + shift)))`
+/// (see [`attention_half`]).
+pub fn mlp_half(
+    x: &Tensor,
+    ada: &Tensor,
+    chunk: usize,
+    fc1: &Linear,
+    fc2: &Linear,
+    eps: f64,
+) -> Result<Tensor> {
+    if let (Some(b1), Some(b2)) = (fc1.bias(), fc2.bias()) {
+        if fused_ok_all(&[x, ada, fc1.weight(), b1, fc2.weight(), b2]) && x.elem_count() > 0 {
+            return fused::mlp_half(x, ada, chunk, (fc1.weight(), b1), (fc2.weight(), b2), eps);
+        }
+    }
+    let m = chunk_last(ada, 6)?;
+    let h = layer_norm_modulate(x, &m[chunk], &m[chunk + 1], eps)?;
+    let y = linear(fc2, &gelu_tanh(&linear(fc1, &h)?)?)?;
+    gated_residual(x, &m[chunk + 2], &y)
+}
+
 /// adaLN modulation: `x·(1 + scale) + shift` with `shift`, `scale` of shape `[B, C]`
 /// broadcast over the tokens of `x` (`[B, N, C]`).
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {

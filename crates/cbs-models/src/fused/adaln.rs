@@ -105,7 +105,14 @@ fn unpack(packed: &Tensor, (b, n, c): (usize, usize, usize), k: usize) -> Result
 // ------------------------------------------------------------------ LayerNorm + modulation
 
 /// `y = x̂·(1 + scale) + shift`, `x̂ = (x − mean)·rstd` per token.
-fn ln_mod_fwd<T: F>(x: &[T], shift: &[T], scale: &[T], n: usize, c: usize, eps: f64) -> Vec<T> {
+pub(super) fn ln_mod_fwd<T: F>(
+    x: &[T],
+    shift: &[T],
+    scale: &[T],
+    n: usize,
+    c: usize,
+    eps: f64,
+) -> Vec<T> {
     let mut out = vec![T::of(0.0); x.len()];
     chunks(&mut out, c, |r, o| {
         let b = r / n;
@@ -128,7 +135,14 @@ simd_kernel! {
 
 /// With `ĝ = g·(1 + scale)`: `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))` per token,
 /// `dshift = Σ_n g`, `dscale = Σ_n g·x̂`; statistics recomputed from `x`.
-fn ln_mod_bwd<T: F>(x: &[T], scale: &[T], g: &[T], n: usize, c: usize, eps: f64) -> Vec<T> {
+pub(super) fn ln_mod_bwd<T: F>(
+    x: &[T],
+    scale: &[T],
+    g: &[T],
+    n: usize,
+    c: usize,
+    eps: f64,
+) -> Vec<T> {
     let mut dx = vec![T::of(0.0); x.len()];
     let acc = chunks(&mut dx, n * c, |b, dx| {
         let rows = b * n * c..(b + 1) * n * c;
@@ -227,7 +241,7 @@ impl CustomOp3 for LnModulateBwd {
 // ------------------------------------------------------------------ gated residual
 
 /// `y = x + gate·h`.
-fn gated_fwd<T: F>(x: &[T], gate: &[T], h: &[T], n: usize, c: usize) -> Vec<T> {
+pub(super) fn gated_fwd<T: F>(x: &[T], gate: &[T], h: &[T], n: usize, c: usize) -> Vec<T> {
     let mut out = vec![T::of(0.0); x.len()];
     chunks(&mut out, n * c, |b, o| {
         let rows = b * n * c..(b + 1) * n * c;
@@ -248,7 +262,7 @@ simd_kernel! {
 }
 
 /// `dh = g·gate`, `dgate = Σ_n g·h` (`dx = g` needs no kernel).
-fn gated_bwd<T: F>(gate: &[T], h: &[T], g: &[T], n: usize, c: usize) -> Vec<T> {
+pub(super) fn gated_bwd<T: F>(gate: &[T], h: &[T], g: &[T], n: usize, c: usize) -> Vec<T> {
     let mut dh = vec![T::of(0.0); h.len()];
     let acc = chunks(&mut dh, n * c, |b, dh| {
         let rows = b * n * c..(b + 1) * n * c;

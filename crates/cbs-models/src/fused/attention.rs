@@ -22,11 +22,11 @@ use super::{contiguous, lane_sum, lane_sum3, simd_kernel, with_slice, F, LANES};
 
 /// Sizes: batch, tokens, heads, head width (`C = H·d`).
 #[derive(Clone, Copy, Debug)]
-struct Dims {
-    b: usize,
-    n: usize,
-    h: usize,
-    d: usize,
+pub(super) struct Dims {
+    pub b: usize,
+    pub n: usize,
+    pub h: usize,
+    pub d: usize,
 }
 
 impl Dims {
@@ -123,7 +123,7 @@ fn bwd_image<T: F>(
     }
 }
 
-fn fwd<T: F>(qkv: &[T], dm: Dims, scale: f64) -> (Vec<T>, Vec<T>) {
+pub(super) fn fwd<T: F>(qkv: &[T], dm: Dims, scale: f64) -> (Vec<T>, Vec<T>) {
     let Dims { b, n, h, .. } = dm;
     let c = dm.c();
     let mut out = vec![T::of(0.0); b * n * c];
@@ -143,7 +143,7 @@ fn fwd<T: F>(qkv: &[T], dm: Dims, scale: f64) -> (Vec<T>, Vec<T>) {
     (out, p)
 }
 
-fn bwd<T: F>(qkv: &[T], p: &[T], go: &[T], dm: Dims, scale: f64) -> Vec<T> {
+pub(super) fn bwd<T: F>(qkv: &[T], p: &[T], go: &[T], dm: Dims, scale: f64) -> Vec<T> {
     let Dims { b, n, h, .. } = dm;
     let c = dm.c();
     let mut dqkv = vec![T::of(0.0); b * n * 3 * c];

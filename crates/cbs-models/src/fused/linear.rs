@@ -141,7 +141,12 @@ struct Linear;
 
 /// `x·Wᵀ + b`: every output row starts as the bias and the product accumulates into it (one
 /// write pass fewer than a product followed by a bias addition).
-fn linear_fwd<T: F>(x: &[T], w: &[T], b: &[T], (rows, k, o): (usize, usize, usize)) -> Vec<T> {
+pub(super) fn linear_fwd<T: F>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    (rows, k, o): (usize, usize, usize),
+) -> Vec<T> {
     let mut out = Vec::with_capacity(rows * o);
     for _ in 0..rows {
         out.extend_from_slice(b);
@@ -153,7 +158,7 @@ fn linear_fwd<T: F>(x: &[T], w: &[T], b: &[T], (rows, k, o): (usize, usize, usiz
 }
 
 /// `(dx, dW, db)` = `(g·W, gᵀ·x, Σ_rows g)` for `g` `[rows, O]`.
-fn linear_bwd<T: F>(
+pub(super) fn linear_bwd<T: F>(
     x: &[T],
     w: &[T],
     g: &[T],

@@ -16,11 +16,13 @@
 
 mod adaln;
 mod attention;
+mod block;
 mod gemm;
 mod linear;
 
 pub use adaln::{gated_residual, layer_norm_modulate};
 pub use attention::attention;
+pub use block::{attention_half, mlp_half};
 pub use linear::{bias_add, linear};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};

@@ -5,7 +5,8 @@ use candle_nn::{linear, Linear, VarBuilder};
 
 use super::SitConfig;
 use crate::nn::{
-    attention, chunk_last, gated_residual, gelu_tanh, layer_norm_modulate, linear as apply, silu,
+    attention, attention_half, chunk_last, gelu_tanh, layer_norm_modulate, linear as apply,
+    mlp_half, silu,
 };
 
 const LN_EPS: f64 = 1e-6;
@@ -175,15 +176,13 @@ impl SitBlock {
         })
     }
 
-    /// `x`: `[B, N, C]`, `c`: `[B, C]`.
+    /// `x`: `[B, N, C]`, `c`: `[B, C]`. Each half is one graph node on the CPU
+    /// (`nn::attention_half`, `nn::mlp_half`).
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let m = chunk_last(&apply(&self.ada_ln, &silu(c)?)?, 6)?;
-        let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
-        let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
-        let h = layer_norm_modulate(x, shift_msa, scale_msa, LN_EPS)?;
-        let x = gated_residual(x, gate_msa, &self.attn.forward(&h)?)?;
-        let h = layer_norm_modulate(&x, shift_mlp, scale_mlp, LN_EPS)?;
-        gated_residual(&x, gate_mlp, &self.mlp.forward(&h)?)
+        let ada = apply(&self.ada_ln, &silu(c)?)?; // [B, 6C]: shift, scale, gate (msa, mlp)
+        let (a, m) = (&self.attn, &self.mlp);
+        let x = attention_half(x, &ada, 0, &a.qkv, &a.proj, a.heads, a.scale, LN_EPS)?;
+        mlp_half(&x, &ada, 3, &m.fc1, &m.fc2, LN_EPS)
     }
 }
 

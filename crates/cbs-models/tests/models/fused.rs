@@ -141,6 +141,57 @@ fn cases() -> Vec<Case> {
             shapes: vec![vec![4, 3 * 3 * 8, 64]],
         },
         Case {
+            // A whole adaLN attention half as one node: x, the [B, 6C] adaLN output (chunks
+            // 0..3 used), qkv and proj weights and biases; 2 heads of 4 channels.
+            name: "attention half",
+            fused: Box::new(|x| {
+                let (q, p) = ((&x[2], &x[3]), (&x[4], &x[5]));
+                fused::attention_half(&x[0], &x[1], 0, q, p, 2, 0.5, EPS)
+            }),
+            composed: Box::new(|x| {
+                let m = nn::chunk_last(&x[1], 6)?;
+                let h = composed::layer_norm_modulate(&x[0], &m[0], &m[1], EPS)?;
+                let qkv = composed::linear(&Linear::new(x[2].clone(), Some(x[3].clone())), &h)?;
+                let a = composed::attention(&qkv, 2, 0.5)?;
+                let y = composed::linear(&Linear::new(x[4].clone(), Some(x[5].clone())), &a)?;
+                composed::gated_residual(&x[0], &m[2], &y)
+            }),
+            shapes: vec![
+                vec![B, 6, 8],
+                vec![B, 48],
+                vec![24, 8],
+                vec![24],
+                vec![8, 8],
+                vec![8],
+            ],
+        },
+        Case {
+            // The MLP half (chunks 3..6), hidden width 12. The reference's GELU is the fused
+            // one (itself checked against candle's above): candle's f64 GELU backward is off by
+            // ~1e-7 relative at the pre-activations this case reaches, which would hide
+            // nothing but fail the 1e-12 comparison.
+            name: "mlp half",
+            fused: Box::new(|x| {
+                fused::mlp_half(&x[0], &x[1], 3, (&x[2], &x[3]), (&x[4], &x[5]), EPS)
+            }),
+            composed: Box::new(|x| {
+                let m = nn::chunk_last(&x[1], 6)?;
+                let h = composed::layer_norm_modulate(&x[0], &m[3], &m[4], EPS)?;
+                let u = composed::linear(&Linear::new(x[2].clone(), Some(x[3].clone())), &h)?;
+                let z = fused::gelu_tanh(&u)?;
+                let y = composed::linear(&Linear::new(x[4].clone(), Some(x[5].clone())), &z)?;
+                composed::gated_residual(&x[0], &m[5], &y)
+            }),
+            shapes: vec![
+                vec![B, 6, 8],
+                vec![B, 48],
+                vec![12, 8],
+                vec![12],
+                vec![8, 12],
+                vec![8],
+            ],
+        },
+        Case {
             name: "mse",
             fused: Box::new(|x| fused::mse(&x[0], &x[1])),
             composed: Box::new(|x| composed::mse(&x[0], &x[1])),
