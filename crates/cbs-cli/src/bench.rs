@@ -154,8 +154,19 @@ fn bench_sample(c: BenchCommon) -> Result<()> {
     // Random weights everywhere: the reference init zeroes whole branches, which a timing of
     // matrix products does not care about, but keep the arithmetic realistic anyway.
     cbs_models::sit::init::init_all_random(&st.vars, 0, 0.02)?;
+    // Plain (untracked) tensors, as `cbs sample` loads a checkpoint: built from variables, the
+    // forward would record its graph and keep every activation alive.
+    let weights: std::collections::HashMap<String, Tensor> = st
+        .net
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| (k, t.detach()))
+        .collect();
+    let vb = candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &dev);
+    let model = cbs_models::Model::new(&arch, vb)?;
+    drop(st);
     let batch = random_batch(&c, &shape, arch.num_classes(), &dev)?;
-    let field = cbs_flow::guidance::Guided::new(&st.net.model, c.cfg_scale);
+    let field = cbs_flow::guidance::Guided::new(&model, c.cfg_scale);
     let mut ms = Vec::with_capacity(c.steps);
     for i in 0..c.warmup + c.steps {
         let t0 = Instant::now();
