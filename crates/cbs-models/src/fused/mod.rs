@@ -117,10 +117,11 @@ impl F for f32 {
     }
 }
 
-/// Defines `fn $name(args)` running `$body` compiled for AVX2 when the CPU has it (the
-/// default x86-64 target assumes SSE2 only; these loops are compute-bound and vectorise to
-/// twice the lanes). The body is an `#[inline(always)]` function, so it is compiled inside
-/// each wrapper with that wrapper's instruction set.
+/// Defines `fn $name(args)` running `$body` compiled for AVX-512F, else AVX2, when the CPU has
+/// them (checked at run time; the default x86-64 target assumes SSE2 only, and these loops
+/// vectorise to 4× / 2× its lanes: on sit-s-4 AVX2 → AVX-512 took another 4–5% off a step).
+/// The body is an `#[inline(always)]` function, so it is compiled inside each wrapper with
+/// that wrapper's instruction set.
 macro_rules! simd_kernel {
     ($(#[$m:meta])* fn $name:ident$(<$g:ident: $bound:path>)?($($arg:ident: $ty:ty),*)
      $(-> $ret:ty)? $body:block) => {
@@ -132,6 +133,15 @@ macro_rules! simd_kernel {
             fn body$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? {
+                    body$(::<$g>)?($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F (checked just above).
+                    return unsafe { avx512$(::<$g>)?($($arg),*) };
+                }
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? {
@@ -148,7 +158,7 @@ macro_rules! simd_kernel {
 }
 pub(crate) use simd_kernel;
 
-/// Lanes of the partial sums in [`lane_sum3`].
+/// Lanes of the partial sums in [`lane_sum3`] (one AVX-512 register of f64).
 const LANES: usize = 8;
 
 /// `Σ_i f(a_i, b_i, c_i)` in f64 over the common length, with `LANES` interleaved partial
