@@ -10,6 +10,7 @@
 use candle_core::{
     bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Storage, Tensor, WithDType,
 };
+use cbs_models::simd_kernel;
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough that the split costs nothing next to the work.
@@ -76,14 +77,18 @@ fn moments<T: WithDType>(mv: &mut [T], g: &[T], u: &MomentUpdate) -> Result<()> 
     m.par_chunks_mut(CHUNK)
         .zip(v.par_chunks_mut(CHUNK))
         .zip(g.par_chunks(CHUNK))
-        .for_each(|((m, v), g)| {
-            for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
-                let g = s * g.to_f64();
-                *m = T::from_f64(b1 * m.to_f64() + (1.0 - b1) * g);
-                *v = T::from_f64(b2 * v.to_f64() + (1.0 - b2) * g * g);
-            }
-        });
+        .for_each(|((m, v), g)| moments_chunk(m, v, g, b1, b2, s));
     Ok(())
+}
+
+simd_kernel! {
+    fn moments_chunk<T: WithDType>(m: &mut [T], v: &mut [T], g: &[T], b1: f64, b2: f64, s: f64) {
+        for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
+            let g = s * g.to_f64();
+            *m = T::from_f64(b1 * m.to_f64() + (1.0 - b1) * g);
+            *v = T::from_f64(b2 * v.to_f64() + (1.0 - b2) * g * g);
+        }
+    }
 }
 
 fn params<T: WithDType>(p: &mut [T], mv: &[T], u: &ParamUpdate) -> Result<()> {
@@ -98,13 +103,25 @@ fn params<T: WithDType>(p: &mut [T], mv: &[T], u: &ParamUpdate) -> Result<()> {
     p.par_chunks_mut(CHUNK)
         .zip(m.par_chunks(CHUNK))
         .zip(v.par_chunks(CHUNK))
-        .for_each(|((p, m), v)| {
-            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                let denom = v.to_f64().sqrt() / u.bc2_sqrt + u.eps;
-                *p = T::from_f64(p.to_f64() * u.decay - u.step_size * m.to_f64() / denom);
-            }
-        });
+        .for_each(|((p, m), v)| params_chunk(p, m, v, u.decay, u.step_size, u.bc2_sqrt, u.eps));
     Ok(())
+}
+
+simd_kernel! {
+    fn params_chunk<T: WithDType>(
+        p: &mut [T],
+        m: &[T],
+        v: &[T],
+        decay: f64,
+        step_size: f64,
+        bc2_sqrt: f64,
+        eps: f64
+    ) {
+        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+            let denom = v.to_f64().sqrt() / bc2_sqrt + eps;
+            *p = T::from_f64(p.to_f64() * decay - step_size * m.to_f64() / denom);
+        }
+    }
 }
 
 fn ema<T: WithDType>(e: &mut [T], p: &[T], u: &EmaUpdate) -> Result<()> {
@@ -116,12 +133,16 @@ fn ema<T: WithDType>(e: &mut [T], p: &[T], u: &EmaUpdate) -> Result<()> {
         );
     }
     let d = u.decay;
-    zip_chunks(e, 1, p, |e, p| {
+    zip_chunks(e, 1, p, |e, p| ema_chunk(e, p, d));
+    Ok(())
+}
+
+simd_kernel! {
+    fn ema_chunk<T: WithDType>(e: &mut [T], p: &[T], d: f64) {
         for (e, &p) in e.iter_mut().zip(p) {
             *e = T::from_f64(d * e.to_f64() + (1.0 - d) * p.to_f64());
         }
-    });
-    Ok(())
+    }
 }
 
 fn offsets(l: &Layout, op: &str) -> Result<(usize, usize)> {
@@ -173,10 +194,22 @@ pub fn sum_sq(g: &Tensor) -> Result<f64> {
     let Storage::Cpu(s) = &*storage else {
         bail!("sum_sq: CPU tensors only");
     };
+    simd_kernel! {
+        /// Eight interleaved partial sums, so the loop vectorises.
+        fn chunk_sum_sq<T: WithDType>(c: &[T]) -> f64 {
+            let mut acc = [0.0f64; 8];
+            let split = c.len() - c.len() % 8;
+            for x in c[..split].chunks_exact(8) {
+                for l in 0..8 {
+                    acc[l] += x[l].to_f64() * x[l].to_f64();
+                }
+            }
+            let tail: f64 = c[split..].iter().map(|v| v.to_f64() * v.to_f64()).sum();
+            acc.iter().sum::<f64>() + tail
+        }
+    }
     fn sum<T: WithDType>(x: &[T]) -> f64 {
-        x.par_chunks(CHUNK)
-            .map(|c| c.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>())
-            .sum()
+        x.par_chunks(CHUNK).map(chunk_sum_sq).sum()
     }
     Ok(match s {
         CpuStorage::F32(_) => sum(slice::<f32>(s, layout, "sum_sq")?),

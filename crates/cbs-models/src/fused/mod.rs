@@ -121,7 +121,9 @@ impl F for f32 {
 /// them (checked at run time; the default x86-64 target assumes SSE2 only, and these loops
 /// vectorise to 4× / 2× its lanes: on sit-s-4 AVX2 → AVX-512 took another 4–5% off a step).
 /// The body is an `#[inline(always)]` function, so it is compiled inside each wrapper with
-/// that wrapper's instruction set.
+/// that wrapper's instruction set. Exported for the optimizer's in-place kernels (`cbs-train`).
+#[doc(hidden)]
+#[macro_export]
 macro_rules! simd_kernel {
     ($(#[$m:meta])* fn $name:ident$(<$g:ident: $bound:path>)?($($arg:ident: $ty:ty),*)
      $(-> $ret:ty)? $body:block) => {
@@ -156,7 +158,7 @@ macro_rules! simd_kernel {
         }
     };
 }
-pub(crate) use simd_kernel;
+pub(crate) use crate::simd_kernel;
 
 /// Lanes of the partial sums in [`lane_sum3`] (one AVX-512 register of f64).
 const LANES: usize = 8;
