@@ -217,9 +217,9 @@ pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     }
 }
 
-/// The attention half of an adaLN-Zero block: `x + gate·proj(attention(qkv(LN(x)·(1 + scale)
-/// + shift)))`, with (shift, scale, gate) the chunks `chunk..chunk + 3` of the six in `ada`
-/// (`[B, 6C]`). One graph node on the CPU ([`fused::attention_half`]); elsewhere the same ops
+/// The attention half of an adaLN-Zero block:
+/// `x + gate·proj(attention(qkv(LN(x)·(1 + scale) + shift)))`, with (shift, scale, gate) the
+/// chunks `chunk..chunk + 3` of the six in `ada` (`[B, 6C]`). One graph node on the CPU ([`fused::attention_half`]); elsewhere the same ops
 /// one by one.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_half(

@@ -38,10 +38,13 @@ fn latents_load_scale_flip_and_subset() {
     assert_eq!(sub.values.len(), 2 * 12);
 }
 
+/// A file name, its arrays, and a fragment the error must contain.
+type ErrorCase<'a> = (&'a str, Vec<(&'a str, Tensor)>, &'a str);
+
 #[test]
 fn latent_errors_name_the_array_and_what_was_expected() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Vec<(&str, Tensor)>, &str)> = vec![
+    let cases: Vec<ErrorCase> = vec![
         (
             "images.npz",
             vec![(
