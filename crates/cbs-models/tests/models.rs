@@ -12,10 +12,14 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use cbs_flow::VelocityField;
 use cbs_models::sit::{init, pos_embed};
 use cbs_models::{shapes, weights, Architecture, ModelError, SitConfig, Trainable};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
 
+use common::{
+    assert_every_param_has_gradient, fd_check_model, labels, max_abs_diff, randn, ts, vals,
+    FdReport, Rtol,
+};
+
+#[path = "models/common.rs"]
+mod common;
 #[path = "models/fused.rs"]
 mod fused_more;
 #[path = "models/jit.rs"]
@@ -88,35 +92,6 @@ fn small(preset: &str, input: usize, channels: usize, classes: usize, sigma: boo
     c
 }
 
-fn randn(dims: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = dims.iter().product();
-    let d = Normal::new(0.0, 1.0).unwrap();
-    let v: Vec<f64> = (0..n).map(|_| d.sample(&mut rng)).collect();
-    Tensor::from_vec(v, dims, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    vals(a)
-        .iter()
-        .zip(vals(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
 fn max_abs(t: &Tensor) -> f64 {
     vals(t).iter().fold(0.0, |m, v| m.max(v.abs()))
 }
@@ -140,17 +115,6 @@ fn var_bits(vars: &[(String, Var)]) -> Vec<(String, Vec<u64>)> {
         .collect()
 }
 
-fn ts(values: &[f64], dtype: DType) -> Tensor {
-    Tensor::new(values, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-fn labels(values: &[u32]) -> Tensor {
-    Tensor::new(values, &Device::Cpu).unwrap()
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Finite-difference gradient check (f64).
 //
@@ -161,31 +125,16 @@ fn labels(values: &[u32]) -> Tensor {
 // is evaluated at 0, where candle's derivative (0.5) is exact: then every tensor (fc1 included)
 // must match to 1e-6.
 
-fn set_entry(var: &Var, base: &[f64], i: usize, value: f64) {
-    let mut w = base.to_vec();
-    w[i] = value;
-    let t = Tensor::from_vec(w, var.dims(), var.device()).unwrap();
-    var.set(&t).unwrap();
-}
-
-struct FdReport {
-    checked: usize,
-    nonzero: usize,
-    /// Largest relative error among entries whose error exceeds the rounding noise.
-    worst: (f64, String),
-    failures: Vec<String>,
-}
-
-/// Compare autograd with fourth-order central differences on several entries of every
-/// parameter tensor and of the inputs `x` and `t`. `rtol(name)` is the relative tolerance.
+/// The check on a `sit-nano-2` (16 tokens, 2 heads, depth 2) with random weights, `mlp.fc1`
+/// zeroed when `zero_fc1`; asserts that most checked gradients are non-zero and returns the
+/// mismatches. `rtol(name)` is the relative tolerance.
 fn fd_check(
     zero_fc1: bool,
     rtol: impl Fn(&str) -> f64,
 ) -> Result<FdReport, Box<dyn std::error::Error>> {
-    let dev = Device::Cpu;
-    let cfg = small("sit-nano-2", 8, 2, 3, true); // 16 tokens, 2 heads, depth 2
+    let cfg = small("sit-nano-2", 8, 2, 3, true);
     let arch = Architecture::Sit(cfg.clone());
-    let tr = Trainable::new(&arch, 7, DType::F64, &dev)?;
+    let tr = Trainable::new(&arch, 7, DType::F64, &Device::Cpu)?;
     let vars = tr.named_vars();
     init::init_all_random(&vars, 11, 0.3)?;
     if zero_fc1 {
@@ -195,82 +144,12 @@ fn fd_check(
             }
         }
     }
-
-    let x = Var::from_tensor(&randn(&[2, 2, 8, 8], 1, DType::F64))?;
-    let t = Var::from_tensor(&ts(&[0.3, 0.85], DType::F64))?;
-    let y = labels(&[1, 3]); // a class and the null class
-    let r = randn(&[2, 2, 8, 8], 2, DType::F64);
-
-    let terms = || {
-        tr.model
-            .forward(x.as_tensor(), t.as_tensor(), &y)
-            .unwrap()
-            .mul(&r)
-            .unwrap()
-    };
-    let objective = || terms().sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let grads = terms().sum_all()?.backward()?;
-
-    let mut targets: Vec<(String, Var)> = vars.clone();
-    targets.push(("<input x>".to_string(), x.clone()));
-    targets.push(("<input t>".to_string(), t.clone()));
-
-    // Fourth-order stencil: truncation (∝ h⁴) is negligible at h = 1e-4; the rounding noise of
-    // the objective, ≈ ε·Σ|terms|, divided by h is the absolute error allowed on top of rtol.
-    let h = 1e-4;
-    let abs_terms = terms().abs()?.sum_all()?.to_scalar::<f64>()?;
-    let noise = 20.0 * f64::EPSILON * abs_terms / h;
-    let mut rng = ChaCha8Rng::seed_from_u64(99);
-    let mut rep = FdReport {
-        checked: 0,
-        nonzero: 0,
-        worst: (0.0, String::new()),
-        failures: Vec::new(),
-    };
-    for (name, var) in &targets {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for `{name}`"));
-        assert_eq!(g.dims(), var.dims(), "gradient shape of `{name}`");
-        let g = vals(g);
-        let base = vals(var.as_tensor());
-        let n = base.len();
-        // Several random entries plus the one with the largest gradient.
-        let mut idx: Vec<usize> = if n <= 6 {
-            (0..n).collect()
-        } else {
-            (0..6).map(|_| rng.random_range(0..n)).collect()
-        };
-        let argmax = (0..n)
-            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
-            .unwrap();
-        idx.push(argmax);
-        let tol = rtol(name);
-        for i in idx {
-            let at = |d: f64| {
-                set_entry(var, &base, i, base[i] + d);
-                objective()
-            };
-            let (p1, m1, p2, m2) = (at(h), at(-h), at(2.0 * h), at(-2.0 * h));
-            set_entry(var, &base, i, base[i]);
-            let fd = (8.0 * (p1 - m1) - (p2 - m2)) / (12.0 * h);
-            let a = g[i];
-            let err = (a - fd).abs();
-            let rel = err / a.abs().max(fd.abs()).max(1e-8);
-            rep.checked += 1;
-            if a.abs() > 1e-6 {
-                rep.nonzero += 1;
-            }
-            if err > noise && rel > rep.worst.0 {
-                rep.worst = (rel, format!("{name}[{i}]: autograd {a:e} vs fd {fd:e}"));
-            }
-            if err > tol * a.abs().max(fd.abs()) + noise {
-                rep.failures.push(format!(
-                    "{name}[{i}]: autograd {a:e} vs fd {fd:e} (rel {rel:e}, tol {tol:e}, noise {noise:e})"
-                ));
-            }
-        }
-    }
+    let rep = fd_check_model(
+        &vars,
+        |x, t, y| tr.model.forward(x, t, y),
+        6,
+        Rtol::PerTensor(&rtol),
+    )?;
     assert!(
         rep.nonzero * 2 > rep.checked,
         "too few non-zero gradients checked ({}/{})",
@@ -278,8 +157,8 @@ fn fd_check(
         rep.checked
     );
     println!(
-        "fd check: {} entries, rounding noise allowance {noise:e}, max rel err {:e} at {}",
-        rep.checked, rep.worst.0, rep.worst.1
+        "fd check: {} entries, rounding noise allowance {:e}, max rel err {:e} at {}",
+        rep.checked, rep.noise, rep.worst.0, rep.worst.1
     );
     Ok(rep)
 }
@@ -291,22 +170,14 @@ fn finite_difference_gradients_f64() -> TestResult {
     let exact =
         |name: &str| name.starts_with("final_layer.") || name.starts_with("blocks.1.mlp.fc2.");
     let rep = fd_check(false, |name| if exact(name) { 1e-8 } else { 1e-5 })?;
-    assert!(
-        rep.failures.is_empty(),
-        "gradient mismatches:\n{}",
-        rep.failures.join("\n")
-    );
+    rep.assert_no_mismatch();
     Ok(())
 }
 
 #[test]
 fn finite_difference_gradients_f64_exact_gelu_point() -> TestResult {
     let rep = fd_check(true, |_| 1e-6)?;
-    assert!(
-        rep.failures.is_empty(),
-        "gradient mismatches:\n{}",
-        rep.failures.join("\n")
-    );
+    rep.assert_no_mismatch();
     Ok(())
 }
 
@@ -348,25 +219,9 @@ fn every_parameter_gets_a_gradient_f32() -> TestResult {
     let r = randn(&[2, 2, 8, 8], 2, DType::F32);
     let loss = tr.model.forward(&x, &t, &y)?.mul(&r)?.sum_all()?;
     let grads = loss.backward()?;
-    let mut bad = Vec::new();
-    for (name, var) in &vars {
-        match grads.get(var.as_tensor()) {
-            None => bad.push(format!("{name}: no gradient")),
-            Some(g) => {
-                let m = max_abs(g);
-                if !(m > 0.0 && m.is_finite()) {
-                    bad.push(format!("{name}: gradient max |g| = {m}"));
-                }
-            }
-        }
-    }
     // x_embedder (2) + t-MLP (4) + table + 10 per block + final layer (4).
     assert_eq!(vars.len(), 2 + 4 + 1 + 10 * 2 + 4);
-    assert!(
-        bad.is_empty(),
-        "parameters without a gradient:\n{}",
-        bad.join("\n")
-    );
+    assert_every_param_has_gradient(&vars, &grads);
     Ok(())
 }
 
@@ -1250,6 +1105,8 @@ mod fused_ops {
     use candle_core::{DType, Device, Tensor, Var};
     use cbs_models::{fused, nn::composed};
 
+    use super::common::{uniform as rand, vals};
+
     type Op = fn(&Tensor) -> candle_core::Result<Tensor>;
 
     fn ops() -> Vec<(&'static str, Op, Op)> {
@@ -1262,29 +1119,6 @@ mod fused_ops {
                 |x| composed::layer_norm_no_affine(x, 1e-6),
             ),
         ]
-    }
-
-    fn rand(shape: &[usize], seed: u64, scale: f64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f64> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn vals(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
     }
 
     fn max_diff(a: &[f64], b: &[f64]) -> f64 {

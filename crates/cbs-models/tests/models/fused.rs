@@ -8,6 +8,8 @@ use candle_nn::Linear;
 use cbs_models::nn::{self, composed};
 use cbs_models::{fused, Architecture, SitConfig, Trainable};
 
+use super::common::{uniform as rand, vals};
+
 /// An op over several inputs; `&[Tensor]` are the raw inputs (views are taken inside, so
 /// non-contiguous layouts get their gradients through candle's view ops).
 type OpN = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
@@ -205,29 +207,6 @@ fn cases() -> Vec<Case> {
             shapes: vec![vec![B, 2 * N, C], vec![B, N, C]],
         },
     ]
-}
-
-fn rand(shape: &[usize], seed: u64, scale: f64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Largest difference relative to the largest magnitude of the reference.

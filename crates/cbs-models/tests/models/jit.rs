@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Shape, Tensor, Var, D};
-use candle_nn::{Init, VarBuilder, VarMap};
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
 use cbs_models::jit::rope::{rope_angles, rope_tables, rotate_half, Rope};
 use cbs_models::jit::{init::init_jit, x_to_velocity, Jit, JitConfig, JIT_T_CLAMP};
 use cbs_models::sit::init::init_all_random;
@@ -14,7 +14,11 @@ use cbs_models::ModelError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{labels, max_abs, max_abs_diff, mean_std, randn, set_entry, ts, vals, var_bits};
+use super::common::{
+    assert_every_param_has_gradient, fd_check_model, labels, max_abs_diff, randn, sorted_vars, ts,
+    vals, Recorder, Rtol,
+};
+use super::{max_abs, mean_std, var_bits};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -47,10 +51,7 @@ fn build(cfg: &JitConfig, dtype: DType) -> (Jit, Vec<(String, Var)>) {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
     let net = Jit::new(cfg, vb).expect("build jit");
-    let data = varmap.data().lock().expect("varmap lock");
-    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    (net, vars)
+    (net, sorted_vars(&varmap))
 }
 
 /// Random weights everywhere, norms around 1 (so that no branch is switched off).
@@ -78,74 +79,13 @@ fn jit_finite_difference_gradients_f64() -> TestResult {
     let (net, vars) = build(&cfg, DType::F64);
     randomise(&vars, 11);
 
-    let x = Var::from_tensor(&randn(&[2, 2, 8, 8], 1, DType::F64))?;
-    let t = Var::from_tensor(&ts(&[0.3, 0.85], DType::F64))?;
-    let y = labels(&[1, 3]); // a class and the null class
-    let r = randn(&[2, 2, 8, 8], 2, DType::F64);
-    let terms = || {
-        net.forward(x.as_tensor(), t.as_tensor(), &y)
-            .unwrap()
-            .mul(&r)
-            .unwrap()
-    };
-    let objective = || terms().sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let grads = terms().sum_all()?.backward()?;
-
-    let mut targets = vars.clone();
-    targets.push(("<input x>".to_string(), x.clone()));
-    targets.push(("<input t>".to_string(), t.clone()));
-
-    // Fourth-order central differences; rounding noise of the objective / h on top of rtol.
-    let h = 1e-4;
-    let abs_terms = terms().abs()?.sum_all()?.to_scalar::<f64>()?;
-    let noise = 20.0 * f64::EPSILON * abs_terms / h;
-    let rtol = 1e-6;
-    let mut rng = ChaCha8Rng::seed_from_u64(99);
-    let (mut checked, mut nonzero, mut worst) = (0usize, 0usize, (0.0f64, String::new()));
-    let mut failures = Vec::new();
-    for (name, var) in &targets {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for `{name}`"));
-        assert_eq!(g.dims(), var.dims(), "gradient shape of `{name}`");
-        let g = vals(g);
-        let base = vals(var.as_tensor());
-        let n = base.len();
-        let mut idx: Vec<usize> = if n <= 5 {
-            (0..n).collect()
-        } else {
-            (0..5).map(|_| rng.random_range(0..n)).collect()
-        };
-        idx.push(
-            (0..n)
-                .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
-                .unwrap(),
-        );
-        for i in idx {
-            let at = |d: f64| {
-                set_entry(var, &base, i, base[i] + d);
-                objective()
-            };
-            let (p1, m1, p2, m2) = (at(h), at(-h), at(2.0 * h), at(-2.0 * h));
-            set_entry(var, &base, i, base[i]);
-            let fd = (8.0 * (p1 - m1) - (p2 - m2)) / (12.0 * h);
-            let a = g[i];
-            let err = (a - fd).abs();
-            let rel = err / a.abs().max(fd.abs()).max(1e-8);
-            checked += 1;
-            if a.abs() > 1e-6 {
-                nonzero += 1;
-            }
-            if err > noise && rel > worst.0 {
-                worst = (rel, format!("{name}[{i}]: autograd {a:e} vs fd {fd:e}"));
-            }
-            if err > rtol * a.abs().max(fd.abs()) + noise {
-                failures.push(format!(
-                    "{name}[{i}]: autograd {a:e} vs fd {fd:e} (rel {rel:e}, noise {noise:e})"
-                ));
-            }
-        }
-    }
+    let rep = fd_check_model(
+        &vars,
+        |x, t, y| net.forward(x, t, y),
+        5,
+        Rtol::Uniform(1e-6),
+    )?;
+    let (checked, nonzero, noise, worst) = (rep.checked, rep.nonzero, rep.noise, &rep.worst);
     println!(
         "jit fd check: {checked} entries ({nonzero} non-zero), noise allowance {noise:e}, \
          max rel err {:e} at {}",
@@ -155,11 +95,7 @@ fn jit_finite_difference_gradients_f64() -> TestResult {
         nonzero * 10 > checked * 9,
         "too many zero gradients checked"
     );
-    assert!(
-        failures.is_empty(),
-        "gradient mismatches:\n{}",
-        failures.join("\n")
-    );
+    rep.assert_no_mismatch();
     Ok(())
 }
 
@@ -187,25 +123,9 @@ fn jit_every_parameter_gets_a_gradient_f32() -> TestResult {
         .mul(&randn(&[2, 2, 8, 8], 2, DType::F32))?
         .sum_all()?;
     let grads = loss.backward()?;
-    let mut bad = Vec::new();
-    for (name, var) in &vars {
-        match grads.get(var.as_tensor()) {
-            None => bad.push(format!("{name}: no gradient")),
-            Some(g) => {
-                let m = max_abs(g);
-                if !(m > 0.0 && m.is_finite()) {
-                    bad.push(format!("{name}: gradient max |g| = {m}"));
-                }
-            }
-        }
-    }
     // t-MLP (4) + table + x_embedder (3) + in_context_posemb + 14 per block + final (5).
     assert_eq!(vars.len(), 4 + 1 + 3 + 1 + 14 * cfg.depth + 5);
-    assert!(
-        bad.is_empty(),
-        "parameters without a gradient:\n{}",
-        bad.join("\n")
-    );
+    assert_every_param_has_gradient(&vars, &grads);
     Ok(())
 }
 
@@ -563,32 +483,6 @@ fn jit_forward_parity_with_independent_reference_f64() -> TestResult {
 
 // ---------------------------------------------------------------------------------------------
 // 5. Parameter names, shapes and counts, without allocating the weights.
-
-type ShapeLog = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
-struct Recorder(ShapeLog);
-
-impl candle_nn::var_builder::SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0
-            .lock()
-            .unwrap()
-            .push((name.to_string(), s.dims().to_vec()));
-        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
-    }
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("recorder cannot serve `{name}` without a shape")
-    }
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
-}
 
 /// `(name, dims)` of every `state_dict` tensor (variables and buffers), sorted by name.
 fn recorded_shapes(cfg: &JitConfig) -> Vec<(String, Vec<usize>)> {

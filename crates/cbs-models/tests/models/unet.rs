@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Module, Result as CResult, Shape, Tensor, Var};
-use candle_nn::{Init, VarBuilder, VarMap};
+use candle_core::{DType, Device, Module, Result as CResult, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use cbs_models::sit::init::init_all_random;
 use cbs_models::unet::conv::conv3x3;
 use cbs_models::unet::init::init_unet;
@@ -15,9 +15,11 @@ use cbs_models::unet::layers::{
 };
 use cbs_models::unet::{Unet, UnetConfig};
 use cbs_models::ModelError;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
+
+use super::common::{
+    assert_every_param_has_gradient, fd_check_model, labels, max_abs_diff, randn_std as randn,
+    sorted_vars, ts, vals, Recorder, Rtol,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -57,62 +59,12 @@ impl Built {
         Ok(Self { varmap, model })
     }
     fn vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().expect("varmap lock");
-        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        sorted_vars(&self.varmap)
     }
-}
-
-fn randn(dims: &[usize], seed: u64, std: f64, dtype: DType) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let d = Normal::new(0.0, std).unwrap();
-    let n: usize = dims.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| d.sample(&mut rng)).collect();
-    Tensor::from_vec(v, dims, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-fn vals(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    vals(a)
-        .iter()
-        .zip(vals(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
-fn ts(values: &[f64], dtype: DType) -> Tensor {
-    Tensor::new(values, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
-
-fn labels(values: &[u32]) -> Tensor {
-    Tensor::new(values, &Device::Cpu).unwrap()
 }
 
 fn is_zero_module(name: &str) -> bool {
     name.contains(".out_layers.3.") || name.contains(".proj_out.") || name.starts_with("out.2.")
-}
-
-fn set_entry(var: &Var, base: &[f64], i: usize, value: f64) {
-    let mut w = base.to_vec();
-    w[i] = value;
-    var.set(&Tensor::from_vec(w, var.dims(), var.device()).unwrap())
-        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -130,89 +82,23 @@ fn fd_check(scale_shift: bool) -> TestResult {
             v.set(&(v.as_tensor() + 1.0)?)?;
         }
     }
-    let x = Var::from_tensor(&randn(&[2, 2, 8, 8], 1, 1.0, DType::F64))?;
-    let t = Var::from_tensor(&ts(&[0.3, 0.85], DType::F64))?;
-    let y = labels(&[1, 3]); // a class and the null class
-    let r = randn(&[2, 2, 8, 8], 2, 1.0, DType::F64);
-    let terms = || {
-        m.model
-            .forward(x.as_tensor(), t.as_tensor(), Some(&y))
-            .unwrap()
-            .mul(&r)
-            .unwrap()
-    };
-    let objective = || terms().sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let grads = terms().sum_all()?.backward()?;
-
-    let mut targets = vars.clone();
-    targets.push(("<input x>".into(), x.clone()));
-    targets.push(("<input t>".into(), t.clone()));
-    let h = 1e-4;
-    let abs_terms = terms().abs()?.sum_all()?.to_scalar::<f64>()?;
-    let noise = 20.0 * f64::EPSILON * abs_terms / h;
-    let tol = 1e-6;
-    let mut rng = ChaCha8Rng::seed_from_u64(99);
-    let (mut checked, mut nonzero, mut worst) = (0, 0, (0.0f64, String::new()));
-    let mut failures = Vec::new();
-    for (name, var) in &targets {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for `{name}`"));
-        assert_eq!(g.dims(), var.dims(), "gradient shape of `{name}`");
-        let g = vals(g);
-        let base = vals(var.as_tensor());
-        let n = base.len();
-        let mut idx: Vec<usize> = if n <= 4 {
-            (0..n).collect()
-        } else {
-            (0..4).map(|_| rng.random_range(0..n)).collect()
-        };
-        idx.push(
-            (0..n)
-                .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
-                .unwrap(),
-        );
-        for i in idx {
-            let at = |d: f64| {
-                set_entry(var, &base, i, base[i] + d);
-                objective()
-            };
-            let (p1, m1, p2, m2) = (at(h), at(-h), at(2.0 * h), at(-2.0 * h));
-            set_entry(var, &base, i, base[i]);
-            let fd = (8.0 * (p1 - m1) - (p2 - m2)) / (12.0 * h);
-            let a = g[i];
-            let err = (a - fd).abs();
-            let rel = err / a.abs().max(fd.abs()).max(1e-8);
-            checked += 1;
-            if a.abs() > 1e-6 {
-                nonzero += 1;
-            }
-            if err > noise && rel > worst.0 {
-                worst = (rel, format!("{name}[{i}]: autograd {a:e} vs fd {fd:e}"));
-            }
-            if err > tol * a.abs().max(fd.abs()) + noise {
-                failures.push(format!(
-                    "{name}[{i}]: autograd {a:e} vs fd {fd:e} (rel {rel:e}, noise {noise:e})"
-                ));
-            }
-        }
-    }
+    let rep = fd_check_model(
+        &vars,
+        |x, t, y| m.model.forward(x, t, Some(y)),
+        4,
+        Rtol::Uniform(1e-6),
+    )?;
+    let (checked, nonzero, noise, worst) = (rep.checked, rep.nonzero, rep.noise, &rep.worst);
     println!(
         "unet fd check (scale_shift {scale_shift}): {checked} entries of {} tensors, noise \
          {noise:e}, max rel err {:e} at {}",
-        targets.len(),
-        worst.0,
-        worst.1
+        rep.tensors, worst.0, worst.1
     );
     assert!(
         nonzero * 10 > checked * 9,
         "too few non-zero gradients ({nonzero}/{checked})"
     );
-    assert!(
-        failures.is_empty(),
-        "gradient mismatches:\n{}",
-        failures.join("\n")
-    );
+    rep.assert_no_mismatch();
     Ok(())
 }
 
@@ -251,28 +137,12 @@ fn unet_every_parameter_gets_a_gradient_f32() -> TestResult {
         .mul(&r)?
         .sum_all()?;
     let grads = loss.backward()?;
-    let mut bad = Vec::new();
-    for (name, var) in &vars {
-        match grads.get(var.as_tensor()) {
-            None => bad.push(format!("{name}: no gradient")),
-            Some(g) => {
-                let mx = vals(g).iter().fold(0.0f64, |a, v| a.max(v.abs()));
-                if !(mx > 0.0 && mx.is_finite()) {
-                    bad.push(format!("{name}: gradient max |g| = {mx}"));
-                }
-            }
-        }
-    }
     // time_embed 4 + label_emb 1 + input conv 2; encoder: res 32→32 (10), down (2),
     // res 32→64 with skip conv (12) + attention (6); middle 10 + 6 + 10; decoder at 64 ch:
     // 2 × (res with skip conv 12 + attention 6) + upsample 2, at 32 ch: 2 res with skip conv
     // (12 each); out 4.
     assert_eq!(vars.len(), 7 + 30 + 26 + 62 + 4);
-    assert!(
-        bad.is_empty(),
-        "parameters without a gradient:\n{}",
-        bad.join("\n")
-    );
+    assert_every_param_has_gradient(&vars, &grads);
     Ok(())
 }
 
@@ -356,25 +226,6 @@ fn unet_reference_initialisation() -> TestResult {
 // ---------------------------------------------------------------------------------------------
 // 4. Parameter count and key names of `unet-cifar`, from a shape-recording backend (nothing
 // allocated).
-
-type ShapeLog = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
-struct Recorder(ShapeLog);
-
-impl candle_nn::var_builder::SimpleBackend for Recorder {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> CResult<Tensor> {
-        self.0
-            .lock()
-            .unwrap()
-            .push((name.to_string(), s.dims().to_vec()));
-        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
-    }
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> CResult<Tensor> {
-        candle_core::bail!("recorder cannot serve `{name}` without a shape")
-    }
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
-}
 
 fn recorded_shapes(cfg: &UnetConfig) -> HashMap<String, Vec<usize>> {
     let log = Arc::new(Mutex::new(Vec::new()));
