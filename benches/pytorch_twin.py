@@ -121,9 +121,27 @@ class SiT(nn.Module):
         return img[:, : self.c]
 
 
+def bench_matmul(a):
+    """Twin of `cbs bench matmul`: one f32 product [M, K]·[K, N], median of --steps."""
+    m, k, n = (int(v) for v in a.shape.split(","))
+    lhs = torch.randn(k, m).t() if a.lhs_transposed else torch.randn(m, k)
+    rhs = torch.randn(k, n)
+    times = []
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        lhs @ rhs
+        if i >= a.warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    med = statistics.median(times)
+    print(f"pytorch matmul: [{m}, {k}]·[{k}, {n}] lhs_transposed={a.lhs_transposed} "
+          f"threads={a.threads} torch={torch.__version__}")
+    print(f"gflops={2 * m * k * n / med / 1e6:.1f}")
+    print(f"median_ms={med:.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["train", "sample"])
+    ap.add_argument("what", choices=["train", "sample", "matmul"])
     ap.add_argument("--model", default="sit-s-4")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--in-channels", type=int, default=3)
@@ -133,9 +151,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--shape", default="2048,384,1536", help="matmul: M,K,N")
+    ap.add_argument("--lhs-transposed", action="store_true", help="matmul: lhs = [K, M]ᵀ")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    if a.what == "matmul":
+        return bench_matmul(a)
     _, size, patch = a.model.split("-")
     depth, h, heads = SIZES[size]
     model = SiT(depth, h, heads, int(patch), a.image_size, a.in_channels, a.num_classes)

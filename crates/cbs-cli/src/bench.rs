@@ -16,14 +16,50 @@ use cbs_train::TrainSection;
 use rand::Rng;
 use rand_distr::StandardNormal;
 
-use crate::cli::{BenchArgs, BenchCommand, BenchCommon};
+use crate::cli::{BenchArgs, BenchCommand, BenchCommon, BenchMatmul};
 use crate::commands::device;
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     match a.command {
         BenchCommand::Train(c) => bench_train(c),
         BenchCommand::Sample(c) => bench_sample(c),
+        BenchCommand::Matmul(c) => bench_matmul(c),
     }
+}
+
+fn bench_matmul(c: BenchMatmul) -> Result<()> {
+    let &[m, k, n] = c.shape.as_slice() else {
+        bail!("--shape takes M,K,N");
+    };
+    if m == 0 || k == 0 || n == 0 || c.steps == 0 {
+        bail!("--shape entries and --steps must be positive");
+    }
+    let dev = Device::Cpu;
+    let lhs = if c.lhs_transposed {
+        Tensor::randn(0f32, 1.0, (k, m), &dev)?.t()?
+    } else {
+        Tensor::randn(0f32, 1.0, (m, k), &dev)?
+    };
+    let rhs = Tensor::randn(0f32, 1.0, (k, n), &dev)?;
+    let mut ms = Vec::with_capacity(c.steps);
+    for i in 0..c.warmup + c.steps {
+        let t0 = Instant::now();
+        let out = lhs.matmul(&rhs)?;
+        if i >= c.warmup {
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        drop(out);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let median = ms[ms.len() / 2];
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    println!(
+        "bench matmul: [{m}, {k}]·[{k}, {n}] f32 lhs_transposed={} threads={threads}",
+        c.lhs_transposed
+    );
+    println!("gflops={:.1}", 2.0 * (m * k * n) as f64 / median / 1e6);
+    println!("median_ms={median:.3}");
+    Ok(())
 }
 
 fn random_batch(c: &BenchCommon, shape: &[usize], classes: usize, dev: &Device) -> Result<Batch> {

@@ -243,6 +243,25 @@ pub enum BenchCommand {
     Train(BenchCommon),
     /// Velocity evaluations as in sampling (with classifier-free guidance if --cfg-scale ≠ 1).
     Sample(BenchCommon),
+    /// One f32 matrix product `[M, K]·[K, N]` on the CPU (the gemm kernels every linear layer
+    /// uses), e.g. `--shape 2048,384,1536` for a sit-s-4 fc1 layer at batch 32.
+    Matmul(BenchMatmul),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchMatmul {
+    /// `M,K,N`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub shape: Vec<usize>,
+    /// The left operand is the transpose of a row-major `[K, M]` (as in a weight gradient
+    /// `gᵀ·x`).
+    #[arg(long)]
+    pub lhs_transposed: bool,
+    /// Timed products (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
 }
 
 #[derive(Args, Debug)]
