@@ -58,7 +58,7 @@ fn bench_matmul(c: BenchMatmul) -> Result<()> {
         c.lhs_transposed
     );
     println!("gflops={:.1}", 2.0 * (m * k * n) as f64 / median / 1e6);
-    println!("median_ms={median:.3}");
+    println!("median_ms={median:.6}");
     Ok(())
 }
 

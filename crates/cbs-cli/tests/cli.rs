@@ -994,4 +994,43 @@ fn bench_prints_the_scriptable_line() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("only f32"), "{}", stderr(&o));
+    // The train step prints its phase split.
+    let o = cbs(&[
+        "bench",
+        "train",
+        "--model",
+        "sit-nano-4",
+        "--image-size",
+        "8",
+        "--in-channels",
+        "1",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("phase ms (mean): forward"));
+    // One product: GFLOP/s from the median time (2·M·K·N / ms / 1e6).
+    for t in [&[][..], &["--lhs-transposed"][..]] {
+        let mut args = vec!["bench", "matmul", "--shape", "64,32,48", "--steps", "3"];
+        args.extend_from_slice(t);
+        let o = cbs(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let field = |k: &str| -> f64 {
+            out.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or_else(|| panic!("{k} in {out}"))
+                .parse()
+                .unwrap()
+        };
+        let (gf, ms) = (field("gflops="), field("median_ms="));
+        let want = 2.0 * 64.0 * 32.0 * 48.0 / ms / 1e6;
+        assert!((gf - want).abs() <= 0.051 + 1e-3 * want, "{out}");
+    }
+    let o = cbs(&["bench", "matmul", "--shape", "64,32"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("M,K,N"), "{}", stderr(&o));
 }
