@@ -97,39 +97,17 @@ pub(crate) fn gemm_into<T: F>(
     }
     // SAFETY: every index gemm touches is inside the slices (checked above); `dst` is a
     // unique borrow, so it does not alias `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            T::of(1.0),
-            T::of(1.0),
-            false,
-            false,
-            false,
-            parallelism(threads),
-        )
-    }
+    unsafe { raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, threads) }
 }
 
 /// `a·b` into a new row-major `Vec` (`a.rows × b.cols`), written by the product itself
 /// (no zero-fill first).
 pub(crate) fn matmul<T: F>(a: View<'_, T>, b: View<'_, T>, threads: Threads) -> Vec<T> {
     let (m, n) = (a.rows, b.cols);
+    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
     if a.cols == 0 || m == 0 || n == 0 {
         return vec![T::of(0.0); m * n];
     }
-    assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
     assert!(
         a.in_bounds() && b.in_bounds(),
         "gemm: operand out of bounds"
@@ -139,28 +117,45 @@ pub(crate) fn matmul<T: F>(a: View<'_, T>, b: View<'_, T>, threads: Threads) -> 
     // allocation's `m·n` elements, which gemm (with `read_dst = false`, k > 0) writes, every
     // one, before `set_len` exposes them.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            a.cols,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            T::of(1.0),
-            T::of(1.0),
-            false,
-            false,
-            false,
-            parallelism(threads),
-        );
+        raw(out.as_mut_ptr(), n, a, b, false, threads);
         out.set_len(m * n);
     }
     out
+}
+
+/// `dst = a·b` (`+=` with `accumulate`) through `gemm::gemm`, `dst` row-major with row stride
+/// `dst_rs`.
+///
+/// # Safety
+/// `dst` must address `(a.rows − 1)·dst_rs + b.cols` writable elements that alias neither
+/// operand, the operands must be in bounds, `a.cols == b.rows > 0`.
+unsafe fn raw<T: F>(
+    dst: *mut T,
+    dst_rs: usize,
+    a: View<'_, T>,
+    b: View<'_, T>,
+    accumulate: bool,
+    threads: Threads,
+) {
+    gemm::gemm(
+        a.rows,
+        b.cols,
+        a.cols,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr(),
+        b.cs as isize,
+        b.rs as isize,
+        T::of(1.0),
+        T::of(1.0),
+        false,
+        false,
+        false,
+        parallelism(threads),
+    )
 }

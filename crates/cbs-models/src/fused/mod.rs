@@ -232,6 +232,19 @@ pub fn exp_f32(x: f32) -> f32 {
     exp_lo(x as f64) as f32
 }
 
+/// `e^r` for |r| ≤ ln 2 / 2: Cephes' `expf` polynomial (both exp kernels reduce to this).
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+fn expf_poly(r: f32) -> f32 {
+    let mut p: f32 = 1.987_569_150_0e-4;
+    p = p * r + 1.398_199_950_7e-3;
+    p = p * r + 8.333_451_907_3e-3;
+    p = p * r + 4.166_579_589_4e-2;
+    p = p * r + 1.666_666_545_9e-1;
+    p = p * r + 5.000_000_120_1e-1;
+    p * r * r + r + 1.0
+}
+
 /// `e^v` to about 1e-7 relative error (f32 precision), over the whole f64 range: `v = n·ln 2
 /// + r` in f64 (`n` rounded with the 1.5·2⁵² trick, so an f64 argument loses nothing), Cephes'
 /// `expf` polynomial for `e^r` (|r| ≤ ln 2 / 2) in f32, and `2^n` assembled from bits. No call
@@ -245,14 +258,7 @@ fn exp_lo(v: f64) -> f64 {
     let v = v.clamp(-708.0, 709.0);
     let k = v * LOG2E + ROUND;
     let n = k - ROUND;
-    let r = (v - n * LN2) as f32;
-    let mut p: f32 = 1.987_569_150_0e-4;
-    p = p * r + 1.398_199_950_7e-3;
-    p = p * r + 8.333_451_907_3e-3;
-    p = p * r + 4.166_579_589_4e-2;
-    p = p * r + 1.666_666_545_9e-1;
-    p = p * r + 5.000_000_120_1e-1;
-    let e = p * r * r + r + 1.0;
+    let e = expf_poly((v - n * LN2) as f32);
     // The low bits of `k` hold n (two's complement, offset by ROUND's bits).
     let n_int = k.to_bits().wrapping_sub(ROUND.to_bits());
     let two_n = f64::from_bits(n_int.wrapping_add(1023) << 52);
@@ -380,14 +386,7 @@ fn exp_neg_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 0.0);
     let k = x * std::f32::consts::LOG2_E + ROUND;
     let n = k - ROUND;
-    let r = x - n * 0.693_359_375 + n * 2.121_944_4e-4;
-    let mut p: f32 = 1.987_569_150_0e-4;
-    p = p * r + 1.398_199_950_7e-3;
-    p = p * r + 8.333_451_907_3e-3;
-    p = p * r + 4.166_579_589_4e-2;
-    p = p * r + 1.666_666_545_9e-1;
-    p = p * r + 5.000_000_120_1e-1;
-    let e = p * r * r + r + 1.0;
+    let e = expf_poly(x - n * 0.693_359_375 + n * 2.121_944_4e-4);
     // The low bits of `k` hold n (offset by ROUND's bits): 2ⁿ from integer operations only.
     let n_int = k.to_bits().wrapping_sub(ROUND.to_bits());
     e * f32::from_bits(n_int.wrapping_add(127) << 23)
