@@ -168,24 +168,34 @@ def main():
     t, y = torch.rand(b), torch.randint(0, a.num_classes, (b,))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     ema = copy.deepcopy(model).requires_grad_(False)
-    times = []
+    times, phases = [], []
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
         if a.what == "train":
             xt = t[:, None, None, None] * x1 + (1 - t[:, None, None, None]) * x0
             loss = F.mse_loss(fwd(xt, t, y), x1 - x0)
+            t1 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            t2 = time.perf_counter()
             opt.step()
+            t3 = time.perf_counter()
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.mul_(0.9999).add_(pm, alpha=1 - 0.9999)
+            t4 = time.perf_counter()
+            if i >= a.warmup:
+                phases.append([(t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3])
         else:
             with torch.no_grad():
                 fwd(x0, t, y)
         if i >= a.warmup:
             times.append((time.perf_counter() - t0) * 1e3)
     med = statistics.median(times)
+    if phases:
+        # Same split as `cbs bench train`: forward (with loss), backward, optimizer, EMA.
+        f, bw, o, e = (sum(p[k] for p in phases) / len(phases) for k in range(4))
+        print(f"phase ms (mean): forward {f:.1f}, backward {bw:.1f}, optimizer {o:.1f}, ema {e:.1f}")
     print(f"pytorch {a.what}: model={a.model} params={n_params} batch={b} threads={a.threads} "
           f"compile={a.compile} torch={torch.__version__}")
     print(f"images_per_s={b * 1000 / med:.2f}")

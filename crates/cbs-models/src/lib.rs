@@ -13,6 +13,7 @@ pub mod fused;
 pub mod jit;
 pub mod mlp;
 pub mod nn;
+pub mod par;
 pub mod shapes;
 pub mod sit;
 pub mod spec;

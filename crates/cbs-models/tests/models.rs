@@ -24,6 +24,8 @@ mod common;
 mod fused_more;
 #[path = "models/jit.rs"]
 mod jit;
+#[path = "models/par.rs"]
+mod par;
 #[path = "models/unet.rs"]
 mod unet;
 

@@ -10,8 +10,8 @@
 use candle_core::{
     bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Storage, Tensor, WithDType,
 };
+use cbs_models::par;
 use cbs_models::simd_kernel;
-use rayon::prelude::*;
 
 /// Elements per parallel task: large enough that the split costs nothing next to the work.
 const CHUNK: usize = 1 << 15;
@@ -38,9 +38,9 @@ fn zip_chunks<T: WithDType, S: WithDType>(
     src: &[S],
     f: impl Fn(&mut [T], &[S]) + Sync + Send,
 ) {
-    dst.par_chunks_mut(CHUNK * w)
-        .zip(src.par_chunks(CHUNK))
-        .for_each(|(d, s)| f(d, s));
+    par::chunks_mut(dst, CHUNK * w, |i, d| {
+        f(d, &src[i * CHUNK..src.len().min((i + 1) * CHUNK)])
+    });
 }
 
 /// Moments stored as one `[2, …]` tensor (first `m`, then `v`): `m ← β₁m + (1−β₁)g'`,
@@ -74,10 +74,9 @@ fn moments<T: WithDType>(mv: &mut [T], g: &[T], u: &MomentUpdate) -> Result<()> 
     }
     let (m, v) = mv.split_at_mut(n);
     let (b1, b2, s) = (u.beta1, u.beta2, u.grad_scale);
-    m.par_chunks_mut(CHUNK)
-        .zip(v.par_chunks_mut(CHUNK))
-        .zip(g.par_chunks(CHUNK))
-        .for_each(|((m, v), g)| moments_chunk(m, v, g, b1, b2, s));
+    par::chunks_mut2(m, CHUNK, v, CHUNK, |i, m, v| {
+        moments_chunk(m, v, &g[i * CHUNK..][..m.len()], b1, b2, s)
+    });
     Ok(())
 }
 
@@ -100,10 +99,10 @@ fn params<T: WithDType>(p: &mut [T], mv: &[T], u: &ParamUpdate) -> Result<()> {
         );
     }
     let (m, v) = mv.split_at(n);
-    p.par_chunks_mut(CHUNK)
-        .zip(m.par_chunks(CHUNK))
-        .zip(v.par_chunks(CHUNK))
-        .for_each(|((p, m), v)| params_chunk(p, m, v, u.decay, u.step_size, u.bc2_sqrt, u.eps));
+    par::chunks_mut(p, CHUNK, |i, p| {
+        let (m, v) = (&m[i * CHUNK..][..p.len()], &v[i * CHUNK..][..p.len()]);
+        params_chunk(p, m, v, u.decay, u.step_size, u.bc2_sqrt, u.eps)
+    });
     Ok(())
 }
 
@@ -209,7 +208,12 @@ pub fn sum_sq(g: &Tensor) -> Result<f64> {
         }
     }
     fn sum<T: WithDType>(x: &[T]) -> f64 {
-        x.par_chunks(CHUNK).map(chunk_sum_sq).sum()
+        // Chunk sums added in chunk order: the norm does not depend on thread timing.
+        par::map(x.len().div_ceil(CHUNK), |i| {
+            chunk_sum_sq(&x[i * CHUNK..x.len().min((i + 1) * CHUNK)])
+        })
+        .iter()
+        .sum()
     }
     Ok(match s {
         CpuStorage::F32(_) => sum(slice::<f32>(s, layout, "sum_sq")?),

@@ -8,7 +8,6 @@
 //! f64, one sample per task.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::{contiguous, lane_sum3, row_stats, simd_kernel, F, PAR_MIN};
 
@@ -20,9 +19,10 @@ fn chunks<T: Send, R: Send>(
     f: impl Fn(usize, &mut [T]) -> R + Sync + Send,
 ) -> Vec<R> {
     if out.len() >= PAR_MIN {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .map(|(i, o)| f(i, o))
+        let mut res: Vec<Option<R>> = (0..out.len().div_ceil(chunk)).map(|_| None).collect();
+        crate::par::chunks_mut2(out, chunk, &mut res, 1, |i, o, r| r[0] = Some(f(i, o)));
+        res.into_iter()
+            .map(|r| r.expect("every chunk ran"))
             .collect()
     } else {
         out.chunks_mut(chunk)

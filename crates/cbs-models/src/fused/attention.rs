@@ -15,7 +15,6 @@
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::gemm::{gemm_into, Threads, View};
 use super::{contiguous, lane_sum, lane_sum3, simd_kernel, with_slice, F, LANES};
@@ -73,7 +72,7 @@ simd_kernel! {
 /// Whether to run one image per task with single-threaded products, or images one after
 /// another with products spread over the threads (fewer images than threads).
 fn per_image(b: usize) -> bool {
-    b >= rayon::current_num_threads()
+    b >= crate::par::threads()
 }
 
 /// One image: `qkv` `[N, 3C]` → `out` `[N, C]`, `p` `[H, N, N]`.
@@ -130,10 +129,9 @@ pub(super) fn fwd<T: F>(qkv: &[T], dm: Dims, scale: f64) -> (Vec<T>, Vec<T>) {
     let mut p = vec![T::of(0.0); b * h * n * n];
     let (xs, os, ps) = (n * 3 * c, n * c, h * n * n);
     if per_image(b) {
-        qkv.par_chunks(xs)
-            .zip(out.par_chunks_mut(os))
-            .zip(p.par_chunks_mut(ps))
-            .for_each(|((x, o), p)| fwd_image(x, o, p, dm, scale, Threads::One));
+        crate::par::chunks_mut2(&mut out, os, &mut p, ps, |i, o, p| {
+            fwd_image(&qkv[i * xs..(i + 1) * xs], o, p, dm, scale, Threads::One)
+        });
     } else {
         qkv.chunks(xs)
             .zip(out.chunks_mut(os))
@@ -149,14 +147,20 @@ pub(super) fn bwd<T: F>(qkv: &[T], p: &[T], go: &[T], dm: Dims, scale: f64) -> V
     let mut dqkv = vec![T::of(0.0); b * n * 3 * c];
     let (xs, os, ps) = (n * 3 * c, n * c, h * n * n);
     if per_image(b) {
-        qkv.par_chunks(xs)
-            .zip(p.par_chunks(ps))
-            .zip(go.par_chunks(os))
-            .zip(dqkv.par_chunks_mut(xs))
-            .for_each_init(
-                || vec![T::of(0.0); n * n],
-                |tmp, (((x, p), g), dx)| bwd_image(x, p, g, dx, tmp, dm, scale, Threads::One),
-            );
+        crate::par::chunks_mut(&mut dqkv, xs, |i, dx| {
+            let mut tmp = vec![T::of(0.0); n * n];
+            let (x, p, g) = (&qkv[i * xs..], &p[i * ps..], &go[i * os..]);
+            bwd_image(
+                &x[..xs],
+                &p[..ps],
+                &g[..os],
+                dx,
+                &mut tmp,
+                dm,
+                scale,
+                Threads::One,
+            )
+        });
     } else {
         let mut tmp = vec![T::of(0.0); n * n];
         let items = qkv.chunks(xs).zip(p.chunks(ps)).zip(go.chunks(os));

@@ -5,6 +5,8 @@
 //! ones (candle gives every product of a batch its own thread-pool dispatch).
 
 use super::F;
+use crate::par::{self, SharedMut};
+use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor, WithDType};
 
 /// A matrix over a slice: element `(i, j)` at `data[i·rs + j·cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -47,19 +49,11 @@ impl<'a, T> View<'a, T> {
     }
 }
 
-/// Whether a product may spread over rayon's threads or must stay on the calling one.
+/// Whether a product may spread over the worker threads ([`crate::par`]) or must stay on the calling one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Threads {
     One,
     All,
-}
-
-fn parallelism(threads: Threads) -> gemm::Parallelism {
-    let n = rayon::current_num_threads();
-    match threads {
-        Threads::All if n > 1 => gemm::Parallelism::Rayon(n),
-        _ => gemm::Parallelism::None,
-    }
 }
 
 /// `dst = a·b` (or `dst += a·b` with `accumulate`), `dst` row-major with row stride `dst_rs`.
@@ -123,8 +117,12 @@ pub(crate) fn matmul<T: F>(a: View<'_, T>, b: View<'_, T>, threads: Threads) -> 
     out
 }
 
-/// `dst = a·b` (`+=` with `accumulate`) through `gemm::gemm`, `dst` row-major with row stride
-/// `dst_rs`.
+/// `dst = a·b` (`+=` with `accumulate`), `dst` row-major with row stride `dst_rs`, through
+/// `gemm::gemm`. With [`Threads::All`] a large product is cut into one block of `dst` per
+/// thread (rows when `a` is the larger operand, columns otherwise, so that the operand every
+/// block reads whole, and packs for itself, is the smaller one), each block a single-threaded
+/// product: measured faster than the crate's own threading, which splits every
+/// depth-block of the product into micro-tasks with a barrier between packing and compute.
 ///
 /// # Safety
 /// `dst` must address `(a.rows − 1)·dst_rs + b.cols` writable elements that alias neither
@@ -137,6 +135,53 @@ unsafe fn raw<T: F>(
     accumulate: bool,
     threads: Threads,
 ) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let parts = match threads {
+        Threads::All if m * k * n >= SPLIT_MIN_WORK => par::threads(),
+        _ => 1,
+    };
+    let split_rows = m * k >= k * n;
+    let len = if split_rows { m } else { n };
+    // Blocks a multiple of the micro-kernel's widest edge, so only the last one is ragged.
+    let block = len.div_ceil(parts).next_multiple_of(BLOCK_ALIGN);
+    if parts <= 1 || block >= len {
+        return one(dst, dst_rs, a, b, accumulate);
+    }
+    let dst = SharedMut(dst);
+    par::for_each(len.div_ceil(block), |i| {
+        let (lo, hi) = (i * block, ((i + 1) * block).min(len));
+        // SAFETY: block `i` writes rows (or columns) `lo..hi` of `dst` only, disjoint from
+        // every other block's; the sub-views stay inside the operands checked by the caller.
+        unsafe {
+            if split_rows {
+                let a_i = View {
+                    data: &a.data[lo * a.rs..],
+                    rows: hi - lo,
+                    ..a
+                };
+                one(dst.ptr().add(lo * dst_rs), dst_rs, a_i, b, accumulate);
+            } else {
+                let b_i = View {
+                    data: &b.data[lo * b.cs..],
+                    cols: hi - lo,
+                    ..b
+                };
+                one(dst.ptr().add(lo), dst_rs, a, b_i, accumulate);
+            }
+        }
+    });
+}
+
+/// Below this many multiply-adds a product stays on one thread.
+const SPLIT_MIN_WORK: usize = 1 << 21;
+/// Row/column blocks of a split product are a multiple of this.
+const BLOCK_ALIGN: usize = 48;
+
+/// One single-threaded `gemm::gemm` call.
+///
+/// # Safety
+/// As for [`raw`].
+unsafe fn one<T: F>(dst: *mut T, dst_rs: usize, a: View<'_, T>, b: View<'_, T>, accumulate: bool) {
     gemm::gemm(
         a.rows,
         b.cols,
@@ -156,6 +201,55 @@ unsafe fn raw<T: F>(
         false,
         false,
         false,
-        parallelism(threads),
+        gemm::Parallelism::None,
     )
+}
+
+/// `lhs · rhs` for 2-D CPU f32/f64 tensors of any strides, on the products the fused layers
+/// use (what `cbs bench matmul` times).
+pub fn product(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    let ((m, k), (k2, n)) = (lhs.dims2()?, rhs.dims2()?);
+    if k != k2 || lhs.dtype() != rhs.dtype() {
+        bail!(
+            "product: lhs {:?} {:?} and rhs {:?} {:?} do not multiply",
+            lhs.dims(),
+            lhs.dtype(),
+            rhs.dims(),
+            rhs.dtype()
+        );
+    }
+    fn view<'a, T: WithDType>(t: &'a CpuStorage, l: &Layout) -> Result<View<'a, T>> {
+        let s = &t.as_slice::<T>()?[l.start_offset()..];
+        let (&[rows, cols], &[rs, cs]) = (l.dims(), l.stride()) else {
+            bail!("product: 2-D tensors only");
+        };
+        let v = View {
+            data: s,
+            rows,
+            cols,
+            rs,
+            cs,
+        };
+        if !v.in_bounds() {
+            bail!("product: layout {l:?} reaches past its storage");
+        }
+        Ok(v)
+    }
+    let (sa, la) = lhs.storage_and_layout();
+    let (sb, lb) = rhs.storage_and_layout();
+    let (Storage::Cpu(sa), Storage::Cpu(sb)) = (&*sa, &*sb) else {
+        bail!("product: CPU tensors only");
+    };
+    let dev = lhs.device();
+    match (sa, sb) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+            let out = matmul(view::<f32>(sa, la)?, view::<f32>(sb, lb)?, Threads::All);
+            Tensor::from_vec(out, (m, n), dev)
+        }
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+            let out = matmul(view::<f64>(sa, la)?, view::<f64>(sb, lb)?, Threads::All);
+            Tensor::from_vec(out, (m, n), dev)
+        }
+        _ => bail!("product: f32 or f64 only, got {:?}", lhs.dtype()),
+    }
 }

@@ -12,7 +12,6 @@
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
-use rayon::prelude::*;
 
 use super::gemm::{gemm_into, matmul, Threads, View};
 use super::{contiguous, last_dim, par_rows, simd_kernel, with_slice, F, PAR_MIN};
@@ -40,11 +39,14 @@ fn column_sum<T: F>(g: &[T], o: usize) -> Vec<T> {
         a
     };
     let acc = if g.len() >= PAR_MIN {
-        // About 32 rows of work per task at least; rayon splits further as it needs.
+        // About 32 rows of work per task at least; the blocks' sums added in order.
         let rows_per_task = (PAR_MIN / o).max(32);
-        g.par_chunks(rows_per_task * o)
-            .map(|rows| column_sum_block(rows, o))
-            .reduce(|| vec![0.0; o], add)
+        let block = rows_per_task * o;
+        crate::par::map(g.len().div_ceil(block), |i| {
+            column_sum_block(&g[i * block..g.len().min((i + 1) * block)], o)
+        })
+        .into_iter()
+        .fold(vec![0.0; o], add)
     } else {
         column_sum_block(g, o)
     };

@@ -18,6 +18,7 @@ mod adaln;
 mod attention;
 mod block;
 mod gemm;
+pub use gemm::product;
 mod linear;
 
 pub use adaln::{gated_residual, layer_norm_modulate};
@@ -26,7 +27,6 @@ pub use block::{attention_half, mlp_half};
 pub use linear::{bias_add, linear};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const GELU_C: f64 = 0.044_715;
@@ -62,7 +62,7 @@ fn par_rows<T: Send + Sync + Copy>(
         f(o, &ins)
     };
     if out.len() >= PAR_MIN {
-        out.par_chunks_mut(row).enumerate().for_each(run);
+        crate::par::chunks_mut(out, row, |i, o| run((i, o)));
     } else {
         out.chunks_mut(row).enumerate().for_each(run);
     }

@@ -5,7 +5,6 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 use super::config::NORM_GROUPS;
 use super::conv::Conv3x3;
@@ -171,18 +170,16 @@ impl Dropout {
         keep: T,
     ) -> Vec<T> {
         let mut out = vec![T::default(); n];
-        out.par_chunks_mut(Self::CHUNK)
-            .enumerate()
-            .for_each(|(j, chunk)| {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(stream);
-                rng.set_word_pos((j * Self::CHUNK) as u128);
-                for v in chunk.iter_mut() {
-                    if rng.next_u32() as u64 >= threshold {
-                        *v = keep;
-                    }
+        crate::par::chunks_mut(&mut out, Self::CHUNK, |j, chunk| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(stream);
+            rng.set_word_pos((j * Self::CHUNK) as u128);
+            for v in chunk.iter_mut() {
+                if rng.next_u32() as u64 >= threshold {
+                    *v = keep;
                 }
-            });
+            }
+        });
         out
     }
 

@@ -1,0 +1,53 @@
+//! The parallel loops on candle's worker threads: every index once, chunks in place, results
+//! in order, nesting inline.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cbs_models::par;
+
+#[test]
+fn for_each_visits_every_index_once() {
+    for n in [0, 1, 2, 3, 17, 1000] {
+        let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        par::for_each(n, |i| {
+            hits[i].fetch_add(1, Ordering::Relaxed);
+        });
+        let counts: Vec<usize> = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+        assert!(counts.iter().all(|&c| c == 1), "n = {n}: {counts:?}");
+    }
+}
+
+#[test]
+fn chunks_cover_the_buffer_with_a_short_last_chunk() {
+    let mut a = vec![0usize; 103];
+    let mut b = vec![0u32; 2 * 11];
+    par::chunks_mut2(&mut a, 10, &mut b, 2, |i, ca, cb| {
+        assert_eq!(ca.len(), if i == 10 { 3 } else { 10 }, "chunk {i}");
+        ca.iter_mut().enumerate().for_each(|(j, v)| *v = i * 10 + j);
+        cb.fill(i as u32);
+    });
+    assert_eq!(a, (0..103).collect::<Vec<_>>());
+    let want: Vec<u32> = (0..11).flat_map(|i| [i, i]).collect();
+    assert_eq!(b, want);
+}
+
+#[test]
+#[should_panic(expected = "chunk counts differ")]
+fn chunks_mut2_refuses_mismatched_buffers() {
+    let (mut a, mut b) = (vec![0f32; 10], vec![0f32; 10]);
+    par::chunks_mut2(&mut a, 5, &mut b, 2, |_, _, _| {});
+}
+
+#[test]
+fn map_keeps_index_order_and_nested_loops_run_inline() {
+    let out = par::map(64, |i| {
+        // A loop inside a loop body must not wait for the pool it is running on.
+        let inner = par::map(8, |j| i * 8 + j);
+        inner.iter().sum::<usize>()
+    });
+    let want: Vec<usize> = (0..64).map(|i| (0..8).map(|j| i * 8 + j).sum()).collect();
+    assert_eq!(out, want);
+    let mut seen = vec![0usize; par::threads()];
+    par::chunks_mut(&mut seen, 1, |t, s| s[0] = t + 1);
+    assert!(seen.iter().all(|&s| s > 0));
+}
