@@ -83,6 +83,7 @@ macro_rules! with_slices3 {
 /// Write per-sample f64 accumulators (`acc[b][k·C + j]`) as `k` contiguous `[B, C]` blocks
 /// after `big` (the layout the backward ops return).
 fn pack<T: F>(mut big: Vec<T>, acc: &[Vec<f64>], k: usize, c: usize) -> Vec<T> {
+    // No-op for buffers made by `with_room` (a reallocation would copy all of `big`).
     big.reserve(k * acc.len() * c);
     for q in 0..k {
         for a in acc {
@@ -90,6 +91,13 @@ fn pack<T: F>(mut big: Vec<T>, acc: &[Vec<f64>], k: usize, c: usize) -> Vec<T> {
         }
     }
     big
+}
+
+/// `len` zeros with capacity for `extra` more values (the packed statistics that follow).
+fn with_room<T: F>(len: usize, extra: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(len + extra);
+    v.resize(len, T::of(0.0));
+    v
 }
 
 /// Views of a packed gradient buffer: `[B, N, C]` then `k` blocks of `[B, C]`.
@@ -133,32 +141,44 @@ simd_kernel! {
     }
 }
 
-/// With `ĝ = g·(1 + scale)`: `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))` per token,
-/// `dshift = Σ_n g`, `dscale = Σ_n g·x̂`; statistics recomputed from `x`.
+/// With `ĝ = g·(1 + scale)`: `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))` per token, plus
+/// `residual` when it is not empty (a block half's skip connection, added while the row is
+/// in cache); `dshift = Σ_n g`, `dscale = Σ_n g·x̂`; statistics recomputed from `x`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn ln_mod_bwd<T: F>(
     x: &[T],
     scale: &[T],
     g: &[T],
+    residual: &[T],
     n: usize,
     c: usize,
     eps: f64,
 ) -> Vec<T> {
-    let mut dx = vec![T::of(0.0); x.len()];
+    let b = x.len() / (n * c).max(1);
+    let mut dx = with_room(x.len(), 2 * b * c);
     let acc = chunks(&mut dx, n * c, |b, dx| {
         let rows = b * n * c..(b + 1) * n * c;
         let sc = &scale[b * c..(b + 1) * c];
-        ln_mod_bwd_sample(dx, &x[rows.clone()], &g[rows], sc, c, eps)
+        let res = residual.get(rows.clone()).unwrap_or(&[]);
+        ln_mod_bwd_sample(dx, &x[rows.clone()], &g[rows], res, sc, c, eps)
     });
     pack(dx, &acc, 2, c)
 }
 
 simd_kernel! {
     /// One sample of [`ln_mod_bwd`]: writes its `dx` rows, returns `[dshift | dscale]`.
-    fn ln_mod_bwd_sample<T: F>(dx: &mut [T], x: &[T], g: &[T], sc: &[T], c: usize, eps: f64)
-        -> Vec<f64> {
+    fn ln_mod_bwd_sample<T: F>(
+        dx: &mut [T],
+        x: &[T],
+        g: &[T],
+        res: &[T],
+        sc: &[T],
+        c: usize,
+        eps: f64
+    ) -> Vec<f64> {
         let mut acc = vec![0.0f64; 2 * c];
         let (a_sh, a_sc) = acc.split_at_mut(c);
-        for ((dx, xr), gr) in dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c)) {
+        for (r, ((dx, xr), gr)) in dx.chunks_mut(c).zip(x.chunks(c)).zip(g.chunks(c)).enumerate() {
             let (mean, rstd) = row_stats(xr, eps);
             let mg = lane_sum3(gr, sc, sc, |g, s, _| g * (1.0 + s)) / c as f64;
             let mgx = lane_sum3(gr, sc, xr, |g, s, x| g * (1.0 + s) * (x - mean) * rstd) / c as f64;
@@ -168,6 +188,11 @@ simd_kernel! {
                 *o = T::of(rstd * (g * (1.0 + s.f()) - mg - xh * mgx));
                 *ash += g;
                 *asc += g * xh;
+            }
+            if let Some(rr) = res.get(r * c..(r + 1) * c) {
+                for (o, &v) in dx.iter_mut().zip(rr) {
+                    *o = T::of(o.f() + v.f());
+                }
             }
         }
         acc
@@ -232,7 +257,7 @@ impl CustomOp3 for LnModulateBwd {
         let op = self.name();
         let (b, n, c) = bnc(op, l1, Some(l3), &[l2])?;
         let out = with_slices3!(op, (s1, l1), (s2, l2), (s3, l3), |x, sc, g| {
-            ln_mod_bwd(x, sc, g, n, c, self.0)
+            ln_mod_bwd(x, sc, g, &[], n, c, self.0)
         });
         Ok((out, Shape::from(b * n * c + 2 * b * c)))
     }
@@ -263,7 +288,7 @@ simd_kernel! {
 
 /// `dh = g·gate`, `dgate = Σ_n g·h` (`dx = g` needs no kernel).
 pub(super) fn gated_bwd<T: F>(gate: &[T], h: &[T], g: &[T], n: usize, c: usize) -> Vec<T> {
-    let mut dh = vec![T::of(0.0); h.len()];
+    let mut dh = with_room(h.len(), gate.len());
     let acc = chunks(&mut dh, n * c, |b, dh| {
         let rows = b * n * c..(b + 1) * n * c;
         gated_bwd_sample(dh, &gate[b * c..(b + 1) * c], &h[rows.clone()], &g[rows], c)

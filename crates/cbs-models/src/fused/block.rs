@@ -190,11 +190,8 @@ fn bwd<T: F>(
         }
     };
     // h = LN(x)·(1 + scale) + shift; the residual adds g to dx.
-    let mut dx = ln_mod_bwd(x, &scale, &dh, n, c, half.eps);
+    let mut dx = ln_mod_bwd(x, &scale, &dh, g, n, c, half.eps);
     let dmod = dx.split_off(rows * c); // [dshift (B·C) | dscale (B·C)]
-    for (d, &g) in dx.iter_mut().zip(g) {
-        *d = T::of(d.f() + g.f());
-    }
     let mut dada = vec![T::of(0.0); b * 6 * c];
     for (k, part) in [&dmod[..b * c], &dmod[b * c..], &dgate[..]]
         .into_iter()
