@@ -11,24 +11,38 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::{contiguous, lane_sum3, row_stats, simd_kernel, F, PAR_MIN};
 
-/// `f(i, chunk_i)` over the `chunk`-long pieces of `out`, in parallel for large tensors; the
-/// results in order.
-fn chunks<T: Send, R: Send>(
-    out: &mut [T],
+/// A new `len`-element buffer (with room for `extra` more) from `f(i, chunk_i)` over its
+/// `chunk`-long pieces, in parallel for large tensors (see [`crate::par::build`]); also the
+/// results of `f` in order.
+fn new_chunks<T: F, R: Send>(
+    len: usize,
+    extra: usize,
     chunk: usize,
     f: impl Fn(usize, &mut [T]) -> R + Sync + Send,
-) -> Vec<R> {
-    if out.len() >= PAR_MIN {
-        let mut res: Vec<Option<R>> = (0..out.len().div_ceil(chunk)).map(|_| None).collect();
-        crate::par::chunks_mut2(out, chunk, &mut res, 1, |i, o, r| r[0] = Some(f(i, o)));
-        res.into_iter()
+) -> (Vec<T>, Vec<R>) {
+    let zero = T::of(0.0);
+    if len >= PAR_MIN {
+        let res: Vec<std::sync::Mutex<Option<R>>> = (0..len.div_ceil(chunk.max(1)))
+            .map(|_| std::sync::Mutex::new(None))
+            .collect();
+        let out = crate::par::build(len, extra, chunk, zero, |i, o| {
+            *res[i].lock().expect("one writer per chunk") = Some(f(i, o));
+        });
+        let res = res
+            .into_iter()
+            .map(|r| r.into_inner().expect("no writer panicked"))
             .map(|r| r.expect("every chunk ran"))
-            .collect()
+            .collect();
+        (out, res)
     } else {
-        out.chunks_mut(chunk)
+        let mut out = Vec::with_capacity(len + extra);
+        out.resize(len, zero);
+        let res = out
+            .chunks_mut(chunk.max(1))
             .enumerate()
             .map(|(i, o)| f(i, o))
-            .collect()
+            .collect();
+        (out, res)
     }
 }
 
@@ -83,7 +97,7 @@ macro_rules! with_slices3 {
 /// Write per-sample f64 accumulators (`acc[b][k·C + j]`) as `k` contiguous `[B, C]` blocks
 /// after `big` (the layout the backward ops return).
 fn pack<T: F>(mut big: Vec<T>, acc: &[Vec<f64>], k: usize, c: usize) -> Vec<T> {
-    // No-op for buffers made by `with_room` (a reallocation would copy all of `big`).
+    // No-op for buffers made with room for the statistics (a reallocation would copy `big`).
     big.reserve(k * acc.len() * c);
     for q in 0..k {
         for a in acc {
@@ -91,13 +105,6 @@ fn pack<T: F>(mut big: Vec<T>, acc: &[Vec<f64>], k: usize, c: usize) -> Vec<T> {
         }
     }
     big
-}
-
-/// `len` zeros with capacity for `extra` more values (the packed statistics that follow).
-fn with_room<T: F>(len: usize, extra: usize) -> Vec<T> {
-    let mut v = Vec::with_capacity(len + extra);
-    v.resize(len, T::of(0.0));
-    v
 }
 
 /// Views of a packed gradient buffer: `[B, N, C]` then `k` blocks of `[B, C]`.
@@ -121,14 +128,13 @@ pub(super) fn ln_mod_fwd<T: F>(
     c: usize,
     eps: f64,
 ) -> Vec<T> {
-    let mut out = vec![T::of(0.0); x.len()];
-    chunks(&mut out, c, |r, o| {
+    new_chunks(x.len(), 0, c, |r, o| {
         let b = r / n;
         let xr = &x[r * c..(r + 1) * c];
         let (sh, sc) = (&shift[b * c..(b + 1) * c], &scale[b * c..(b + 1) * c]);
         ln_mod_row(o, xr, sh, sc, eps)
-    });
-    out
+    })
+    .0
 }
 
 simd_kernel! {
@@ -155,8 +161,7 @@ pub(super) fn ln_mod_bwd<T: F>(
     eps: f64,
 ) -> Vec<T> {
     let b = x.len() / (n * c).max(1);
-    let mut dx = with_room(x.len(), 2 * b * c);
-    let acc = chunks(&mut dx, n * c, |b, dx| {
+    let (dx, acc) = new_chunks(x.len(), 2 * b * c, n * c, |b, dx| {
         let rows = b * n * c..(b + 1) * n * c;
         let sc = &scale[b * c..(b + 1) * c];
         let res = residual.get(rows.clone()).unwrap_or(&[]);
@@ -267,12 +272,11 @@ impl CustomOp3 for LnModulateBwd {
 
 /// `y = x + gate·h`.
 pub(super) fn gated_fwd<T: F>(x: &[T], gate: &[T], h: &[T], n: usize, c: usize) -> Vec<T> {
-    let mut out = vec![T::of(0.0); x.len()];
-    chunks(&mut out, n * c, |b, o| {
+    new_chunks(x.len(), 0, n * c, |b, o| {
         let rows = b * n * c..(b + 1) * n * c;
         gated_sample(o, &x[rows.clone()], &gate[b * c..(b + 1) * c], &h[rows], c)
-    });
-    out
+    })
+    .0
 }
 
 simd_kernel! {
@@ -288,8 +292,7 @@ simd_kernel! {
 
 /// `dh = g·gate`, `dgate = Σ_n g·h` (`dx = g` needs no kernel).
 pub(super) fn gated_bwd<T: F>(gate: &[T], h: &[T], g: &[T], n: usize, c: usize) -> Vec<T> {
-    let mut dh = with_room(h.len(), gate.len());
-    let acc = chunks(&mut dh, n * c, |b, dh| {
+    let (dh, acc) = new_chunks(h.len(), gate.len(), n * c, |b, dh| {
         let rows = b * n * c..(b + 1) * n * c;
         gated_bwd_sample(dh, &gate[b * c..(b + 1) * c], &h[rows.clone()], &g[rows], c)
     });

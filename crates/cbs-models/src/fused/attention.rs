@@ -125,14 +125,16 @@ fn bwd_image<T: F>(
 pub(super) fn fwd<T: F>(qkv: &[T], dm: Dims, scale: f64) -> (Vec<T>, Vec<T>) {
     let Dims { b, n, h, .. } = dm;
     let c = dm.c();
-    let mut out = vec![T::of(0.0); b * n * c];
-    let mut p = vec![T::of(0.0); b * h * n * n];
     let (xs, os, ps) = (n * 3 * c, n * c, h * n * n);
+    let zero = T::of(0.0);
     if per_image(b) {
-        crate::par::chunks_mut2(&mut out, os, &mut p, ps, |i, o, p| {
+        return crate::par::build2((b * os, os, zero), (b * ps, ps, zero), |i, o, p| {
             fwd_image(&qkv[i * xs..(i + 1) * xs], o, p, dm, scale, Threads::One)
         });
-    } else {
+    }
+    let mut out = vec![zero; b * os];
+    let mut p = vec![zero; b * ps];
+    {
         qkv.chunks(xs)
             .zip(out.chunks_mut(os))
             .zip(p.chunks_mut(ps))
@@ -144,10 +146,9 @@ pub(super) fn fwd<T: F>(qkv: &[T], dm: Dims, scale: f64) -> (Vec<T>, Vec<T>) {
 pub(super) fn bwd<T: F>(qkv: &[T], p: &[T], go: &[T], dm: Dims, scale: f64) -> Vec<T> {
     let Dims { b, n, h, .. } = dm;
     let c = dm.c();
-    let mut dqkv = vec![T::of(0.0); b * n * 3 * c];
     let (xs, os, ps) = (n * 3 * c, n * c, h * n * n);
     if per_image(b) {
-        crate::par::chunks_mut(&mut dqkv, xs, |i, dx| {
+        return crate::par::build(b * xs, 0, xs, T::of(0.0), |i, dx| {
             let mut tmp = vec![T::of(0.0); n * n];
             let (x, p, g) = (&qkv[i * xs..], &p[i * ps..], &go[i * os..]);
             bwd_image(
@@ -161,7 +162,9 @@ pub(super) fn bwd<T: F>(qkv: &[T], p: &[T], go: &[T], dm: Dims, scale: f64) -> V
                 Threads::One,
             )
         });
-    } else {
+    }
+    let mut dqkv = vec![T::of(0.0); b * n * 3 * c];
+    {
         let mut tmp = vec![T::of(0.0); n * n];
         let items = qkv.chunks(xs).zip(p.chunks(ps)).zip(go.chunks(os));
         for (((x, p), g), dx) in items.zip(dqkv.chunks_mut(xs)) {

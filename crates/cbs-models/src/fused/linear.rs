@@ -14,7 +14,7 @@ use candle_core::{
 };
 
 use super::gemm::{gemm_into, matmul, Threads, View};
-use super::{contiguous, last_dim, par_rows, simd_kernel, with_slice, F, PAR_MIN};
+use super::{contiguous, last_dim, new_rows, simd_kernel, with_slice, F, PAR_MIN};
 
 /// Forward: (y `[…, O]`, b `[O]`) → `y + b`.
 struct BiasAdd;
@@ -22,13 +22,11 @@ struct BiasAdd;
 struct ColumnSum;
 
 fn bias_fwd<T: F>(y: &[T], b: &[T], o: usize) -> Vec<T> {
-    let mut out = vec![T::of(0.0); y.len()];
-    par_rows(&mut out, o, &[y], |out, i| {
+    new_rows(y.len(), o, &[y], |out, i| {
         for ((out, &y), &b) in out.iter_mut().zip(i[0]).zip(b) {
             *out = T::of(y.f() + b.f());
         }
-    });
-    out
+    })
 }
 
 /// Column sums of a row-major `[rows, o]` matrix, accumulated in f64 over blocks of rows

@@ -50,21 +50,27 @@ fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) ->
     f(contiguous::<T>(s, l, "fused kernels")?)
 }
 
-/// Apply `f` to matching chunks of `out` and `inputs`, in parallel for large tensors.
-fn par_rows<T: Send + Sync + Copy>(
-    out: &mut [T],
+/// A new `len`-element buffer from `f(out_row, input_rows)` over matching `row`-long chunks of
+/// the output and `inputs`, in parallel for large tensors (each output chunk zeroed in the task
+/// that fills it: see [`crate::par::build`]).
+fn new_rows<T: F>(
+    len: usize,
     row: usize,
     inputs: &[&[T]],
     f: impl Fn(&mut [T], &[&[T]]) + Sync,
-) {
-    let run = |(i, o): (usize, &mut [T])| {
+) -> Vec<T> {
+    let run = |i: usize, o: &mut [T]| {
         let ins: Vec<&[T]> = inputs.iter().map(|x| &x[i * row..(i + 1) * row]).collect();
         f(o, &ins)
     };
-    if out.len() >= PAR_MIN {
-        crate::par::chunks_mut(out, row, |i, o| run((i, o)));
+    if len >= PAR_MIN {
+        crate::par::build(len, 0, row, T::of(0.0), run)
     } else {
-        out.chunks_mut(row).enumerate().for_each(run);
+        let mut out = vec![T::of(0.0); len];
+        out.chunks_mut(row.max(1))
+            .enumerate()
+            .for_each(|(i, o)| run(i, o));
+        out
     }
 }
 
@@ -362,18 +368,14 @@ macro_rules! fused_op {
 // needs one `exp` and has no cancellation where `tanh(u)` is close to −1.
 
 fn gelu_fwd<T: F>(x: &[T], l: &Layout, _: f64) -> Vec<T> {
-    let mut out = vec![T::of(0.0); x.len()];
-    par_rows(&mut out, last_dim(l), &[x], |o, i| T::gelu_row(o, i[0]));
-    out
+    new_rows(x.len(), last_dim(l), &[x], |o, i| T::gelu_row(o, i[0]))
 }
 
 /// `dx = g·(s + 2·x·u'·s·(1 − s))`, `s = σ(2u)`, `u' = √(2/π)·(1 + 3c·x²)`.
 fn gelu_bwd<T: F>(x: &[T], g: &[T], l: &Layout, _: f64) -> Vec<T> {
-    let mut out = vec![T::of(0.0); x.len()];
-    par_rows(&mut out, last_dim(l), &[x, g], |o, i| {
+    new_rows(x.len(), last_dim(l), &[x, g], |o, i| {
         T::gelu_bwd_row(o, i[0], i[1])
-    });
-    out
+    })
 }
 
 /// `e^x` for `x ≤ 0` in f32 arithmetic (Cephes' `expf`: Cody–Waite reduction, degree-5
@@ -417,8 +419,7 @@ fused_op!(
 // ---------------------------------------------------------------- SiLU
 
 fn silu_fwd<T: F>(x: &[T], l: &Layout, _: f64) -> Vec<T> {
-    let mut out = vec![T::of(0.0); x.len()];
-    par_rows(&mut out, last_dim(l), &[x], |o, i| {
+    let out = new_rows(x.len(), last_dim(l), &[x], |o, i| {
         for (o, &x) in o.iter_mut().zip(i[0]) {
             let x = x.f();
             *o = T::of(x * sigmoid_pair::<T>(x).0);
@@ -429,8 +430,7 @@ fn silu_fwd<T: F>(x: &[T], l: &Layout, _: f64) -> Vec<T> {
 
 /// `dx = g·σ(x)·(1 + x·(1 − σ(x)))`.
 fn silu_bwd<T: F>(x: &[T], g: &[T], l: &Layout, _: f64) -> Vec<T> {
-    let mut out = vec![T::of(0.0); x.len()];
-    par_rows(&mut out, last_dim(l), &[x, g], |o, i| {
+    let out = new_rows(x.len(), last_dim(l), &[x, g], |o, i| {
         for ((o, &x), &g) in o.iter_mut().zip(i[0]).zip(i[1]) {
             let x = x.f();
             let (s, sc) = sigmoid_pair::<T>(x);
@@ -445,8 +445,7 @@ fused_op!(Silu, SiluBwd, "fused-silu", silu_fwd, silu_bwd, "arg");
 // ---------------------------------------------------------------- softmax over the last dim
 
 fn softmax_fwd<T: F>(x: &[T], l: &Layout, _: f64) -> Vec<T> {
-    let mut out = vec![T::of(0.0); x.len()];
-    par_rows(&mut out, last_dim(l), &[x], |o, i| {
+    let out = new_rows(x.len(), last_dim(l), &[x], |o, i| {
         let max = i[0].iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.f()));
         let mut sum = 0.0;
         for (o, &x) in o.iter_mut().zip(i[0]) {
@@ -463,8 +462,7 @@ fn softmax_fwd<T: F>(x: &[T], l: &Layout, _: f64) -> Vec<T> {
 
 /// `dx = y ⊙ (g − Σ g·y)` per row.
 fn softmax_bwd<T: F>(y: &[T], g: &[T], l: &Layout, _: f64) -> Vec<T> {
-    let mut out = vec![T::of(0.0); y.len()];
-    par_rows(&mut out, last_dim(l), &[y, g], |o, i| {
+    let out = new_rows(y.len(), last_dim(l), &[y, g], |o, i| {
         let dot: f64 = i[0].iter().zip(i[1]).map(|(y, g)| y.f() * g.f()).sum();
         for ((o, &y), &g) in o.iter_mut().zip(i[0]).zip(i[1]) {
             *o = T::of(y.f() * (g.f() - dot));
@@ -493,8 +491,7 @@ fn row_stats<T: F>(x: &[T], eps: f64) -> (f64, f64) {
 }
 
 fn layer_norm_fwd<T: F>(x: &[T], l: &Layout, eps: f64) -> Vec<T> {
-    let mut out = vec![T::of(0.0); x.len()];
-    par_rows(&mut out, last_dim(l), &[x], |o, i| {
+    let out = new_rows(x.len(), last_dim(l), &[x], |o, i| {
         let (mean, rstd) = row_stats(i[0], eps);
         for (o, &x) in o.iter_mut().zip(i[0]) {
             *o = T::of((x.f() - mean) * rstd);
@@ -505,8 +502,7 @@ fn layer_norm_fwd<T: F>(x: &[T], l: &Layout, eps: f64) -> Vec<T> {
 
 /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, statistics recomputed from `x`.
 fn layer_norm_bwd<T: F>(x: &[T], g: &[T], l: &Layout, eps: f64) -> Vec<T> {
-    let mut out = vec![T::of(0.0); x.len()];
-    par_rows(&mut out, last_dim(l), &[x, g], |o, i| {
+    let out = new_rows(x.len(), last_dim(l), &[x, g], |o, i| {
         let (mean, rstd) = row_stats(i[0], eps);
         let n = i[0].len() as f64;
         let (mut mg, mut mgx) = (0.0, 0.0);

@@ -51,3 +51,28 @@ fn map_keeps_index_order_and_nested_loops_run_inline() {
     par::chunks_mut(&mut seen, 1, |t, s| s[0] = t + 1);
     assert!(seen.iter().all(|&s| s > 0));
 }
+
+#[test]
+fn build_zeroes_each_chunk_before_filling_it() {
+    // Large enough to run on several threads; every third element left to the zeroing.
+    let v = par::build(100_003, 7, 1000, 0.0f32, |i, c| {
+        for (j, x) in c.iter_mut().enumerate() {
+            if j % 3 != 0 {
+                *x = (i * 1000 + j) as f32;
+            }
+        }
+    });
+    assert_eq!(v.len(), 100_003);
+    assert!(v.capacity() >= 100_010);
+    for (k, &x) in v.iter().enumerate() {
+        let want = if (k % 1000) % 3 == 0 { 0.0 } else { k as f32 };
+        assert_eq!(x, want, "element {k}");
+    }
+    // A fill value whose bytes are not all zero takes the element-by-element path.
+    let (a, b) = par::build2((10, 4, -1i64), (6, 2, 7u8), |i, a, b| {
+        a[0] = i as i64;
+        b[0] = i as u8;
+    });
+    assert_eq!(a, [0, -1, -1, -1, 1, -1, -1, -1, 2, -1]);
+    assert_eq!(b, [0, 7, 1, 7, 2, 7]);
+}
