@@ -52,7 +52,7 @@ fn bench_matmul(c: BenchMatmul) -> Result<()> {
     }
     ms.sort_by(|a, b| a.total_cmp(b));
     let median = ms[ms.len() / 2];
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    let threads = cbs_models::par::threads();
     println!(
         "bench matmul: [{m}, {k}]·[{k}, {n}] f32 lhs_transposed={} threads={threads}",
         c.lhs_transposed
@@ -112,7 +112,7 @@ fn report(c: &BenchCommon, what: &str, mut ms: Vec<f64>, images_per_step: usize)
     ms.sort_by(|a, b| a.total_cmp(b));
     let median = ms[ms.len() / 2];
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    let threads = cbs_models::par::threads();
     println!(
         "bench {what}: model={} batch={} device={} precision={} threads={threads} \
          fused_cpu_ops={} steps={} (after {} warm-up)",

@@ -42,6 +42,9 @@ pub enum Command {
     /// Print the parameter names, shapes and total count of a model preset.
     Inspect(InspectArgs),
     /// Time training or sampling steps of a preset (median step ms, images/s, peak memory).
+    ///
+    /// CPU threads: `RAYON_NUM_THREADS=N` (or `CANDLE_NUM_THREADS=N`), as for every command;
+    /// the default is the number of physical cores.
     Bench(BenchArgs),
 }
 
@@ -243,8 +246,9 @@ pub enum BenchCommand {
     Train(BenchCommon),
     /// Velocity evaluations as in sampling (with classifier-free guidance if --cfg-scale ≠ 1).
     Sample(BenchCommon),
-    /// One f32 matrix product `[M, K]·[K, N]` on the CPU (the gemm kernels every linear layer
-    /// uses), e.g. `--shape 2048,384,1536` for a sit-s-4 fc1 layer at batch 32.
+    /// One f32 matrix product `[M, K]·[K, N]` on the CPU, as the fused linear layers run it
+    /// (one gemm block per thread), e.g. `--shape 2048,384,1536` for a sit-s-4 fc1 layer at
+    /// batch 32.
     Matmul(BenchMatmul),
 }
 
