@@ -9,9 +9,10 @@
 //! `head` (→ classes).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::unet::conv::Conv3x3;
 use crate::{ModelError, Result as MResult};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,7 +73,7 @@ pub struct ClassifierOutput {
 }
 
 pub struct Classifier {
-    convs: Vec<Conv2d>,
+    convs: Vec<Conv3x3>,
     fc: Linear,
     head: Linear,
     cfg: ClassifierConfig,
@@ -83,12 +84,10 @@ impl Classifier {
         let mut convs = Vec::with_capacity(cfg.widths.len());
         let mut c_in = cfg.in_channels;
         for (i, &w) in cfg.widths.iter().enumerate() {
-            let conv_cfg = Conv2dConfig {
-                padding: 1,
-                stride: if i == 0 { 1 } else { 2 },
-                ..Default::default()
-            };
-            convs.push(conv2d(c_in, w, 3, conv_cfg, vb.pp("convs").pp(i))?);
+            // 3×3, padding 1: the UNet's layer (same keys and values as `candle_nn::conv2d`;
+            // on the CPU the fused convolution: a training step here 280 → 65 ms).
+            let stride = if i == 0 { 1 } else { 2 };
+            convs.push(Conv3x3::new(c_in, w, stride, vb.pp("convs").pp(i))?);
             c_in = w;
         }
         Ok(Self {

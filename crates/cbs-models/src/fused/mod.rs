@@ -17,6 +17,7 @@
 mod adaln;
 mod attention;
 mod block;
+mod conv;
 mod gemm;
 pub use gemm::product;
 mod linear;
@@ -24,6 +25,7 @@ mod linear;
 pub use adaln::{gated_residual, layer_norm_modulate};
 pub use attention::attention;
 pub use block::{attention_half, mlp_half};
+pub use conv::conv2d;
 pub use linear::{bias_add, linear};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};

@@ -1,5 +1,8 @@
 //! The UNet's 3×3 convolutions (padding 1, stride 1 or 2) with a fast CPU backward.
 //!
+//! With bias ([`Conv3x3`], the layer) the CPU path is [`crate::fused::conv2d`] (im2col and
+//! one product per image, hand-written backward). Without bias ([`conv3x3`]):
+//!
 //! candle differentiates `conv2d` with `conv_transpose2d`, whose CPU kernel is a direct loop
 //! (measured ≈ 8× slower than the forward convolution; it made up ~90% of a UNet training
 //! step). On the CPU (f32/f64, unless `CBS_FUSED=0`) the convolution is therefore a custom op
@@ -35,6 +38,9 @@ impl Conv3x3 {
 impl Module for Conv3x3 {
     /// `[B, C_in, H, W]` → `[B, C_out, ⌈H/s⌉, ⌈W/s⌉]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fast(x, &self.weight) && self.bias.dtype() == x.dtype() {
+            return crate::fused::conv2d(x, &self.weight, &self.bias, self.stride, 1);
+        }
         let c_out = self.bias.dim(0)?;
         conv3x3(x, &self.weight, self.stride)?.broadcast_add(&self.bias.reshape((1, c_out, 1, 1))?)
     }
@@ -43,16 +49,20 @@ impl Module for Conv3x3 {
 /// 3×3 convolution with padding 1 and no bias: the fast-backward op on the CPU, candle's
 /// `conv2d` elsewhere (identical values either way).
 pub fn conv3x3(x: &Tensor, w: &Tensor, stride: usize) -> Result<Tensor> {
-    let fast = fused_enabled()
-        && x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && x.dtype() == w.dtype();
-    if fast {
+    if fast(x, w) {
         x.contiguous()?
             .apply_op2(&w.contiguous()?, Conv3x3Op { stride })
     } else {
         x.conv2d(w, 1, stride, 1, 1)
     }
+}
+
+/// The CPU kernels apply (f32/f64 on the CPU, unless `CBS_FUSED=0`).
+fn fast(x: &Tensor, w: &Tensor) -> bool {
+    fused_enabled()
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.dtype() == w.dtype()
 }
 
 struct Conv3x3Op {

@@ -1,5 +1,5 @@
 //! The fused kernels added for the SiT step (LayerNorm + adaLN modulation, gated residual,
-//! SiLU, bias addition and linear layer, attention, MSE; the f32 `exp` behind GELU, SiLU and
+//! SiLU, bias addition and linear layer, attention, MSE; the convolution; the f32 `exp` behind GELU, SiLU and
 //! softmax) against their composed (autograd) versions and finite differences, and a whole SiT step
 //! (forward, MSE loss, backward) with the fused kernels against the same step composed.
 
@@ -32,8 +32,35 @@ fn halves(t: &Tensor) -> (Tensor, Tensor) {
     (t.narrow(1, 0, c).unwrap(), t.narrow(1, c, c).unwrap())
 }
 
+/// candle's convolution plus a broadcast bias (the composed version of `fused::conv2d`).
+fn candle_conv(x: &[Tensor], stride: usize, padding: usize) -> Result<Tensor> {
+    let o = x[2].dim(0)?;
+    x[0].conv2d(&x[1], padding, stride, 1, 1)?
+        .broadcast_add(&x[2].reshape((1, o, 1, 1))?)
+}
+
 fn cases() -> Vec<Case> {
     vec![
+        Case {
+            name: "conv2d 3×3, stride 1, padding 1",
+            fused: Box::new(|x| fused::conv2d(&x[0], &x[1], &x[2], 1, 1)),
+            composed: Box::new(|x| candle_conv(x, 1, 1)),
+            shapes: vec![vec![B, 4, 7, 6], vec![5, 4, 3, 3], vec![5]],
+        },
+        Case {
+            // More images than one kernel-gradient group (8); odd sides at stride 2.
+            name: "conv2d 3×3, stride 2, padding 1, two image groups",
+            fused: Box::new(|x| fused::conv2d(&x[0], &x[1], &x[2], 2, 1)),
+            composed: Box::new(|x| candle_conv(x, 2, 1)),
+            shapes: vec![vec![10, 3, 7, 5], vec![4, 3, 3, 3], vec![4]],
+        },
+        Case {
+            // One image (fewer than threads: products spread instead); 2×3 kernel, no padding.
+            name: "conv2d 2×3, stride 1, no padding, one image",
+            fused: Box::new(|x| fused::conv2d(&x[0], &x[1], &x[2], 1, 0)),
+            composed: Box::new(|x| candle_conv(x, 1, 0)),
+            shapes: vec![vec![1, 2, 5, 6], vec![3, 2, 2, 3], vec![3]],
+        },
         Case {
             name: "silu",
             fused: Box::new(|x| fused::silu(&x[0])),

@@ -1,0 +1,294 @@
+//! 2-D convolution (NCHW, one group, no dilation) with bias as one graph node: per image an
+//! im2col matrix and one matrix product, images in parallel; the backward recomputes each
+//! image's im2col matrix for the kernel gradient and scatters `Wᵀ·g` back for the input
+//! gradient. candle differentiates `conv2d` with its direct-loop `conv_transpose2d`, which
+//! made up most of a classifier or UNet training step.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::gemm::{gemm_into, matmul, Threads, View};
+use super::{contiguous, with_slice, F};
+use crate::par;
+
+/// Images whose kernel gradients one task sums before the tasks' sums are added, in order (a
+/// fixed number, so the result does not depend on the thread count).
+const GROUP: usize = 8;
+
+/// Sizes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geo {
+    b: usize,
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    kh: usize,
+    kw: usize,
+    s: usize,
+    p: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geo {
+    /// Rows of the im2col matrix.
+    fn k(&self) -> usize {
+        self.ci * self.kh * self.kw
+    }
+    /// Output pixels per channel (its columns).
+    fn pix(&self) -> usize {
+        self.ho * self.wo
+    }
+    fn x_len(&self) -> usize {
+        self.ci * self.h * self.w
+    }
+    fn out_len(&self) -> usize {
+        self.co * self.pix()
+    }
+
+    fn new(op: &str, x: &[usize], wt: &[usize], b: &[usize], s: usize, p: usize) -> Result<Self> {
+        let (&[bs, ci, h, w], &[co, ci2, kh, kw]) = (x, wt) else {
+            bail!("{op}: x {x:?} must be [B, C, H, W] and the weight {wt:?} [O, C, kh, kw]");
+        };
+        if ci != ci2 || b != [co] || s == 0 || kh == 0 || kw == 0 {
+            bail!("{op}: x {x:?}, weight {wt:?}, bias {b:?}, stride {s}: shapes do not fit");
+        }
+        if h + 2 * p < kh || w + 2 * p < kw {
+            bail!("{op}: a {kh}×{kw} kernel does not fit a {h}×{w} input padded by {p}");
+        }
+        let (ho, wo) = ((h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1);
+        Ok(Self {
+            b: bs,
+            ci,
+            h,
+            w,
+            co,
+            kh,
+            kw,
+            s,
+            p,
+            ho,
+            wo,
+        })
+    }
+
+    /// Input index along one axis for output position `o` and kernel offset `i`, if inside.
+    fn src(&self, o: usize, i: usize, len: usize) -> Option<usize> {
+        (o * self.s + i).checked_sub(self.p).filter(|&v| v < len)
+    }
+}
+
+/// One image `[C, H, W]` → its im2col matrix `[C·kh·kw, Ho·Wo]`.
+fn im2col<T: F>(x: &[T], g: &Geo, col: &mut [T]) {
+    let (pix, zero) = (g.pix(), T::of(0.0));
+    for (r, row) in col.chunks_exact_mut(pix).enumerate() {
+        let (c, i, j) = (r / (g.kh * g.kw), r / g.kw % g.kh, r % g.kw);
+        for (oy, dst) in row.chunks_exact_mut(g.wo).enumerate() {
+            let Some(iy) = g.src(oy, i, g.h) else {
+                dst.fill(zero);
+                continue;
+            };
+            let src = &x[(c * g.h + iy) * g.w..][..g.w];
+            for (ox, d) in dst.iter_mut().enumerate() {
+                *d = g.src(ox, j, g.w).map_or(zero, |ix| src[ix]);
+            }
+        }
+    }
+}
+
+/// Adds an im2col-shaped gradient back onto the image it came from.
+fn col2im_add<T: F>(col: &[T], g: &Geo, dx: &mut [T]) {
+    for (r, row) in col.chunks_exact(g.pix()).enumerate() {
+        let (c, i, j) = (r / (g.kh * g.kw), r / g.kw % g.kh, r % g.kw);
+        for (oy, src) in row.chunks_exact(g.wo).enumerate() {
+            let Some(iy) = g.src(oy, i, g.h) else {
+                continue;
+            };
+            let dst = &mut dx[(c * g.h + iy) * g.w..][..g.w];
+            for (ox, &v) in src.iter().enumerate() {
+                if let Some(ix) = g.src(ox, j, g.w) {
+                    dst[ix] = T::of(dst[ix].f() + v.f());
+                }
+            }
+        }
+    }
+}
+
+/// Whether to run one image per task with single-threaded products (else images one after
+/// another, each product spread over the threads).
+fn per_image(g: &Geo) -> bool {
+    g.b >= par::threads()
+}
+
+fn fwd<T: F>(x: &[T], w: &[T], bias: &[T], g: &Geo) -> Vec<T> {
+    let (k, pix) = (g.k(), g.pix());
+    let one = |n: usize, out: &mut [T], th: Threads| {
+        let mut col = vec![T::of(0.0); k * pix];
+        im2col(&x[n * g.x_len()..][..g.x_len()], g, &mut col);
+        for (row, &b) in out.chunks_exact_mut(pix).zip(bias) {
+            row.fill(b);
+        }
+        let cv = View::rows(&col, k, pix, pix);
+        gemm_into(out, pix, View::rows(w, g.co, k, k), cv, true, th);
+    };
+    if per_image(g) {
+        par::build(g.b * g.out_len(), 0, g.out_len(), T::of(0.0), |n, out| {
+            one(n, out, Threads::One)
+        })
+    } else {
+        let mut out = vec![T::of(0.0); g.b * g.out_len()];
+        for (n, o) in out.chunks_exact_mut(g.out_len().max(1)).enumerate() {
+            one(n, o, Threads::All);
+        }
+        out
+    }
+}
+
+/// `(dx, dW, db)` from the output gradient `go` `[B, O, Ho, Wo]`.
+fn bwd<T: F>(x: &[T], w: &[T], go: &[T], g: &Geo) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (k, pix, xl, ol) = (g.k(), g.pix(), g.x_len(), g.out_len());
+    let th = if per_image(g) {
+        Threads::One
+    } else {
+        Threads::All
+    };
+    // One group of images: their input gradients written into `dx`, their kernel and bias
+    // gradients summed and returned.
+    let group = |gi: usize, dx: &mut [T]| -> (Vec<T>, Vec<f64>) {
+        let (mut dw, mut db) = (vec![T::of(0.0); g.co * k], vec![0.0f64; g.co]);
+        let mut col = vec![T::of(0.0); k * pix];
+        for (j, dxn) in dx.chunks_exact_mut(xl.max(1)).enumerate() {
+            let n = gi * GROUP + j;
+            let gn = &go[n * ol..][..ol];
+            im2col(&x[n * xl..][..xl], g, &mut col);
+            let gv = View::rows(gn, g.co, pix, pix);
+            gemm_into(&mut dw, k, gv, View::rows(&col, k, pix, pix).t(), true, th);
+            for (d, row) in db.iter_mut().zip(gn.chunks_exact(pix)) {
+                *d += row.iter().map(|v| v.f()).sum::<f64>();
+            }
+            let dcol = matmul(View::rows(w, g.co, k, k).t(), gv, th); // Wᵀ·g: [k, pix]
+            col2im_add(&dcol, g, dxn);
+        }
+        (dw, db)
+    };
+    let groups = g.b.div_ceil(GROUP);
+    let mut parts: Vec<std::sync::Mutex<Option<(Vec<T>, Vec<f64>)>>> =
+        (0..groups).map(|_| std::sync::Mutex::new(None)).collect();
+    let dx = if per_image(g) {
+        par::build(g.b * xl, 0, GROUP * xl, T::of(0.0), |gi, dx| {
+            *parts[gi].lock().expect("one writer per group") = Some(group(gi, dx));
+        })
+    } else {
+        let mut dx = vec![T::of(0.0); g.b * xl];
+        for (gi, d) in dx.chunks_mut((GROUP * xl).max(1)).enumerate() {
+            *parts[gi].get_mut().expect("not poisoned") = Some(group(gi, d));
+        }
+        dx
+    };
+    let (mut dw, mut db) = (vec![0.0f64; g.co * k], vec![0.0f64; g.co]);
+    for p in parts.iter_mut() {
+        let (pw, pb) = p
+            .get_mut()
+            .expect("no group panicked")
+            .take()
+            .expect("every group ran");
+        dw.iter_mut().zip(&pw).for_each(|(a, v)| *a += v.f());
+        db.iter_mut().zip(&pb).for_each(|(a, v)| *a += v);
+    }
+    let to_t = |v: Vec<f64>| v.into_iter().map(T::of).collect::<Vec<T>>();
+    (dx, to_t(dw), to_t(db))
+}
+
+/// The graph node: (x, weight, bias) → output.
+struct Conv {
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp3 for Conv {
+    fn name(&self) -> &'static str {
+        "fused-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let g = Geo::new(
+            op,
+            lx.dims(),
+            lw.dims(),
+            lb.dims(),
+            self.stride,
+            self.padding,
+        )?;
+        let out = match (sx, sw, sb) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(fwd::<f32>(
+                    contiguous(sx, lx, op)?,
+                    contiguous(sw, lw, op)?,
+                    contiguous(sb, lb, op)?,
+                    &g,
+                ))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(fwd::<f64>(
+                    contiguous(sx, lx, op)?,
+                    contiguous(sw, lw, op)?,
+                    contiguous(sb, lb, op)?,
+                    &g,
+                ))
+            }
+            _ => bail!("{op}: only f32 and f64 (all three alike) are supported"),
+        };
+        Ok((out, Shape::from((g.b, g.co, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = self.name();
+        let g = Geo::new(op, x.dims(), w.dims(), b.dims(), self.stride, self.padding)?;
+        let (x, w, go) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+        let dev = x.device().clone();
+        macro_rules! run {
+            ($t:ty) => {
+                with_slice::<$t, _>(&x, |xs| {
+                    with_slice::<$t, _>(&w, |ws| {
+                        with_slice::<$t, _>(&go, |gs| {
+                            let (dx, dw, db) = bwd(xs, ws, gs, &g);
+                            Ok((
+                                Some(Tensor::from_vec(dx, x.shape(), &dev)?),
+                                Some(Tensor::from_vec(dw, w.shape(), &dev)?),
+                                Some(Tensor::from_vec(db, g.co, &dev)?),
+                            ))
+                        })
+                    })
+                })
+            };
+        }
+        match x.dtype() {
+            candle_core::DType::F32 => run!(f32),
+            candle_core::DType::F64 => run!(f64),
+            dt => bail!("{op}: unsupported dtype {dt:?}"),
+        }
+    }
+}
+
+/// `conv2d(x, weight, stride, padding) + bias` for `x` `[B, C, H, W]`, weight `[O, C, kh, kw]`,
+/// bias `[O]` (one group, no dilation): CPU f32/f64 only.
+pub fn conv2d(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, Conv { stride, padding })
+}
