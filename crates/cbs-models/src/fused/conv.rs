@@ -144,6 +144,9 @@ fn fwd<T: F>(x: &[T], w: &[T], bias: &[T], g: &Geo) -> Vec<T> {
     }
 }
 
+/// One image group's kernel and bias gradients, filled by the task that ran the group.
+type Slot<T> = std::sync::Mutex<Option<(Vec<T>, Vec<f64>)>>;
+
 /// `(dx, dW, db)` from the output gradient `go` `[B, O, Ho, Wo]`.
 fn bwd<T: F>(x: &[T], w: &[T], go: &[T], g: &Geo) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (k, pix, xl, ol) = (g.k(), g.pix(), g.x_len(), g.out_len());
@@ -172,8 +175,7 @@ fn bwd<T: F>(x: &[T], w: &[T], go: &[T], g: &Geo) -> (Vec<T>, Vec<T>, Vec<T>) {
         (dw, db)
     };
     let groups = g.b.div_ceil(GROUP);
-    let mut parts: Vec<std::sync::Mutex<Option<(Vec<T>, Vec<f64>)>>> =
-        (0..groups).map(|_| std::sync::Mutex::new(None)).collect();
+    let mut parts: Vec<Slot<T>> = (0..groups).map(|_| Slot::new(None)).collect();
     let dx = if per_image(g) {
         par::build(g.b * xl, 0, GROUP * xl, T::of(0.0), |gi, dx| {
             *parts[gi].lock().expect("one writer per group") = Some(group(gi, dx));
