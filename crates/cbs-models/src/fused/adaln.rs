@@ -9,7 +9,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{contiguous, lane_sum3, row_stats, simd_kernel, F, PAR_MIN};
+use super::{contiguous, lane_sum3, row_stats, simd_kernel, with_slices3, F, PAR_MIN};
 
 /// A new `len`-element buffer (with room for `extra` more) from `f(i, chunk_i)` over its
 /// `chunk`-long pieces, in parallel for large tensors (see [`crate::par::build`]); also the
@@ -69,29 +69,6 @@ fn bnc(
         }
     }
     Ok((b, n, c))
-}
-
-/// Run `$body` with `$a`, `$b`, `$c` bound to the contiguous f32 or f64 slices of the three
-/// storages, wrapping the `Vec` it returns into the matching `CpuStorage`.
-macro_rules! with_slices3 {
-    ($op:expr, ($s1:expr, $l1:expr), ($s2:expr, $l2:expr), ($s3:expr, $l3:expr),
-     |$a:ident, $b:ident, $c:ident| $body:expr) => {
-        match ($s1, $s2, $s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let $a = contiguous::<f32>($s1, $l1, $op)?;
-                let $b = contiguous::<f32>($s2, $l2, $op)?;
-                let $c = contiguous::<f32>($s3, $l3, $op)?;
-                CpuStorage::F32($body)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let $a = contiguous::<f64>($s1, $l1, $op)?;
-                let $b = contiguous::<f64>($s2, $l2, $op)?;
-                let $c = contiguous::<f64>($s3, $l3, $op)?;
-                CpuStorage::F64($body)
-            }
-            _ => bail!("{}: only f32 and f64 (all the same) are supported", $op),
-        }
-    };
 }
 
 /// Write per-sample f64 accumulators (`acc[b][k·C + j]`) as `k` contiguous `[B, C]` blocks

@@ -14,10 +14,10 @@
 
 use std::sync::Mutex;
 
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::gemm::{gemm_into, Threads, View};
-use super::{contiguous, lane_sum, lane_sum3, simd_kernel, with_slice, F, LANES};
+use super::{contiguous, lane_sum, lane_sum3, simd_kernel, with_slice, with_tensors3, F, LANES};
 
 /// Sizes: batch, tokens, heads, head width (`C = H·d`).
 #[derive(Clone, Copy, Debug)]
@@ -236,22 +236,9 @@ impl CustomOp1 for Attention {
         };
         let (qkv, go) = (qkv.contiguous()?, grad.contiguous()?);
         let dev = qkv.device().clone();
-        macro_rules! run {
-            ($t:ty) => {
-                with_slice::<$t, _>(&qkv, |x| {
-                    with_slice::<$t, _>(&p, |p| {
-                        with_slice::<$t, _>(&go, |g| {
-                            Tensor::from_vec(bwd(x, p, g, dm, self.scale), qkv.shape(), &dev)
-                        })
-                    })
-                })?
-            };
-        }
-        let dqkv = match qkv.dtype() {
-            candle_core::DType::F32 => run!(f32),
-            candle_core::DType::F64 => run!(f64),
-            dt => bail!("fused-attention: only f32 and f64 are supported, got {dt:?}"),
-        };
+        let dqkv = with_tensors3!("fused-attention", (&qkv, &p, &go), |x, p, g| {
+            Tensor::from_vec(bwd(x, p, g, dm, self.scale), qkv.shape(), &dev)
+        })?;
         Ok(Some(dqkv))
     }
 }

@@ -4,10 +4,10 @@
 //! gradient. candle differentiates `conv2d` with its direct-loop `conv_transpose2d`, which
 //! made up most of a classifier or UNet training step.
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::gemm::{gemm_into, matmul, Threads, View};
-use super::{contiguous, with_slice, F};
+use super::{contiguous, with_slice, with_slices3, with_tensors3, F};
 use crate::par;
 
 /// Images whose kernel gradients one task sums before the tasks' sums are added, in order (a
@@ -230,25 +230,7 @@ impl CustomOp3 for Conv {
             self.stride,
             self.padding,
         )?;
-        let out = match (sx, sw, sb) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(fwd::<f32>(
-                    contiguous(sx, lx, op)?,
-                    contiguous(sw, lw, op)?,
-                    contiguous(sb, lb, op)?,
-                    &g,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(fwd::<f64>(
-                    contiguous(sx, lx, op)?,
-                    contiguous(sw, lw, op)?,
-                    contiguous(sb, lb, op)?,
-                    &g,
-                ))
-            }
-            _ => bail!("{op}: only f32 and f64 (all three alike) are supported"),
-        };
+        let out = with_slices3!(op, (sx, lx), (sw, lw), (sb, lb), |x, w, b| fwd(x, w, b, &g));
         Ok((out, Shape::from((g.b, g.co, g.ho, g.wo))))
     }
 
@@ -264,27 +246,14 @@ impl CustomOp3 for Conv {
         let g = Geo::new(op, x.dims(), w.dims(), b.dims(), self.stride, self.padding)?;
         let (x, w, go) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
         let dev = x.device().clone();
-        macro_rules! run {
-            ($t:ty) => {
-                with_slice::<$t, _>(&x, |xs| {
-                    with_slice::<$t, _>(&w, |ws| {
-                        with_slice::<$t, _>(&go, |gs| {
-                            let (dx, dw, db) = bwd(xs, ws, gs, &g);
-                            Ok((
-                                Some(Tensor::from_vec(dx, x.shape(), &dev)?),
-                                Some(Tensor::from_vec(dw, w.shape(), &dev)?),
-                                Some(Tensor::from_vec(db, g.co, &dev)?),
-                            ))
-                        })
-                    })
-                })
-            };
-        }
-        match x.dtype() {
-            candle_core::DType::F32 => run!(f32),
-            candle_core::DType::F64 => run!(f64),
-            dt => bail!("{op}: unsupported dtype {dt:?}"),
-        }
+        with_tensors3!(op, (&x, &w, &go), |xs, ws, gs| {
+            let (dx, dw, db) = bwd(xs, ws, gs, &g);
+            Ok((
+                Some(Tensor::from_vec(dx, x.shape(), &dev)?),
+                Some(Tensor::from_vec(dw, w.shape(), &dev)?),
+                Some(Tensor::from_vec(db, g.co, &dev)?),
+            ))
+        })
     }
 }
 

@@ -14,7 +14,10 @@ use candle_core::{
 };
 
 use super::gemm::{gemm_into, matmul, Threads, View};
-use super::{contiguous, last_dim, new_rows, simd_kernel, with_slice, F, PAR_MIN};
+use super::{
+    contiguous, last_dim, new_rows, simd_kernel, with_slice, with_slices3, with_tensors3, F,
+    PAR_MIN,
+};
 
 /// Forward: (y `[…, O]`, b `[O]`) → `y + b`.
 struct BiasAdd;
@@ -224,25 +227,9 @@ impl CustomOp3 for Linear {
             );
         }
         let dims = (lx.shape().elem_count() / k.max(1), k, o);
-        let out = match (sx, sw, sb) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(linear_fwd::<f32>(
-                    contiguous(sx, lx, op)?,
-                    contiguous(sw, lw, op)?,
-                    contiguous(sb, lb, op)?,
-                    dims,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(linear_fwd::<f64>(
-                    contiguous(sx, lx, op)?,
-                    contiguous(sw, lw, op)?,
-                    contiguous(sb, lb, op)?,
-                    dims,
-                ))
-            }
-            _ => bail!("{op}: only f32 and f64 (matching) are supported"),
-        };
+        let out = with_slices3!(op, (sx, lx), (sw, lw), (sb, lb), |x, w, b| {
+            linear_fwd(x, w, b, dims)
+        });
         let mut shape = lx.dims().to_vec();
         *shape.last_mut().expect("rank ≥ 1") = o;
         Ok((out, Shape::from(shape)))
@@ -260,27 +247,14 @@ impl CustomOp3 for Linear {
         let dims = (x.elem_count() / k.max(1), k, o);
         let (x, w, g) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
         let dev = x.device().clone();
-        macro_rules! run {
-            ($t:ty) => {
-                with_slice::<$t, _>(&x, |xs| {
-                    with_slice::<$t, _>(&w, |ws| {
-                        with_slice::<$t, _>(&g, |gs| {
-                            let (dx, dw, db) = linear_bwd(xs, ws, gs, dims);
-                            Ok((
-                                Tensor::from_vec(dx, x.shape(), &dev)?,
-                                Tensor::from_vec(dw, (o, k), &dev)?,
-                                Tensor::from_vec(db, o, &dev)?,
-                            ))
-                        })
-                    })
-                })?
-            };
-        }
-        let (dx, dw, db) = match (x.dtype(), w.dtype(), g.dtype()) {
-            (DType::F32, DType::F32, DType::F32) => run!(f32),
-            (DType::F64, DType::F64, DType::F64) => run!(f64),
-            _ => bail!("fused-linear: only f32 and f64 (matching) are supported"),
-        };
+        let (dx, dw, db) = with_tensors3!("fused-linear", (&x, &w, &g), |xs, ws, gs| {
+            let (dx, dw, db) = linear_bwd(xs, ws, gs, dims);
+            Ok((
+                Tensor::from_vec(dx, x.shape(), &dev)?,
+                Tensor::from_vec(dw, (o, k), &dev)?,
+                Tensor::from_vec(db, o, &dev)?,
+            ))
+        })?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }

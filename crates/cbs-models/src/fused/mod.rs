@@ -76,6 +76,50 @@ fn new_rows<T: F>(
     }
 }
 
+/// Run `$body` with `$a`, `$b`, `$c` bound to the contiguous f32 or f64 slices of the three
+/// storages, wrapping the `Vec` it returns into the matching `CpuStorage`.
+macro_rules! with_slices3 {
+    ($op:expr, ($s1:expr, $l1:expr), ($s2:expr, $l2:expr), ($s3:expr, $l3:expr),
+     |$a:ident, $b:ident, $c:ident| $body:expr) => {
+        match ($s1, $s2, $s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let $a = contiguous::<f32>($s1, $l1, $op)?;
+                let $b = contiguous::<f32>($s2, $l2, $op)?;
+                let $c = contiguous::<f32>($s3, $l3, $op)?;
+                CpuStorage::F32($body)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let $a = contiguous::<f64>($s1, $l1, $op)?;
+                let $b = contiguous::<f64>($s2, $l2, $op)?;
+                let $c = contiguous::<f64>($s3, $l3, $op)?;
+                CpuStorage::F64($body)
+            }
+            _ => bail!("{}: only f32 and f64 (all the same) are supported", $op),
+        }
+    };
+}
+pub(crate) use with_slices3;
+
+/// Run `$body` (returning `Result`) with `$a`, `$b`, `$c` bound to the contiguous f32 or f64
+/// slices of three CPU tensors of one dtype (the backward passes' saved tensors).
+macro_rules! with_tensors3 {
+    ($op:expr, ($ta:expr, $tb:expr, $tc:expr), |$a:ident, $b:ident, $c:ident| $body:expr) => {
+        match ($ta.dtype(), $tb.dtype(), $tc.dtype()) {
+            (DType::F32, DType::F32, DType::F32) => with_slice::<f32, _>($ta, |$a| {
+                with_slice::<f32, _>($tb, |$b| with_slice::<f32, _>($tc, |$c| $body))
+            }),
+            (DType::F64, DType::F64, DType::F64) => with_slice::<f64, _>($ta, |$a| {
+                with_slice::<f64, _>($tb, |$b| with_slice::<f64, _>($tc, |$c| $body))
+            }),
+            dts => bail!(
+                "{}: only f32 and f64 (all the same) are supported, got {dts:?}",
+                $op
+            ),
+        }
+    };
+}
+pub(crate) use with_tensors3;
+
 /// Float arithmetic in f64 for both storage types keeps one kernel per op; the hottest
 /// element-wise kernel (GELU, over the MLP's `4C` channels) has an f32-arithmetic version for
 /// f32 storage, twice as many lanes per vector instruction.
