@@ -76,3 +76,28 @@ fn build_zeroes_each_chunk_before_filling_it() {
     assert_eq!(a, [0, -1, -1, -1, 1, -1, -1, -1, 2, -1]);
     assert_eq!(b, [0, 7, 1, 7, 2, 7]);
 }
+
+#[test]
+fn a_panicking_loop_body_leaves_later_loops_parallel() {
+    let caught = std::panic::catch_unwind(|| {
+        par::for_each(4, |i| {
+            if i == 0 {
+                panic!("body 0 fails");
+            }
+        })
+    });
+    assert!(caught.is_err(), "the body's panic reaches the caller");
+    if par::threads() < 2 {
+        return;
+    }
+    // Had the nesting flag stayed set, this loop would run inline on this thread only.
+    let ids = std::sync::Mutex::new(std::collections::HashSet::new());
+    par::for_each(40, |_| {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        ids.lock().unwrap().insert(std::thread::current().id());
+    });
+    assert!(
+        ids.into_inner().unwrap().len() > 1,
+        "the loop ran on one thread"
+    );
+}
