@@ -6,7 +6,8 @@
 //! `CBS_FUSED=0`, or inside [`with_composed`]) the [`composed`] versions, which candle
 //! differentiates op by op. Besides the single ops (LayerNorm, softmax, GELU, SiLU), the
 //! transformer-block pieces are fused whole: [`layer_norm_modulate`], [`gated_residual`],
-//! [`linear`], [`attention`], and the loss [`mse`] — each one graph node instead of several,
+//! [`linear`], [`attention`], JiT's [`rms_norm_modulate`], [`qk_norm_rope`] and [`swiglu`],
+//! and the loss [`mse`] — each one graph node instead of several,
 //! which matters because candle's backward gives every input of every node a zero-filled
 //! gradient buffer plus an add.
 
@@ -54,7 +55,7 @@ pub fn fused_enabled() -> bool {
 
 /// Op-by-op versions (any device), kept as the reference the fused kernels are tested against.
 pub mod composed {
-    use candle_core::{Result, Tensor, D};
+    use candle_core::{DType, Result, Tensor, D};
 
     pub fn layer_norm_no_affine(x: &Tensor, eps: f64) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
@@ -87,6 +88,67 @@ pub mod composed {
 
     pub fn gated_residual(x: &Tensor, gate: &Tensor, h: &Tensor) -> Result<Tensor> {
         x + h.broadcast_mul(&gate.unsqueeze(1)?)?
+    }
+
+    /// `w·x / √(mean(x²) + eps)` over the last dimension, in f32 for half-precision inputs
+    /// (as JiT's reference).
+    pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let up = matches!(dtype, DType::F16 | DType::BF16);
+        let (xf, wf) = if up {
+            (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?)
+        } else {
+            (x.clone(), w.clone())
+        };
+        let inv = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+            .sqrt()?
+            .recip()?;
+        let y = xf.broadcast_mul(&inv)?.broadcast_mul(&wf)?;
+        if up {
+            y.to_dtype(dtype)
+        } else {
+            Ok(y)
+        }
+    }
+
+    pub fn rms_norm_modulate(
+        x: &Tensor,
+        w: &Tensor,
+        shift: &Tensor,
+        scale: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        super::modulate(&rms_norm(x, w, eps)?, shift, scale)
+    }
+
+    /// Per-head RMS norm of q and k (weights `wq`, `wk`), RoPE on both, v unchanged:
+    /// `[B, N, 3·H·d]` in and out.
+    pub fn qk_norm_rope(
+        qkv: &Tensor,
+        wq: &Tensor,
+        wk: &Tensor,
+        rope: &crate::jit::rope::Rope,
+        heads: usize,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let (b, n, c3) = qkv.dims3()?;
+        let c = c3 / 3;
+        let d = c / heads;
+        let parts = qkv
+            .reshape((b, n, 3, heads, d))? // [B, N, 3, H, d]
+            .permute((2, 0, 3, 1, 4))?; // [3, B, H, N, d]
+        let q = rope.apply(&rms_norm(&parts.get(0)?.contiguous()?, wq, eps)?)?; // [B, H, N, d]
+        let k = rope.apply(&rms_norm(&parts.get(1)?.contiguous()?, wk, eps)?)?; // [B, H, N, d]
+        let v = parts.get(2)?; // [B, H, N, d]
+        let tokens = |t: Tensor| t.transpose(1, 2)?.reshape((b, n, c)); // [B, N, H·d]
+        Tensor::cat(&[tokens(q)?, tokens(k)?, tokens(v)?], 2) // [B, N, 3C]
+    }
+
+    pub fn swiglu(x: &Tensor) -> Result<Tensor> {
+        let m = x.dim(D::Minus1)? / 2;
+        let a = x.narrow(D::Minus1, 0, m)?;
+        let b = x.narrow(D::Minus1, m, m)?;
+        silu(&a)? * b
     }
 
     pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -175,6 +237,52 @@ pub fn gated_residual(x: &Tensor, gate: &Tensor, h: &Tensor) -> Result<Tensor> {
         fused::gated_residual(x, gate, h)
     } else {
         composed::gated_residual(x, gate, h)
+    }
+}
+
+/// JiT's RMSNorm (learned weight `w`, epsilon `eps`) followed by the adaLN modulation:
+/// `RMS(x)·w·(1 + scale) + shift`, `x`: `[B, N, C]`, `w`: `[C]`, `shift`, `scale`: `[B, C]`.
+pub fn rms_norm_modulate(
+    x: &Tensor,
+    w: &Tensor,
+    shift: &Tensor,
+    scale: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    if fused_ok_all(&[x, w, shift, scale]) && x.elem_count() > 0 {
+        // The per-sample multiplier w·(1 + scale) is [B, C]: cheap to compose.
+        let a = scale.affine(1.0, 1.0)?.broadcast_mul(w)?;
+        fused::rms_norm_modulate(x, &a, shift, eps)
+    } else {
+        composed::rms_norm_modulate(x, w, shift, scale, eps)
+    }
+}
+
+/// JiT's per-head RMS qk-norm (weights `wq`, `wk`: `[d]`) and 2-D RoPE on a fused projection
+/// `qkv` `[B, N, 3·H·d]` (channels (q|k|v, head, d)), v unchanged; same layout out, ready for
+/// [`attention`].
+pub fn qk_norm_rope(
+    qkv: &Tensor,
+    wq: &Tensor,
+    wk: &Tensor,
+    rope: &crate::jit::rope::Rope,
+    heads: usize,
+    eps: f64,
+) -> Result<Tensor> {
+    if fused_ok_all(&[qkv, wq, wk, rope.table()]) && qkv.elem_count() > 0 {
+        let w = Tensor::stack(&[wq, wk], 0)?; // [2, d]
+        fused::qk_norm_rope(qkv, &w, rope.table(), heads, eps)
+    } else {
+        composed::qk_norm_rope(qkv, wq, wk, rope, heads, eps)
+    }
+}
+
+/// SwiGLU gate: `[…, 2m]` = `[a | b]` → `silu(a)·b` (`[…, m]`).
+pub fn swiglu(x: &Tensor) -> Result<Tensor> {
+    if fused_ok(x) && x.elem_count() > 0 {
+        fused::swiglu(x)
+    } else {
+        composed::swiglu(x)
     }
 }
 

@@ -14,7 +14,7 @@ use super::{contiguous, lane_sum3, row_stats, simd_kernel, with_slices3, F, PAR_
 /// A new `len`-element buffer (with room for `extra` more) from `f(i, chunk_i)` over its
 /// `chunk`-long pieces, in parallel for large tensors (see [`crate::par::build`]); also the
 /// results of `f` in order.
-fn new_chunks<T: F, R: Send>(
+pub(super) fn new_chunks<T: F, R: Send>(
     len: usize,
     extra: usize,
     chunk: usize,
@@ -48,7 +48,7 @@ fn new_chunks<T: F, R: Send>(
 
 /// `(B, N, C)` of `big` after checking that every `small` is `[B, C]` (and `big2` is `big`'s
 /// shape).
-fn bnc(
+pub(super) fn bnc(
     op: &str,
     big: &Layout,
     big2: Option<&Layout>,
@@ -73,7 +73,7 @@ fn bnc(
 
 /// Write per-sample f64 accumulators (`acc[b][k·C + j]`) as `k` contiguous `[B, C]` blocks
 /// after `big` (the layout the backward ops return).
-fn pack<T: F>(mut big: Vec<T>, acc: &[Vec<f64>], k: usize, c: usize) -> Vec<T> {
+pub(super) fn pack<T: F>(mut big: Vec<T>, acc: &[Vec<f64>], k: usize, c: usize) -> Vec<T> {
     // No-op for buffers made with room for the statistics (a reallocation would copy `big`).
     big.reserve(k * acc.len() * c);
     for q in 0..k {
@@ -85,7 +85,11 @@ fn pack<T: F>(mut big: Vec<T>, acc: &[Vec<f64>], k: usize, c: usize) -> Vec<T> {
 }
 
 /// Views of a packed gradient buffer: `[B, N, C]` then `k` blocks of `[B, C]`.
-fn unpack(packed: &Tensor, (b, n, c): (usize, usize, usize), k: usize) -> Result<Vec<Tensor>> {
+pub(super) fn unpack(
+    packed: &Tensor,
+    (b, n, c): (usize, usize, usize),
+    k: usize,
+) -> Result<Vec<Tensor>> {
     let big = b * n * c;
     let mut out = vec![packed.narrow(0, 0, big)?.reshape((b, n, c))?];
     for q in 0..k {

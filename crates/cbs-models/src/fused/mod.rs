@@ -10,8 +10,9 @@
 //!
 //! Here: GELU (tanh), SiLU, softmax and LayerNorm (one input each); `adaln`: LayerNorm fused
 //! with the adaLN modulation, and the gated residual (three inputs each); `linear`: a linear
-//! layer as one graph node, and a bias addition; `attention`: multi-head self-attention from a fused qkv projection
-//! as one graph node. The MSE loss kernel lives in `cbs_flow::interpolant` (it is the
+//! layer as one graph node, and a bias addition; `attention`: multi-head self-attention from a
+//! fused qkv projection as one graph node; `jit`: JiT's RMSNorm + modulation, qk-norm + RoPE
+//! and SwiGLU. The MSE loss kernel lives in `cbs_flow::interpolant` (it is the
 //! trainer's loss, and cbs-flow cannot depend on this crate).
 
 mod adaln;
@@ -20,6 +21,8 @@ mod block;
 mod conv;
 mod gemm;
 pub use gemm::product;
+mod jit;
+pub use jit::{qk_norm_rope, rms_norm_modulate, swiglu};
 mod linear;
 
 pub use adaln::{gated_residual, layer_norm_modulate};

@@ -1,18 +1,19 @@
 //! The layers of JiT, one struct each, named like the reference `state_dict`.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{linear, Init, Linear, VarBuilder};
 
 use super::rope::Rope;
 use super::JitConfig;
-use crate::nn::{self, chunk_last, gated_residual, modulate, softmax_last};
+use crate::nn::{self, chunk_last, gated_residual};
 
 /// RMSNorm epsilon of every norm of the reference (blocks, qk-norm, final layer).
 pub const RMS_EPS: f64 = 1e-6;
 
-/// RMSNorm with a learned weight (initialised to ones), composed of differentiable ops:
-/// `w · x / sqrt(mean(x²) + eps)` over the last dimension, in f32 for half-precision inputs
-/// (as the reference).
+/// RMSNorm with a learned weight (initialised to ones): `w · x / sqrt(mean(x²) + eps)` over
+/// the last dimension, in f32 for half-precision inputs (as the reference). The blocks and
+/// the final layer use it through [`nn::rms_norm_modulate`], the attention through
+/// [`nn::qk_norm_rope`] (fused kernels on the CPU).
 pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
@@ -25,31 +26,20 @@ impl RmsNorm {
             eps: RMS_EPS,
         })
     }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// `RMS(x)·w·(1 + scale) + shift` (`x` `[B, N, C]`, `shift`, `scale` `[B, C]`).
+    pub fn forward_modulated(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        nn::rms_norm_modulate(x, &self.weight, shift, scale, self.eps)
+    }
 }
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let up = matches!(dtype, DType::F16 | DType::BF16);
-        let xf = if up {
-            x.to_dtype(DType::F32)?
-        } else {
-            x.clone()
-        };
-        let inv = (xf.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-            .sqrt()?
-            .recip()?;
-        let w = if up {
-            self.weight.to_dtype(DType::F32)?
-        } else {
-            self.weight.clone()
-        };
-        let y = xf.broadcast_mul(&inv)?.broadcast_mul(&w)?;
-        if up {
-            y.to_dtype(dtype)
-        } else {
-            Ok(y)
-        }
+        nn::composed::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -130,21 +120,10 @@ impl Attention {
 
     /// `x`: `[B, N, C]`; `rope` covers the N tokens.
     pub fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let d = c / self.heads;
-        let qkv = nn::linear(&self.qkv, x)? // [B, N, 3C]
-            .reshape((b, n, 3, self.heads, d))? // [B, N, 3, H, d]
-            .permute((2, 0, 3, 1, 4))?; // [3, B, H, N, d]
-        let q = self.q_norm.forward(&qkv.get(0)?.contiguous()?)?; // [B, H, N, d]
-        let k = self.k_norm.forward(&qkv.get(1)?.contiguous()?)?; // [B, H, N, d]
-        let v = qkv.get(2)?.contiguous()?; // [B, H, N, d]
-        let q = (rope.apply(&q)? * self.scale)?;
-        let k = rope.apply(&k)?;
-        let attn = softmax_last(&q.matmul(&k.t()?)?)?; // [B, H, N, N]
-        let out = attn
-            .matmul(&v)? // [B, H, N, d]
-            .transpose(1, 2)? // [B, N, H, d]
-            .reshape((b, n, c))?; // [B, N, C]
+        let qkv = nn::linear(&self.qkv, x)?; // [B, N, 3C]
+        let (wq, wk) = (self.q_norm.weight(), self.k_norm.weight());
+        let qkv = nn::qk_norm_rope(&qkv, wq, wk, rope, self.heads, self.q_norm.eps)?; // [B, N, 3C]
+        let out = nn::attention(&qkv, self.heads, self.scale)?; // [B, N, C]
         nn::linear(&self.proj, &out)
     }
 }
@@ -170,9 +149,8 @@ impl SwiGluFfn {
 impl Module for SwiGluFfn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x12 = nn::linear(&self.w12, x)?; // [B, N, 2m]
-        let a = x12.narrow(D::Minus1, 0, self.hidden)?;
-        let b = x12.narrow(D::Minus1, self.hidden, self.hidden)?;
-        nn::linear(&self.w3, &(nn::silu(&a)? * b)?)
+        debug_assert_eq!(x12.dim(D::Minus1)?, 2 * self.hidden);
+        nn::linear(&self.w3, &nn::swiglu(&x12)?) // [B, N, hidden]
     }
 }
 
@@ -202,9 +180,9 @@ impl JitBlock {
         let m = chunk_last(&nn::linear(&self.ada_ln, &nn::silu(c)?)?, 6)?;
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
-        let h = modulate(&self.norm1.forward(x)?, shift_msa, scale_msa)?;
+        let h = self.norm1.forward_modulated(x, shift_msa, scale_msa)?;
         let x = gated_residual(x, gate_msa, &self.attn.forward(&h, rope)?)?;
-        let h = modulate(&self.norm2.forward(&x)?, shift_mlp, scale_mlp)?;
+        let h = self.norm2.forward_modulated(&x, shift_mlp, scale_mlp)?;
         gated_residual(&x, gate_mlp, &self.mlp.forward(&h)?)
     }
 }
@@ -230,7 +208,7 @@ impl FinalLayer {
     /// `[B, N, C]` → `[B, N, p²·out_channels]`.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let m = chunk_last(&nn::linear(&self.ada_ln, &nn::silu(c)?)?, 2)?;
-        let h = modulate(&self.norm_final.forward(x)?, &m[0], &m[1])?;
+        let h = self.norm_final.forward_modulated(x, &m[0], &m[1])?;
         nn::linear(&self.linear, &h)
     }
 }

@@ -70,8 +70,9 @@ pub fn rotate_half(x: &Tensor) -> Result<Tensor> {
 
 /// Rotary tables for one token layout (with or without the in-context class tokens).
 pub struct Rope {
-    cos: Tensor, // [tokens, head_dim]
-    sin: Tensor, // [tokens, head_dim]
+    cos: Tensor,   // [tokens, head_dim]
+    sin: Tensor,   // [tokens, head_dim]
+    table: Tensor, // [2, tokens, head_dim]: cos then sin, for the fused kernel
 }
 
 impl Rope {
@@ -85,10 +86,14 @@ impl Rope {
         let (cos, sin) = rope_tables(head_dim, grid, num_cls);
         let n = num_cls + grid * grid;
         let t = |v: Vec<f32>| Tensor::from_vec(v, (n, head_dim), device)?.to_dtype(dtype);
-        Ok(Self {
-            cos: t(cos)?,
-            sin: t(sin)?,
-        })
+        let (cos, sin) = (t(cos)?, t(sin)?);
+        let table = Tensor::stack(&[&cos, &sin], 0)?; // [2, tokens, head_dim]
+        Ok(Self { cos, sin, table })
+    }
+
+    /// `[2, tokens, head_dim]`: the cos table, then the sin table.
+    pub fn table(&self) -> &Tensor {
+        &self.table
     }
 
     /// Number of tokens the tables cover.

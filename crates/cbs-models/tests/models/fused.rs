@@ -1,10 +1,13 @@
-//! The fused kernels added for the SiT step (LayerNorm + adaLN modulation, gated residual,
-//! SiLU, bias addition and linear layer, attention, MSE; the convolution; the f32 `exp` behind GELU, SiLU and
-//! softmax) against their composed (autograd) versions and finite differences, and a whole SiT step
-//! (forward, MSE loss, backward) with the fused kernels against the same step composed.
+//! The fused kernels (SiT: LayerNorm + adaLN modulation, gated residual, SiLU, bias addition
+//! and linear layer, attention, block halves, MSE; JiT: RMSNorm + modulation, qk-norm + RoPE,
+//! SwiGLU; the convolution; the f32 `exp` behind GELU, SiLU and softmax) against their composed
+//! (autograd) versions and finite differences, and whole SiT and JiT steps (forward, MSE loss,
+//! backward) with the fused kernels against the same steps composed.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::Linear;
+use cbs_models::jit::rope::Rope;
+use cbs_models::jit::JitConfig;
 use cbs_models::nn::{self, composed};
 use cbs_models::{fused, Architecture, SitConfig, Trainable};
 
@@ -37,6 +40,19 @@ fn candle_conv(x: &[Tensor], stride: usize, padding: usize) -> Result<Tensor> {
     let o = x[2].dim(0)?;
     x[0].conv2d(&x[1], padding, stride, 1, 1)?
         .broadcast_add(&x[2].reshape((1, o, 1, 1))?)
+}
+
+/// JiT's qk-norm + RoPE on `x[0]` (`[B, N, 3·H·d]`, N = `cls` + `grid`²) with the q/k norm
+/// weights `x[1]`, `x[2]`: the fused kernel, or the composed ops.
+fn qk_rope(x: &[Tensor], heads: usize, grid: usize, cls: usize, composed: bool) -> Result<Tensor> {
+    let d = x[1].dim(0)?;
+    let rope = Rope::new(d, grid, cls, x[0].dtype(), &Device::Cpu)?;
+    if composed {
+        composed::qk_norm_rope(&x[0], &x[1], &x[2], &rope, heads, EPS)
+    } else {
+        let w = Tensor::stack(&[&x[1], &x[2]], 0)?;
+        fused::qk_norm_rope(&x[0], &w, rope.table(), heads, EPS)
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -219,6 +235,72 @@ fn cases() -> Vec<Case> {
                 vec![8, 12],
                 vec![8],
             ],
+        },
+        Case {
+            // JiT's norm: learned weight, modulation; shift and scale strided halves.
+            name: "rms_norm_modulate",
+            fused: Box::new(|x| {
+                let (sh, sc) = halves(&x[2]);
+                nn::rms_norm_modulate(&x[0], &x[1], &sh, &sc, EPS)
+            }),
+            composed: Box::new(|x| {
+                let (sh, sc) = halves(&x[2]);
+                composed::rms_norm_modulate(&x[0], &x[1], &sh, &sc, EPS)
+            }),
+            shapes: vec![vec![B, N, C], vec![C], vec![B, 2 * C]],
+        },
+        Case {
+            name: "rms_norm_modulate (large, transposed)",
+            fused: Box::new(|x| {
+                nn::rms_norm_modulate(&x[0].transpose(1, 2)?, &x[1], &x[2], &x[3], 1e-5)
+            }),
+            composed: Box::new(|x| {
+                composed::rms_norm_modulate(&x[0].transpose(1, 2)?, &x[1], &x[2], &x[3], 1e-5)
+            }),
+            shapes: vec![vec![6, C, 200], vec![C], vec![6, C], vec![6, C]],
+        },
+        Case {
+            // 2 heads of 4 channels; 1 unrotated class token + a 2×2 grid.
+            name: "qk_norm_rope",
+            fused: Box::new(|x| qk_rope(x, 2, 2, 1, false)),
+            composed: Box::new(|x| qk_rope(x, 2, 2, 1, true)),
+            shapes: vec![vec![B, 5, 3 * 2 * 4], vec![4], vec![4]],
+        },
+        Case {
+            // Enough samples for the parallel paths; a transposed input.
+            name: "qk_norm_rope (large, transposed)",
+            fused: Box::new(|x| {
+                qk_rope(
+                    &[x[0].transpose(1, 2)?, x[1].clone(), x[2].clone()],
+                    4,
+                    4,
+                    2,
+                    false,
+                )
+            }),
+            composed: Box::new(|x| {
+                qk_rope(
+                    &[x[0].transpose(1, 2)?, x[1].clone(), x[2].clone()],
+                    4,
+                    4,
+                    2,
+                    true,
+                )
+            }),
+            shapes: vec![vec![12, 3 * 4 * 8, 18], vec![8], vec![8]],
+        },
+        Case {
+            name: "swiglu",
+            fused: Box::new(|x| nn::swiglu(&x[0])),
+            composed: Box::new(|x| composed::swiglu(&x[0])),
+            shapes: vec![vec![B, N, 2 * 7]],
+        },
+        Case {
+            // Several rows per task, several tasks.
+            name: "swiglu (large)",
+            fused: Box::new(|x| fused::swiglu(&x[0])),
+            composed: Box::new(|x| composed::swiglu(&x[0])),
+            shapes: vec![vec![3, 40, 2 * 150]],
         },
         Case {
             name: "mse",
@@ -463,9 +545,35 @@ fn fused_entry_points_reject_bad_shapes() {
     let w = rand(&[5, 4], 6, 1.0);
     assert!(fused::linear(&x, &w, &rand(&[4], 7, 1.0)).is_err());
     assert!(fused::linear(&x, &w.t().unwrap(), &rand(&[5], 7, 1.0)).is_err());
+    assert!(fused::rms_norm_modulate(&x, &v, &wrong, EPS).is_err());
+    assert!(fused::swiglu(&rand(&[2, 3, 5], 8, 1.0)).is_err()); // odd last dimension
+                                                                // qk-norm + RoPE: 2 heads of 2 channels over 3 tokens; wrong weights, table, head count.
+    let qkv = rand(&[2, 3, 12], 9, 1.0);
+    let table = rand(&[2, 3, 2], 10, 1.0);
+    let w2 = rand(&[2, 2], 11, 1.0);
+    assert!(fused::qk_norm_rope(&qkv, &w2, &table, 2, EPS).is_ok());
+    let err = |r: Result<Tensor>| r.unwrap_err().to_string();
+    assert!(err(fused::qk_norm_rope(
+        &qkv,
+        &rand(&[2, 3], 12, 1.0),
+        &table,
+        2,
+        EPS
+    ))
+    .contains("[2, 2] (q_norm, k_norm) weights"));
+    assert!(err(fused::qk_norm_rope(
+        &qkv,
+        &w2,
+        &rand(&[2, 4, 2], 13, 1.0),
+        2,
+        EPS
+    ))
+    .contains("table for 3 tokens"));
+    assert!(err(fused::qk_norm_rope(&qkv, &w2, &table, 4, EPS)).contains("even width"));
     // Mixed dtypes are refused by the kernel, and sent to the composed path by `nn`.
     let v32 = v.to_dtype(DType::F32).unwrap();
     assert!(fused::layer_norm_modulate(&x, &v32, &v, EPS).is_err());
+    assert!(fused::rms_norm_modulate(&x, &v32, &v, EPS).is_err());
 }
 
 #[test]
@@ -499,9 +607,9 @@ fn velocity_mse_uses_the_fused_kernel_on_the_cpu() {
 
 // ------------------------------------------------------------------------- whole SiT
 
-/// Loss and gradients of one SiT training objective (forward, MSE to a fixed target,
-/// backward), by parameter name.
-fn sit_step(tr: &Trainable, dtype: DType) -> (f64, Vec<(String, Vec<f64>)>) {
+/// Loss and gradients of one training objective of a 16×16×2, 3-class model (forward, MSE to
+/// a fixed target, backward), by parameter name.
+fn model_step(tr: &Trainable, dtype: DType) -> (f64, Vec<(String, Vec<f64>)>) {
     let x = rand(&[3, 2, 16, 16], 31, 1.0).to_dtype(dtype).unwrap();
     let target = rand(&[3, 2, 16, 16], 32, 1.0).to_dtype(dtype).unwrap();
     let t = Tensor::new(&[0.1f64, 0.5, 0.93], &Device::Cpu)
@@ -551,9 +659,9 @@ fn random_sit(dtype: DType, std: f64, zero_fc1: bool) -> Trainable {
 
 /// The same step with the fused kernels and with `nn::with_composed`: loss and every
 /// gradient within `tol` (relative to the gradient tensor's largest entry).
-fn sit_fused_vs_composed(tr: &Trainable, dtype: DType, tol: f64) {
-    let (lf, gf) = sit_step(tr, dtype);
-    let (lc, gc) = nn::with_composed(|| sit_step(tr, dtype));
+fn fused_vs_composed(tr: &Trainable, dtype: DType, tol: f64) {
+    let (lf, gf) = model_step(tr, dtype);
+    let (lc, gc) = nn::with_composed(|| model_step(tr, dtype));
     let d = (lf - lc).abs() / lc.abs();
     assert!(d < tol, "{dtype:?}: loss {lf} (fused) vs {lc} (composed)");
     let mut any_difference = false;
@@ -575,22 +683,42 @@ fn sit_fused_vs_composed(tr: &Trainable, dtype: DType, tol: f64) {
     }
 }
 
+/// A `jit-nano-4` at 16×16×2 (16 patch tokens, 4 class tokens from block 1, 2 heads) with
+/// every weight random (norm weights included).
+fn random_jit(dtype: DType) -> Trainable {
+    let mut cfg = JitConfig::preset("jit-nano-4").unwrap();
+    cfg.in_channels = 2;
+    cfg.num_classes = 3;
+    cfg.validate().unwrap();
+    let tr = Trainable::new(&Architecture::Jit(cfg), 5, dtype, &Device::Cpu).unwrap();
+    cbs_models::sit::init::init_all_random(&tr.named_vars(), 9, 0.2).unwrap();
+    tr
+}
+
+/// JiT's fused path (RMSNorm + modulation, qk-norm + RoPE, attention, SwiGLU, linear layers)
+/// against the same step composed from candle ops: no GELU here, so f64 agrees to rounding.
+#[test]
+fn jit_step_fused_matches_composed() {
+    fused_vs_composed(&random_jit(DType::F64), DType::F64, 1e-10);
+    fused_vs_composed(&random_jit(DType::F32), DType::F32, 2e-5);
+}
+
 /// With every `mlp.fc1` zeroed, the GELUs run at 0, where candle's composed GELU backward
 /// (six-digit constants elsewhere, ~1e-6 relative) is exact: the two paths must agree to
 /// rounding.
 #[test]
 fn sit_step_fused_matches_composed_f64_exact() {
-    sit_fused_vs_composed(&random_sit(DType::F64, 0.1, true), DType::F64, 1e-10);
+    fused_vs_composed(&random_sit(DType::F64, 0.1, true), DType::F64, 1e-10);
 }
 
 /// All weights random: candle's composed GELU backward is ~1e-6 off, the rest is exact.
 #[test]
 fn sit_step_fused_matches_composed_f64() {
-    sit_fused_vs_composed(&random_sit(DType::F64, 0.1, false), DType::F64, 1e-5);
+    fused_vs_composed(&random_sit(DType::F64, 0.1, false), DType::F64, 1e-5);
 }
 
 /// f32 (both paths are within ~2e-6 of the f64 result here).
 #[test]
 fn sit_step_fused_matches_composed_f32() {
-    sit_fused_vs_composed(&random_sit(DType::F32, 0.1, false), DType::F32, 2e-5);
+    fused_vs_composed(&random_sit(DType::F32, 0.1, false), DType::F32, 2e-5);
 }
