@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""PyTorch twin of `cbs bench train` / `cbs bench sample`: the same SiT, the same step.
+"""PyTorch twin of `cbs bench train` / `cbs bench sample`: the same SiT or JiT, the same step.
 
 Opt-in (needs torch; `scripts/bench_cpu.sh` installs it into a virtual environment).
 Prints the same closing line as `cbs bench`: `median_step_ms=<value>`.
 
 The SiT here is written from the published architecture facts (adaLN-Zero blocks, [cos, sin]
-time features, fixed 2-D sin-cos positions, learn_sigma output halves) with the same parameter
-names and counts as `cbs inspect`, so both sides run the same arithmetic:
+time features, fixed 2-D sin-cos positions, learn_sigma output halves), and the JiT likewise
+(bottleneck patch embedding, RMSNorm, per-head qk-norm, 2-D RoPE, SwiGLU, in-context class
+tokens; attention by `F.scaled_dot_product_attention`), with the same parameter names and
+counts as `cbs inspect`, so both sides run the same arithmetic:
   python3 benches/pytorch_twin.py train --model sit-s-4 --image-size 32 --in-channels 3 --batch 32
+  python3 benches/pytorch_twin.py train --model jit-mini-4 --image-size 32 --in-channels 3
 """
 import argparse
 import copy
@@ -121,6 +124,132 @@ class SiT(nn.Module):
         return img[:, : self.c]
 
 
+# ----------------------------------------------------------------------------- JiT
+
+JIT_SIZES = {"b": (12, 768, 12, 128, 32, 4), "l": (24, 1024, 16, 128, 32, 8),
+             "h": (32, 1280, 16, 256, 32, 10), "mini": (4, 128, 4, 64, 8, 1),
+             "nano": (2, 64, 2, 16, 4, 1)}  # depth, hidden, heads, bottleneck, in-context len/start
+
+
+def rope_tables(d, grid, cls):
+    """(cos, sin) [cls + grid², d]: rows rotate the first d/2 channels, columns the last d/2,
+    consecutive channel pairs share an angle; class tokens are not rotated."""
+    half = d // 2
+    freqs = 1.0 / 10000 ** (torch.arange(half // 2, dtype=torch.float32) * 2 / half)
+    rows, cols = torch.meshgrid(torch.arange(grid).float(), torch.arange(grid).float(), indexing="ij")
+
+    def axis(pos):
+        return (pos.reshape(-1, 1) * freqs[None]).repeat_interleave(2, dim=1)
+
+    ang = torch.cat([axis(rows), axis(cols)], dim=1)
+    return (torch.cat([torch.ones(cls, d), ang.cos()]), torch.cat([torch.zeros(cls, d), ang.sin()]))
+
+
+def rotate_half(x):
+    a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack((-b, a), dim=-1).flatten(-2)
+
+
+class JitAttention(nn.Module):
+    def __init__(self, h, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(h, 3 * h)
+        self.q_norm = nn.RMSNorm(h // heads, eps=1e-6)
+        self.k_norm = nn.RMSNorm(h // heads, eps=1e-6)
+        self.proj = nn.Linear(h, h)
+
+    def forward(self, x, cos, sin):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class SwiGlu(nn.Module):
+    def __init__(self, h, hidden):
+        super().__init__()
+        self.w12 = nn.Linear(h, 2 * hidden)
+        self.w3 = nn.Linear(hidden, h)
+
+    def forward(self, x):
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(a) * b)
+
+
+class JitBlock(nn.Module):
+    def __init__(self, h, heads):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(h, eps=1e-6)
+        self.attn = JitAttention(h, heads)
+        self.norm2 = nn.RMSNorm(h, eps=1e-6)
+        self.mlp = SwiGlu(h, int(int(h * 4.0) * 2 / 3))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 6 * h))
+
+    def forward(self, x, c, cos, sin):
+        sm, cm, gm, sp, cp, gp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gm[:, None] * self.attn(modulate(self.norm1(x), sm, cm), cos, sin)
+        return x + gp[:, None] * self.mlp(modulate(self.norm2(x), sp, cp))
+
+
+class Jit(nn.Module):
+    """Predicts the clean image; trained on the velocity (x̂ − z_t) / max(1 − t, 0.05)."""
+
+    def __init__(self, depth, h, heads, bottleneck, icl, ics, patch, size, chans, classes):
+        super().__init__()
+        self.p, self.c, self.g, self.icl, self.ics = patch, chans, size // patch, icl, ics
+        self.x_embedder = nn.Module()
+        self.x_embedder.proj1 = nn.Conv2d(chans, bottleneck, patch, patch, bias=False)
+        self.x_embedder.proj2 = nn.Conv2d(bottleneck, h, 1)
+        self.register_buffer("pos_embed", sincos_2d(h, self.g))
+        self.t_embedder = nn.Module()
+        self.t_embedder.mlp = nn.Sequential(nn.Linear(256, h), nn.SiLU(), nn.Linear(h, h))
+        self.y_embedder = nn.Module()
+        self.y_embedder.embedding_table = nn.Embedding(classes + 1, h)
+        self.in_context_posemb = nn.Parameter(torch.randn(1, icl, h) * 0.02)
+        self.blocks = nn.ModuleList(JitBlock(h, heads) for _ in range(depth))
+        self.final_layer = nn.Module()
+        self.final_layer.norm_final = nn.RMSNorm(h, eps=1e-6)
+        self.final_layer.linear = nn.Linear(h, patch * patch * chans)
+        self.final_layer.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 2 * h))
+        self.rope = rope_tables(h // heads, self.g, 0)
+        self.rope_ic = rope_tables(h // heads, self.g, icl)
+        for m in self.modules():  # random everywhere: timing needs no adaLN-Zero
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, x, t, y):
+        h = self.x_embedder.proj2(self.x_embedder.proj1(x)).flatten(2).transpose(1, 2) + self.pos_embed
+        f = torch.exp(-math.log(10000) * torch.arange(128, dtype=torch.float32) / 128)
+        a = t[:, None] * f[None]
+        y_emb = self.y_embedder.embedding_table(y)
+        c = self.t_embedder.mlp(torch.cat([a.cos(), a.sin()], -1)) + y_emb
+        for i, blk in enumerate(self.blocks):
+            if self.icl and i == self.ics:
+                h = torch.cat([y_emb[:, None] + self.in_context_posemb, h], dim=1)
+            cos, sin = self.rope_ic if self.icl and i >= self.ics else self.rope
+            h = blk(h, c, cos, sin)
+        if self.icl:
+            h = h[:, self.icl:]
+        fl = self.final_layer
+        shift, scale = fl.adaLN_modulation(c).chunk(2, dim=1)
+        out = fl.linear(modulate(fl.norm_final(h), shift, scale))
+        b, p, g = x.shape[0], self.p, self.g
+        return out.reshape(b, g, g, p, p, self.c).permute(0, 5, 1, 3, 2, 4).reshape(x.shape)
+
+
+def build(a):
+    family, size, patch = a.model.split("-")
+    if family == "jit":
+        depth, h, heads, bottleneck, icl, ics = JIT_SIZES[size]
+        return Jit(depth, h, heads, bottleneck, icl, ics, int(patch), a.image_size,
+                   a.in_channels, a.num_classes)
+    depth, h, heads = SIZES[size]
+    return SiT(depth, h, heads, int(patch), a.image_size, a.in_channels, a.num_classes)
+
+
 def bench_matmul(a):
     """Twin of `cbs bench matmul`: one f32 product [M, K]·[K, N], median of --steps."""
     m, k, n = (int(v) for v in a.shape.split(","))
@@ -158,9 +287,8 @@ def main():
     torch.manual_seed(0)
     if a.what == "matmul":
         return bench_matmul(a)
-    _, size, patch = a.model.split("-")
-    depth, h, heads = SIZES[size]
-    model = SiT(depth, h, heads, int(patch), a.image_size, a.in_channels, a.num_classes)
+    model = build(a)
+    jit = isinstance(model, Jit)
     n_params = sum(p.numel() for p in model.parameters()) + model.pos_embed.numel()
     fwd = torch.compile(model) if a.compile else model
     b, shape = a.batch, (a.batch, a.in_channels, a.image_size, a.image_size)
@@ -172,8 +300,13 @@ def main():
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
         if a.what == "train":
-            xt = t[:, None, None, None] * x1 + (1 - t[:, None, None, None]) * x0
-            loss = F.mse_loss(fwd(xt, t, y), x1 - x0)
+            tb = t[:, None, None, None]
+            xt = tb * x1 + (1 - tb) * x0
+            if jit:  # velocity through the predicted image, as cbs trains JiT
+                denom = (1 - tb).clamp_min(0.05)
+                loss = F.mse_loss((fwd(xt, t, y) - xt) / denom, (x1 - xt) / denom)
+            else:
+                loss = F.mse_loss(fwd(xt, t, y), x1 - x0)
             t1 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss.backward()

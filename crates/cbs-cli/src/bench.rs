@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use cbs_flow::VelocityField;
+use cbs_models::shapes::parameter_count;
 use cbs_models::ModelSpec;
 use cbs_train::rng::{self, Purpose};
 use cbs_train::step::{Batch, PhaseTimes, StepOutcome, Stepper};
@@ -108,14 +109,16 @@ fn setup(c: &BenchCommon) -> Result<(cbs_models::Architecture, Vec<usize>, Devic
     Ok((arch, shape, dev))
 }
 
-fn report(c: &BenchCommon, what: &str, mut ms: Vec<f64>, images_per_step: usize) {
+/// `params`: the model's element count, buffers included (as the PyTorch twin prints it, so
+/// that the two sides can be checked to build the same network).
+fn report(c: &BenchCommon, what: &str, params: usize, mut ms: Vec<f64>, images_per_step: usize) {
     ms.sort_by(|a, b| a.total_cmp(b));
     let median = ms[ms.len() / 2];
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
     let threads = cbs_models::par::threads();
     println!(
-        "bench {what}: model={} batch={} device={} precision={} threads={threads} \
-         fused_cpu_ops={} steps={} (after {} warm-up)",
+        "bench {what}: model={} params={params} batch={} device={} precision={} \
+         threads={threads} fused_cpu_ops={} steps={} (after {} warm-up)",
         c.model,
         c.batch,
         c.device.device,
@@ -180,7 +183,7 @@ fn bench_train(c: BenchCommon) -> Result<()> {
         phases.optimizer_ms / n,
         phases.ema_ms / n
     );
-    report(&c, "train", ms, c.batch);
+    report(&c, "train", parameter_count(&arch)?, ms, c.batch);
     Ok(())
 }
 
@@ -213,6 +216,6 @@ fn bench_sample(c: BenchCommon) -> Result<()> {
             ms.push(t0.elapsed().as_secs_f64() * 1e3);
         }
     }
-    report(&c, "sample", ms, c.batch);
+    report(&c, "sample", parameter_count(&arch)?, ms, c.batch);
     Ok(())
 }

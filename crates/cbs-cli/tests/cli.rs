@@ -983,6 +983,25 @@ fn bench_prints_the_scriptable_line() {
             .parse()
             .unwrap();
         assert!(ms > 0.0, "{out}");
+        // The header names the model's size as `cbs inspect` counts it (bench's 10 classes).
+        let inspect = cbs(&[
+            "inspect",
+            "--model",
+            "sit-nano-4",
+            "--image-size",
+            "8",
+            "--in-channels",
+            "1",
+            "--num-classes",
+            "10",
+            "--json",
+        ]);
+        let json: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        let params = json["parameters"].as_u64().expect("parameters");
+        assert!(
+            out.contains(&format!(" params={params} ")),
+            "{params}: {out}"
+        );
     }
     let o = cbs(&[
         "bench",
