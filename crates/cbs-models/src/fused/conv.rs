@@ -76,6 +76,18 @@ impl Geo {
     fn src(&self, o: usize, i: usize, len: usize) -> Option<usize> {
         (o * self.s + i).checked_sub(self.p).filter(|&v| v < len)
     }
+
+    /// The output positions `lo..hi` (of `out`) whose input `o·s + i − p` lies inside
+    /// `0..len`: one contiguous run, so the copies below have no per-element bounds test.
+    fn span(&self, i: usize, len: usize, out: usize) -> (usize, usize) {
+        let lo = self.p.saturating_sub(i).div_ceil(self.s);
+        let hi = if len + self.p > i {
+            ((len + self.p - i - 1) / self.s + 1).min(out)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
 }
 
 /// One image `[C, H, W]` → its im2col matrix `[C·kh·kw, Ho·Wo]`.
@@ -89,8 +101,20 @@ fn im2col<T: F>(x: &[T], g: &Geo, col: &mut [T]) {
                 continue;
             };
             let src = &x[(c * g.h + iy) * g.w..][..g.w];
-            for (ox, d) in dst.iter_mut().enumerate() {
-                *d = g.src(ox, j, g.w).map_or(zero, |ix| src[ix]);
+            let (lo, hi) = g.span(j, g.w, g.wo);
+            dst[..lo].fill(zero);
+            dst[hi..].fill(zero);
+            if lo == hi {
+                continue;
+            }
+            // Input of output position `o`: `o·s + j − p` (≥ 0 from `lo` on).
+            let first = lo * g.s + j - g.p;
+            if g.s == 1 {
+                dst[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+            } else {
+                for (d, &v) in dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(g.s)) {
+                    *d = v;
+                }
             }
         }
     }
@@ -105,10 +129,14 @@ fn col2im_add<T: F>(col: &[T], g: &Geo, dx: &mut [T]) {
                 continue;
             };
             let dst = &mut dx[(c * g.h + iy) * g.w..][..g.w];
-            for (ox, &v) in src.iter().enumerate() {
-                if let Some(ix) = g.src(ox, j, g.w) {
-                    dst[ix] = T::of(dst[ix].f() + v.f());
-                }
+            let (lo, hi) = g.span(j, g.w, g.wo);
+            if lo == hi {
+                continue;
+            }
+            let first = lo * g.s + j - g.p;
+            let dst = dst[first..].iter_mut().step_by(g.s);
+            for (d, &v) in dst.zip(&src[lo..hi]) {
+                *d = T::of(d.f() + v.f());
             }
         }
     }

@@ -78,6 +78,14 @@ fn cases() -> Vec<Case> {
             shapes: vec![vec![1, 2, 5, 6], vec![3, 2, 2, 3], vec![3]],
         },
         Case {
+            // Padding wider than the input along one axis: some kernel offsets see no input
+            // at all. (Stride 2 here trips candle's own conv2d backward, the reference.)
+            name: "conv2d 3×3, stride 1, padding 2, a one-pixel-high input",
+            fused: Box::new(|x| fused::conv2d(&x[0], &x[1], &x[2], 1, 2)),
+            composed: Box::new(|x| candle_conv(x, 1, 2)),
+            shapes: vec![vec![2, 2, 1, 4], vec![3, 2, 3, 3], vec![3]],
+        },
+        Case {
             name: "silu",
             fused: Box::new(|x| fused::silu(&x[0])),
             composed: Box::new(|x| composed::silu(&x[0])),
