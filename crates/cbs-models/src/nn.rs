@@ -7,7 +7,7 @@
 //! differentiates op by op. Besides the single ops (LayerNorm, softmax, GELU, SiLU), the
 //! transformer-block pieces are fused whole: [`layer_norm_modulate`], [`gated_residual`],
 //! [`linear`], [`attention`], JiT's [`rms_norm_modulate`], [`qk_norm_rope`] and [`swiglu`],
-//! and the loss [`mse`] — each one graph node instead of several,
+//! the UNet's [`group_norm`] (with SiLU), and the loss [`mse`] — each one graph node instead of several,
 //! which matters because candle's backward gives every input of every node a zero-filled
 //! gradient buffer plus an add.
 
@@ -144,6 +144,32 @@ pub mod composed {
         Tensor::cat(&[tokens(q)?, tokens(k)?, tokens(v)?], 2) // [B, N, 3C]
     }
 
+    /// GroupNorm (`groups` groups, affine `w`, `b`: `[C]`) of `x` (`[B, C, …]`), in at least
+    /// f32 (half-precision inputs are upcast, as the reference), then SiLU if `act`.
+    pub fn group_norm(
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        groups: usize,
+        eps: f64,
+        act: bool,
+    ) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let internal = match dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
+        };
+        let dims = x.dims().to_vec();
+        let c = dims[1];
+        let xg = x.to_dtype(internal)?.reshape((dims[0], groups, ()))?; // [B, G, C/G·S]
+        let xn = layer_norm_no_affine(&xg, eps)?.reshape((dims[0], c, ()))?; // [B, C, S]
+        let w = w.to_dtype(internal)?.reshape((c, 1))?; // [C, 1]
+        let b = b.to_dtype(internal)?.reshape((c, 1))?; // [C, 1]
+        let y = xn.broadcast_mul(&w)?.broadcast_add(&b)?.reshape(dims)?; // [B, C, …]
+        let y = if act { silu(&y)? } else { y };
+        y.to_dtype(dtype)
+    }
+
     pub fn swiglu(x: &Tensor) -> Result<Tensor> {
         let m = x.dim(D::Minus1)? / 2;
         let a = x.narrow(D::Minus1, 0, m)?;
@@ -274,6 +300,23 @@ pub fn qk_norm_rope(
         fused::qk_norm_rope(qkv, &w, rope.table(), heads, eps)
     } else {
         composed::qk_norm_rope(qkv, wq, wk, rope, heads, eps)
+    }
+}
+
+/// GroupNorm over `groups` groups of the channels of `x` (`[B, C, …]`, epsilon `eps`) with the
+/// affine weight and bias `w`, `b` (`[C]`), followed by SiLU when `act` is set.
+pub fn group_norm(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    groups: usize,
+    eps: f64,
+    act: bool,
+) -> Result<Tensor> {
+    if fused_ok_all(&[x, w, b]) && x.elem_count() > 0 && x.rank() >= 2 {
+        fused::group_norm(x, w, b, groups, eps, act)
+    } else {
+        composed::group_norm(x, w, b, groups, eps, act)
     }
 }
 

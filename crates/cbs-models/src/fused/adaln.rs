@@ -84,6 +84,17 @@ pub(super) fn pack<T: F>(mut big: Vec<T>, acc: &[Vec<f64>], k: usize, c: usize) 
     big
 }
 
+/// `out` followed by the `width` element-wise sums of the per-sample accumulators, added in
+/// sample order (so the result does not depend on how samples were spread over threads).
+pub(super) fn append_sum<T: F>(mut out: Vec<T>, acc: &[Vec<f64>], width: usize) -> Vec<T> {
+    let mut sum = vec![0.0f64; width];
+    for a in acc {
+        sum.iter_mut().zip(a).for_each(|(s, v)| *s += v);
+    }
+    out.extend(sum.iter().map(|&v| T::of(v)));
+    out
+}
+
 /// Views of a packed gradient buffer: `[B, N, C]` then `k` blocks of `[B, C]`.
 pub(super) fn unpack(
     packed: &Tensor,

@@ -134,9 +134,15 @@ fn col2im_add<T: F>(col: &[T], g: &Geo, dx: &mut [T]) {
                 continue;
             }
             let first = lo * g.s + j - g.p;
-            let dst = dst[first..].iter_mut().step_by(g.s);
-            for (d, &v) in dst.zip(&src[lo..hi]) {
-                *d = T::of(d.f() + v.f());
+            if g.s == 1 {
+                for (d, &v) in dst[first..first + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                    *d = T::of(d.f() + v.f());
+                }
+            } else {
+                let dst = dst[first..].iter_mut().step_by(g.s);
+                for (d, &v) in dst.zip(&src[lo..hi]) {
+                    *d = T::of(d.f() + v.f());
+                }
             }
         }
     }

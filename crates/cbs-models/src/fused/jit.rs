@@ -12,7 +12,7 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
 };
 
-use super::adaln::{bnc, new_chunks, pack, unpack};
+use super::adaln::{append_sum, bnc, new_chunks, pack, unpack};
 use super::{contiguous, lane_sum, lane_sum3, sigmoid_pair, simd_kernel, with_slices3, F};
 
 /// `1/√(mean(x²) + eps)` of one row.
@@ -253,16 +253,6 @@ simd_kernel! {
     }
 }
 
-/// `out` followed by the element-wise sum of the per-sample accumulators, added in sample order.
-fn append_sum<T: F>(mut out: Vec<T>, acc: &[Vec<f64>]) -> Vec<T> {
-    let mut sum = vec![0.0f64; acc.first().map_or(0, Vec::len)];
-    for a in acc {
-        sum.iter_mut().zip(a).for_each(|(s, v)| *s += v);
-    }
-    out.extend(sum.iter().map(|&v| T::of(v)));
-    out
-}
-
 /// Forward: (qkv, w) → qkv with q and k normalised and rotated; holds the `[2, N, d]`
 /// (cos, sin) table (a constant).
 struct QkNormRope {
@@ -361,7 +351,7 @@ impl CustomOp3 for QkNormRopeBwd {
                     let rows = b * n * c3..(b + 1) * n * c3;
                     qk_rope_bwd_sample(dx, &x[rows.clone()], &g[rows], w, cos, sin, c3, d, eps)
                 });
-                append_sum(dx, &acc)
+                append_sum(dx, &acc, 2 * d)
             })?
         });
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * d)))

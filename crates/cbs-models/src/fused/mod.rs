@@ -12,7 +12,8 @@
 //! with the adaLN modulation, and the gated residual (three inputs each); `linear`: a linear
 //! layer as one graph node, and a bias addition; `attention`: multi-head self-attention from a
 //! fused qkv projection as one graph node; `jit`: JiT's RMSNorm + modulation, qk-norm + RoPE
-//! and SwiGLU. The MSE loss kernel lives in `cbs_flow::interpolant` (it is the
+//! and SwiGLU; `group_norm`: GroupNorm with affine weight and bias, optionally followed by
+//! SiLU (the UNet's). The MSE loss kernel lives in `cbs_flow::interpolant` (it is the
 //! trainer's loss, and cbs-flow cannot depend on this crate).
 
 mod adaln;
@@ -21,6 +22,8 @@ mod block;
 mod conv;
 mod gemm;
 pub use gemm::product;
+mod group_norm;
+pub use group_norm::group_norm;
 mod jit;
 pub use jit::{qk_norm_rope, rms_norm_modulate, swiglu};
 mod linear;

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use super::config::NORM_GROUPS;
 use super::conv::Conv3x3;
 use super::UnetConfig;
-use crate::nn::{layer_norm_no_affine, softmax_last};
+use crate::nn::{self, softmax_last};
 
 /// `nn.GroupNorm` default epsilon.
 const NORM_EPS: f64 = 1e-5;
@@ -17,9 +17,9 @@ const NORM_EPS: f64 = 1e-5;
 const MAX_PERIOD: f64 = 10000.0;
 
 /// `GroupNorm32`: GroupNorm(32, channels, eps 1e-5) with affine weight/bias, computed in at
-/// least f32 (the reference upcasts f16 inputs; f64 stays f64). Differentiable: the group
-/// statistics are a non-affine LayerNorm over `[B, 32, C/32 · spatial]` (the fused CPU kernel
-/// with its hand-written backward, or the composed ops elsewhere).
+/// least f32 (the reference upcasts f16 inputs; f64 stays f64). One fused node on the CPU
+/// ([`nn::group_norm`]), with the SiLU that follows it in `in_layers`, `out_layers` and `out`
+/// ([`GroupNorm32::forward_silu`]).
 pub struct GroupNorm32 {
     weight: Tensor, // [C]
     bias: Tensor,   // [C]
@@ -32,26 +32,17 @@ impl GroupNorm32 {
             bias: vb.get(channels, "bias")?,
         })
     }
+
+    /// `SiLU(GroupNorm(x))`, `[B, C, ...]` → same shape.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        nn::group_norm(x, &self.weight, &self.bias, NORM_GROUPS, NORM_EPS, true)
+    }
 }
 
 impl Module for GroupNorm32 {
     /// `[B, C, ...]` → same shape.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let internal = match dtype {
-            DType::F16 | DType::BF16 => DType::F32,
-            d => d,
-        };
-        let dims = x.dims().to_vec();
-        let (b, c) = (dims[0], dims[1]);
-        let xg = x.to_dtype(internal)?.reshape((b, NORM_GROUPS, ()))?; // [B, G, C/G·S]
-        let xn = layer_norm_no_affine(&xg, NORM_EPS)?.reshape((b, c, ()))?; // [B, C, S]
-        let w = self.weight.to_dtype(internal)?.reshape((c, 1))?;
-        let bias = self.bias.to_dtype(internal)?.reshape((c, 1))?;
-        xn.broadcast_mul(&w)?
-            .broadcast_add(&bias)?
-            .reshape(dims)?
-            .to_dtype(dtype)
+        nn::group_norm(x, &self.weight, &self.bias, NORM_GROUPS, NORM_EPS, false)
     }
 }
 
@@ -248,19 +239,25 @@ impl ResBlock {
 
     /// `x`: `[B, C_in, H, W]`, `emb`: `[B, 4mc]` → `[B, C_out, H, W]`.
     pub fn forward(&self, x: &Tensor, emb: &Tensor, drop: &mut Dropout) -> Result<Tensor> {
-        let h = self.in_conv.forward(&self.in_norm.forward(x)?.silu()?)?;
-        let e = self.emb.forward(&emb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?; // [B, E, 1, 1]
+        let h = self.in_conv.forward(&self.in_norm.forward_silu(x)?)?;
+        let e = self
+            .emb
+            .forward(&nn::silu(emb)?)?
+            .unsqueeze(2)?
+            .unsqueeze(3)?; // [B, E, 1, 1]
         let h = if self.scale_shift {
             let c = h.dim(1)?;
             let (scale, shift) = (e.narrow(1, 0, c)?, e.narrow(1, c, c)?);
-            self.out_norm
+            let h = self
+                .out_norm
                 .forward(&h)?
                 .broadcast_mul(&(scale + 1.0)?)?
-                .broadcast_add(&shift)?
+                .broadcast_add(&shift)?;
+            nn::silu(&h)?
         } else {
-            self.out_norm.forward(&h.broadcast_add(&e)?)?
+            self.out_norm.forward_silu(&h.broadcast_add(&e)?)?
         };
-        let h = self.out_conv.forward(&drop.apply(&h.silu()?)?)?;
+        let h = self.out_conv.forward(&drop.apply(&h)?)?;
         let skip = match &self.skip {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),

@@ -207,7 +207,7 @@ impl Unet {
             let skip = skips.pop().expect("one skip per output block");
             h = block.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb, drop)?;
         }
-        let out = self.out_conv.forward(&self.out_norm.forward(&h)?.silu()?)?;
+        let out = self.out_conv.forward(&self.out_norm.forward_silu(&h)?)?;
         if self.cfg.learn_sigma {
             out.narrow(1, 0, self.cfg.in_channels)
         } else {

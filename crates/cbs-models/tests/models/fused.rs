@@ -1,8 +1,9 @@
 //! The fused kernels (SiT: LayerNorm + adaLN modulation, gated residual, SiLU, bias addition
 //! and linear layer, attention, block halves, MSE; JiT: RMSNorm + modulation, qk-norm + RoPE,
-//! SwiGLU; the convolution; the f32 `exp` behind GELU, SiLU and softmax) against their composed
-//! (autograd) versions and finite differences, and whole SiT and JiT steps (forward, MSE loss,
-//! backward) with the fused kernels against the same steps composed.
+//! SwiGLU; UNet: GroupNorm (+ SiLU), the convolution; the f32 `exp` behind GELU, SiLU and
+//! softmax) against their composed (autograd) versions and finite differences, and whole SiT,
+//! JiT and UNet steps (forward, MSE loss, backward) with the fused kernels against the same
+//! steps composed.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::Linear;
@@ -296,6 +297,30 @@ fn cases() -> Vec<Case> {
                 )
             }),
             shapes: vec![vec![12, 3 * 4 * 8, 18], vec![8], vec![8]],
+        },
+        Case {
+            name: "group_norm + silu",
+            fused: Box::new(|x| nn::group_norm(&x[0], &x[1], &x[2], 4, 1e-5, true)),
+            composed: Box::new(|x| composed::group_norm(&x[0], &x[1], &x[2], 4, 1e-5, true)),
+            shapes: vec![vec![B, 8, 3, 5], vec![8], vec![8]],
+        },
+        Case {
+            // `[B, C, T]` (the attention blocks' norm), no activation; a transposed input.
+            name: "group_norm (3-D, transposed)",
+            fused: Box::new(|x| {
+                nn::group_norm(&x[0].transpose(1, 2)?, &x[1], &x[2], 2, EPS, false)
+            }),
+            composed: Box::new(|x| {
+                composed::group_norm(&x[0].transpose(1, 2)?, &x[1], &x[2], 2, EPS, false)
+            }),
+            shapes: vec![vec![B, 7, 6], vec![6], vec![6]],
+        },
+        Case {
+            // Enough samples for the parallel path; 32 groups of 2 channels.
+            name: "group_norm + silu (large)",
+            fused: Box::new(|x| fused::group_norm(&x[0], &x[1], &x[2], 32, 1e-5, true)),
+            composed: Box::new(|x| composed::group_norm(&x[0], &x[1], &x[2], 32, 1e-5, true)),
+            shapes: vec![vec![6, 64, 8, 9], vec![64], vec![64]],
         },
         Case {
             name: "swiglu",
@@ -709,6 +734,38 @@ fn random_jit(dtype: DType) -> Trainable {
 fn jit_step_fused_matches_composed() {
     fused_vs_composed(&random_jit(DType::F64), DType::F64, 1e-10);
     fused_vs_composed(&random_jit(DType::F32), DType::F32, 2e-5);
+}
+
+/// A small UNet (16 px, 2 levels of 64 and 128 channels, attention at 8 px, 3 classes) with
+/// every weight random: GroupNorm (+ SiLU) fused, the convolutions fused. At least 2 channels
+/// per group: with one, a GroupNorm removes any per-channel shift, so the gradients of the
+/// biases just before it are exactly 0 and both paths return only rounding noise.
+fn random_unet(dtype: DType, scale_shift: bool) -> Trainable {
+    let mut cfg = cbs_models::unet::UnetConfig::mini();
+    cfg.image_size = 16;
+    cfg.in_channels = 2;
+    cfg.model_channels = 64;
+    cfg.num_res_blocks = 1;
+    cfg.channel_mult = vec![1, 2];
+    cfg.attention_resolutions = vec![8];
+    cfg.num_head_channels = Some(32);
+    cfg.num_classes = 3;
+    cfg.dropout = 0.0;
+    cfg.use_scale_shift_norm = scale_shift;
+    cfg.validate().unwrap();
+    let tr = Trainable::new(&Architecture::Unet(cfg), 5, dtype, &Device::Cpu).unwrap();
+    cbs_models::sit::init::init_all_random(&tr.named_vars(), 10, 0.1).unwrap();
+    tr
+}
+
+/// The UNet's fused path (GroupNorm + SiLU, convolutions) against the same step composed from
+/// candle ops, with and without the scale-shift norm.
+#[test]
+fn unet_step_fused_matches_composed() {
+    for scale_shift in [false, true] {
+        fused_vs_composed(&random_unet(DType::F64, scale_shift), DType::F64, 1e-10);
+        fused_vs_composed(&random_unet(DType::F32, scale_shift), DType::F32, 1e-4);
+    }
 }
 
 /// With every `mlp.fc1` zeroed, the GELUs run at 0, where candle's composed GELU backward

@@ -1,0 +1,223 @@
+//! GroupNorm with its affine weight and bias, optionally followed by SiLU (the UNet's
+//! `normalization(ch)` + `SiLU()` pairs), as one graph node with a hand-written backward.
+//! Composed, it was a LayerNorm over `[B, G, C/G·S]` plus a broadcast multiply and add over
+//! `[B, C, S]`, whose weight and bias gradients candle reduces over the broadcast dimensions
+//! with its strided reduction, and a separate SiLU: the largest cost of a UNet step after the
+//! convolutions' products.
+//!
+//! `x`: `[B, C, …]` (the trailing dimensions flattened to `S`), `w`, `b`: `[C]`. One sample
+//! per task; the weight and bias gradients are summed per sample in f64 and added in sample
+//! order.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::adaln::{append_sum, new_chunks};
+use super::{contiguous, row_stats, sigmoid_pair, simd_kernel, with_slices3, F};
+
+/// The op's parameters: group count, epsilon, and whether SiLU follows.
+#[derive(Clone, Copy)]
+struct Params {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+/// Forward: (x, w, b) → `GroupNorm(x)·w + b`, then SiLU if asked.
+struct GroupNormAct(Params);
+/// Backward: (x, w, grad) → packed (dx, dw, db); holds the bias (SiLU's derivative is taken
+/// at `y`, recomputed from the normalised value).
+struct GroupNormActBwd(Params, Tensor);
+
+/// `(B, C, S)` after checking the shapes.
+fn bcs(
+    op: &str,
+    x: &Layout,
+    w: &Layout,
+    b: &Layout,
+    groups: usize,
+) -> Result<(usize, usize, usize)> {
+    let dims = x.dims();
+    if dims.len() < 2 {
+        bail!("{op}: x {dims:?} must be [B, C, …]");
+    }
+    let (bs, c) = (dims[0], dims[1]);
+    let s: usize = dims[2..].iter().product();
+    if w.dims() != [c] || b.dims() != [c] {
+        bail!(
+            "{op}: weight {:?} and bias {:?} must be [{c}]",
+            w.dims(),
+            b.dims()
+        );
+    }
+    if groups == 0 || !c.is_multiple_of(groups) {
+        bail!("{op}: {c} channels do not split into {groups} groups");
+    }
+    Ok((bs, c, s))
+}
+
+simd_kernel! {
+    /// One sample `[C·S]`: normalise each group, scale and shift each channel, SiLU if asked.
+    fn gn_fwd_sample<T: F>(o: &mut [T], x: &[T], w: &[T], b: &[T], s: usize, p: Params) {
+        let len = x.len() / p.groups;
+        let cg = w.len() / p.groups;
+        for (k, (og, xg)) in o.chunks_mut(len).zip(x.chunks(len)).enumerate() {
+            let (mean, rstd) = row_stats(xg, p.eps);
+            let (wg, bg) = (&w[k * cg..(k + 1) * cg], &b[k * cg..(k + 1) * cg]);
+            for ((oc, xc), (&w, &b)) in og.chunks_mut(s).zip(xg.chunks(s)).zip(wg.iter().zip(bg)) {
+                let (w, b) = (w.f(), b.f());
+                for (o, &x) in oc.iter_mut().zip(xc) {
+                    let y = (x.f() - mean) * rstd * w + b;
+                    *o = T::of(if p.silu { y * sigmoid_pair::<T>(y).0 } else { y });
+                }
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// One sample of the backward: with `x̂` the normalised value, `y = x̂·w + b`, `gy` the
+    /// gradient at `y` (through SiLU if asked) and `ĝ = gy·w`, writes
+    /// `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))` per group and returns `[dw | db]` =
+    /// `[Σ_S gy·x̂ | Σ_S gy]` per channel.
+    fn gn_bwd_sample<T: F>(
+        dx: &mut [T],
+        x: &[T],
+        g: &[T],
+        w: &[T],
+        b: &[T],
+        s: usize,
+        p: Params
+    ) -> Vec<f64> {
+        let c = w.len();
+        let mut acc = vec![0.0f64; 2 * c];
+        let len = x.len() / p.groups;
+        let cg = c / p.groups;
+        for (k, ((dg, xg), gg)) in dx.chunks_mut(len).zip(x.chunks(len)).zip(g.chunks(len)).enumerate() {
+            let (mean, rstd) = row_stats(xg, p.eps);
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            // First pass: ĝ into dx, the per-channel sums, and the group's two means.
+            for (j, ((dc, xc), gc)) in dg.chunks_mut(s).zip(xg.chunks(s)).zip(gg.chunks(s)).enumerate() {
+                let ch = k * cg + j;
+                let (w, b) = (w[ch].f(), b[ch].f());
+                let (mut dw, mut db) = (0.0f64, 0.0f64);
+                for ((d, &x), &g) in dc.iter_mut().zip(xc).zip(gc) {
+                    let xh = (x.f() - mean) * rstd;
+                    let gy = if p.silu {
+                        let y = xh * w + b;
+                        let (sg, sc) = sigmoid_pair::<T>(y);
+                        g.f() * sg * (1.0 + y * sc)
+                    } else {
+                        g.f()
+                    };
+                    dw += gy * xh;
+                    db += gy;
+                    let gh = gy * w;
+                    s1 += gh;
+                    s2 += gh * xh;
+                    *d = T::of(gh);
+                }
+                acc[ch] += dw;
+                acc[c + ch] += db;
+            }
+            let (m1, m2) = (s1 / len as f64, s2 / len as f64);
+            for (d, &x) in dg.iter_mut().zip(xg) {
+                let xh = (x.f() - mean) * rstd;
+                *d = T::of(rstd * (d.f() - m1 - xh * m2));
+            }
+        }
+        acc
+    }
+}
+
+impl CustomOp3 for GroupNormAct {
+    fn name(&self) -> &'static str {
+        "fused-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let p = self.0;
+        let (_, c, s) = bcs(op, l1, l2, l3, p.groups)?;
+        let out = with_slices3!(op, (s1, l1), (s2, l2), (s3, l3), |x, w, b| {
+            new_chunks(x.len(), 0, c * s, |n, o| {
+                gn_fwd_sample(o, &x[n * c * s..(n + 1) * c * s], w, b, s, p)
+            })
+            .0
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = GroupNormActBwd(self.0, b.contiguous()?.detach());
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
+        let (len, c) = (x.elem_count(), w.elem_count());
+        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, len, c)?;
+        let db = packed.narrow(0, len + c, c)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp3 for GroupNormActBwd {
+    fn name(&self) -> &'static str {
+        "fused-group-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let p = self.0;
+        let (_, c, s) = bcs(op, l1, l2, self.1.layout(), p.groups)?;
+        if l3.dims() != l1.dims() {
+            bail!("{op}: gradient {:?} vs input {:?}", l3.dims(), l1.dims());
+        }
+        let bias = &self.1;
+        let out = with_slices3!(op, (s1, l1), (s2, l2), (s3, l3), |x, w, g| {
+            super::with_slice(bias, |b| {
+                let (dx, acc) = new_chunks(x.len(), 2 * c, c * s, |n, dx| {
+                    let r = n * c * s..(n + 1) * c * s;
+                    gn_bwd_sample(dx, &x[r.clone()], &g[r], w, b, s, p)
+                });
+                Ok(append_sum(dx, &acc, 2 * c))
+            })?
+        });
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * c)))
+    }
+}
+
+/// GroupNorm over `groups` groups of the channels of `x` (`[B, C, …]`, epsilon `eps`) with the
+/// affine weight and bias `w`, `b` (`[C]`), followed by SiLU when `silu` is set.
+pub fn group_norm(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    let p = Params { groups, eps, silu };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, GroupNormAct(p))
+}
