@@ -1,7 +1,7 @@
 //! The kernels of a JiT block: RMSNorm fused with the adaLN modulation, the per-head RMS
 //! qk-norm fused with the 2-D rotary embedding, and the SwiGLU gate. Composed from candle ops
-//! these were three quarters of a `jit-mini-4` step (a dozen graph nodes each, every one with
-//! its zero-filled gradient buffer), against 15% for the matrix products.
+//! (a dozen graph nodes each, every one with its zero-filled gradient buffer) they took about
+//! two thirds of a `jit-mini-4` training step; the matrix products took 15%.
 //!
 //! As in [`super::adaln`], a backward is one op over the saved inputs and the upstream
 //! gradient that returns every input's gradient packed in one flat buffer; per-sample sums are
