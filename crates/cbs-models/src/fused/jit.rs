@@ -13,31 +13,15 @@ use candle_core::{
 };
 
 use super::adaln::{append_sum, bnc, new_chunks, pack, unpack};
-use super::{contiguous, lane_sum, lane_sum3, sigmoid_pair, simd_kernel, with_slices3, F};
+use super::{
+    contiguous, lane_sum, lane_sum3, sigmoid_pair, simd_kernel, with_slices1, with_slices2,
+    with_slices3, F,
+};
 
 /// `1/√(mean(x²) + eps)` of one row.
 #[inline(always)]
 fn rms_rstd<T: F>(x: &[T], eps: f64) -> f64 {
     1.0 / (lane_sum(x, |v| v * v) / x.len().max(1) as f64 + eps).sqrt()
-}
-
-/// `f` on the contiguous f32 or f64 slices of two storages of one dtype, wrapped back.
-macro_rules! with_slices2 {
-    ($op:expr, ($s1:expr, $l1:expr), ($s2:expr, $l2:expr), |$a:ident, $b:ident| $body:expr) => {
-        match ($s1, $s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let $a = contiguous::<f32>($s1, $l1, $op)?;
-                let $b = contiguous::<f32>($s2, $l2, $op)?;
-                CpuStorage::F32($body)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let $a = contiguous::<f64>($s1, $l1, $op)?;
-                let $b = contiguous::<f64>($s2, $l2, $op)?;
-                CpuStorage::F64($body)
-            }
-            _ => bail!("{}: only f32 and f64 (both the same) are supported", $op),
-        }
-    };
 }
 
 // ------------------------------------------------------------------ RMSNorm + modulation
@@ -422,27 +406,12 @@ impl CustomOp1 for SwiGlu {
         let op = self.name();
         let (m, shape) = half_last(op, l)?;
         let rows = swiglu_rows_per_task(m);
-        let out = match s {
-            CpuStorage::F32(_) => {
-                let x = contiguous::<f32>(s, l, op)?;
-                CpuStorage::F32(
-                    new_chunks(x.len() / 2, 0, rows * m, |i, o| {
-                        swiglu_rows(o, &x[i * rows * 2 * m..], m)
-                    })
-                    .0,
-                )
-            }
-            CpuStorage::F64(_) => {
-                let x = contiguous::<f64>(s, l, op)?;
-                CpuStorage::F64(
-                    new_chunks(x.len() / 2, 0, rows * m, |i, o| {
-                        swiglu_rows(o, &x[i * rows * 2 * m..], m)
-                    })
-                    .0,
-                )
-            }
-            _ => bail!("{op}: only f32 and f64 are supported"),
-        };
+        let out = with_slices1!(op, (s, l), |x| {
+            new_chunks(x.len() / 2, 0, rows * m, |i, o| {
+                swiglu_rows(o, &x[i * rows * 2 * m..], m)
+            })
+            .0
+        });
         Ok((out, shape))
     }
 

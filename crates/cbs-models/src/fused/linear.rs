@@ -15,8 +15,8 @@ use candle_core::{
 
 use super::gemm::{gemm_into, matmul, Threads, View};
 use super::{
-    contiguous, last_dim, new_rows, simd_kernel, with_slice, with_slices3, with_tensors3, F,
-    PAR_MIN,
+    contiguous, last_dim, new_rows, simd_kernel, with_slice, with_slices1, with_slices2,
+    with_slices3, with_tensors3, F, PAR_MIN,
 };
 
 /// Forward: (y `[…, O]`, b `[O]`) → `y + b`.
@@ -84,19 +84,7 @@ impl CustomOp2 for BiasAdd {
         if l2.dims() != [o] {
             bail!("{op}: bias {:?} does not match {:?}", l2.dims(), l1.dims());
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(bias_fwd(
-                contiguous::<f32>(s1, l1, op)?,
-                contiguous(s2, l2, op)?,
-                o,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(bias_fwd(
-                contiguous::<f64>(s1, l1, op)?,
-                contiguous(s2, l2, op)?,
-                o,
-            )),
-            _ => bail!("{op}: only f32 and f64 (matching) are supported"),
-        };
+        let out = with_slices2!(op, (s1, l1), (s2, l2), |y, b| bias_fwd(y, b, o));
         Ok((out, l1.shape().clone()))
     }
 
@@ -120,11 +108,7 @@ impl CustomOp1 for ColumnSum {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
         let o = last_dim(l);
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(column_sum(contiguous::<f32>(s, l, op)?, o)),
-            CpuStorage::F64(_) => CpuStorage::F64(column_sum(contiguous::<f64>(s, l, op)?, o)),
-            _ => bail!("{op}: only f32 and f64 are supported"),
-        };
+        let out = with_slices1!(op, (s, l), |g| column_sum(g, o));
         Ok((out, Shape::from(o)))
     }
 }

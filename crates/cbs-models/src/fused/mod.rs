@@ -82,6 +82,45 @@ fn new_rows<T: F>(
     }
 }
 
+/// Run `$body` with `$a` bound to the contiguous f32 or f64 slice of the storage, wrapping the
+/// `Vec` it returns into the matching `CpuStorage`.
+macro_rules! with_slices1 {
+    ($op:expr, ($s1:expr, $l1:expr), |$a:ident| $body:expr) => {
+        match $s1 {
+            CpuStorage::F32(_) => {
+                let $a = contiguous::<f32>($s1, $l1, $op)?;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                let $a = contiguous::<f64>($s1, $l1, $op)?;
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", $op),
+        }
+    };
+}
+pub(crate) use with_slices1;
+
+/// [`with_slices1`] over two storages of one dtype.
+macro_rules! with_slices2 {
+    ($op:expr, ($s1:expr, $l1:expr), ($s2:expr, $l2:expr), |$a:ident, $b:ident| $body:expr) => {
+        match ($s1, $s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let $a = contiguous::<f32>($s1, $l1, $op)?;
+                let $b = contiguous::<f32>($s2, $l2, $op)?;
+                CpuStorage::F32($body)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let $a = contiguous::<f64>($s1, $l1, $op)?;
+                let $b = contiguous::<f64>($s2, $l2, $op)?;
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 (both the same) are supported", $op),
+        }
+    };
+}
+pub(crate) use with_slices2;
+
 /// Run `$body` with `$a`, `$b`, `$c` bound to the contiguous f32 or f64 slices of the three
 /// storages, wrapping the `Vec` it returns into the matching `CpuStorage`.
 macro_rules! with_slices3 {
@@ -355,15 +394,7 @@ macro_rules! fused_op {
                 $name
             }
             fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-                let out = match s {
-                    CpuStorage::F32(_) => {
-                        CpuStorage::F32($ffn(contiguous(s, l, $name)?, l, self.0))
-                    }
-                    CpuStorage::F64(_) => {
-                        CpuStorage::F64($ffn(contiguous(s, l, $name)?, l, self.0))
-                    }
-                    _ => candle_core::bail!("{}: only f32 and f64 are supported", $name),
-                };
+                let out = with_slices1!($name, (s, l), |x| $ffn(x, l, self.0));
                 Ok((out, l.shape().clone()))
             }
             fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -393,21 +424,7 @@ macro_rules! fused_op {
                         l2.shape()
                     );
                 }
-                let out = match (s1, s2) {
-                    (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32($bfn(
-                        contiguous(s1, l1, name)?,
-                        contiguous(s2, l2, name)?,
-                        l1,
-                        self.0,
-                    )),
-                    (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64($bfn(
-                        contiguous(s1, l1, name)?,
-                        contiguous(s2, l2, name)?,
-                        l1,
-                        self.0,
-                    )),
-                    _ => candle_core::bail!("{name}: only f32 and f64 (matching) are supported"),
-                };
+                let out = with_slices2!(name, (s1, l1), (s2, l2), |a, g| $bfn(a, g, l1, self.0));
                 Ok((out, l1.shape().clone()))
             }
         }

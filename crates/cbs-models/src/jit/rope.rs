@@ -70,9 +70,7 @@ pub fn rotate_half(x: &Tensor) -> Result<Tensor> {
 
 /// Rotary tables for one token layout (with or without the in-context class tokens).
 pub struct Rope {
-    cos: Tensor,   // [tokens, head_dim]
-    sin: Tensor,   // [tokens, head_dim]
-    table: Tensor, // [2, tokens, head_dim]: cos then sin, for the fused kernel
+    table: Tensor, // [2, tokens, head_dim]: cos then sin
 }
 
 impl Rope {
@@ -86,9 +84,8 @@ impl Rope {
         let (cos, sin) = rope_tables(head_dim, grid, num_cls);
         let n = num_cls + grid * grid;
         let t = |v: Vec<f32>| Tensor::from_vec(v, (n, head_dim), device)?.to_dtype(dtype);
-        let (cos, sin) = (t(cos)?, t(sin)?);
-        let table = Tensor::stack(&[&cos, &sin], 0)?; // [2, tokens, head_dim]
-        Ok(Self { cos, sin, table })
+        let table = Tensor::stack(&[t(cos)?, t(sin)?], 0)?; // [2, tokens, head_dim]
+        Ok(Self { table })
     }
 
     /// `[2, tokens, head_dim]`: the cos table, then the sin table.
@@ -98,7 +95,7 @@ impl Rope {
 
     /// Number of tokens the tables cover.
     pub fn len(&self) -> usize {
-        self.cos.dims()[0]
+        self.table.dims()[1]
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -106,6 +103,7 @@ impl Rope {
 
     /// Rotate `x` `[B, H, N, head_dim]` (N = [`Rope::len`]).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        x.broadcast_mul(&self.cos)? + rotate_half(x)?.broadcast_mul(&self.sin)?
+        let (cos, sin) = (self.table.get(0)?, self.table.get(1)?); // [tokens, head_dim] each
+        x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?
     }
 }
