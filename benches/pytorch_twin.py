@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""PyTorch twin of `cbs bench train` / `cbs bench sample`: the same SiT or JiT, the same step.
+"""PyTorch twin of `cbs bench train` / `cbs bench sample`: the same SiT, JiT or UNet, the same
+step.
 
 Opt-in (needs torch; `scripts/bench_cpu.sh` installs it into a virtual environment).
 Prints the same closing line as `cbs bench`: `median_step_ms=<value>`.
@@ -7,10 +8,12 @@ Prints the same closing line as `cbs bench`: `median_step_ms=<value>`.
 The SiT here is written from the published architecture facts (adaLN-Zero blocks, [cos, sin]
 time features, fixed 2-D sin-cos positions, learn_sigma output halves), and the JiT likewise
 (bottleneck patch embedding, RMSNorm, per-head qk-norm, 2-D RoPE, SwiGLU, in-context class
-tokens; attention by `F.scaled_dot_product_attention`), with the same parameter names and
-counts as `cbs inspect`, so both sides run the same arithmetic:
+tokens; attention by `F.scaled_dot_product_attention`), and the guided-diffusion UNet as
+torchcfm builds it, with the same parameter names and counts as `cbs inspect`, so both sides
+run the same arithmetic:
   python3 benches/pytorch_twin.py train --model sit-s-4 --image-size 32 --in-channels 3 --batch 32
   python3 benches/pytorch_twin.py train --model jit-mini-4 --image-size 32 --in-channels 3
+  python3 benches/pytorch_twin.py train --model unet-mini --image-size 32 --in-channels 3
 """
 import argparse
 import copy
@@ -240,7 +243,139 @@ class Jit(nn.Module):
         return out.reshape(b, g, g, p, p, self.c).permute(0, 5, 1, 3, 2, 4).reshape(x.shape)
 
 
+# ----------------------------------------------------------------------------- UNet
+
+# model_channels, res blocks, attention resolutions, channel mult, heads, channels per head,
+# dropout (torchcfm's CIFAR-10 model and the small CPU size).
+UNETS = {"cifar": (128, 2, (16,), (1, 2, 2, 2), 4, 64, 0.1),
+         "mini": (32, 1, (8,), (1, 2, 2), 2, 32, 0.0)}
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin, cout, ted, dropout):
+        super().__init__()
+        self.in_layers = nn.Sequential(nn.GroupNorm(32, cin), nn.SiLU(),
+                                       nn.Conv2d(cin, cout, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(ted, cout))
+        self.out_layers = nn.Sequential(nn.GroupNorm(32, cout), nn.SiLU(), nn.Dropout(dropout),
+                                        nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip_connection = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x, emb):
+        h = self.in_layers(x) + self.emb_layers(emb)[..., None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    """GroupNorm, 1x1 qkv, guided-diffusion's legacy head order ([head][q|k|v][ch])."""
+
+    def __init__(self, c, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(32, c)
+        self.qkv = nn.Conv1d(c, 3 * c, 1)
+        self.proj_out = nn.Conv1d(c, c, 1)
+
+    def forward(self, x):
+        b, c, hh, ww = x.shape
+        xt = x.reshape(b, c, -1)
+        qkv = self.qkv(self.norm(xt))
+        ch = c // self.heads
+        q, k, v = qkv.reshape(b * self.heads, 3 * ch, -1).split(ch, dim=1)
+        scale = ch ** -0.25
+        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale).softmax(-1)
+        a = torch.einsum("bts,bcs->bct", weight, v).reshape(b, c, -1)
+        return (xt + self.proj_out(a)).reshape(b, c, hh, ww)
+
+
+class Downsample(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.op = nn.Conv2d(c, c, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """The guided-diffusion UNet as torchcfm's wrapper builds it (no scale-shift norm,
+    conv resampling), predicting the velocity."""
+
+    def __init__(self, mc, nres, attn_res, mult, heads, head_ch, dropout, size, chans, classes):
+        super().__init__()
+        ted, self.mc = 4 * mc, mc
+        self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+        self.label_emb = nn.Embedding(classes + 1, ted) if classes else None
+        attn_ds = [size // r for r in attn_res]
+
+        def attn(c):
+            return AttentionBlock(c, c // head_ch if head_ch else heads)
+
+        ch = mc * mult[0]
+        self.input_blocks = nn.ModuleList([nn.ModuleList([nn.Conv2d(chans, ch, 3, padding=1)])])
+        skips, ds = [ch], 1
+        for level, m in enumerate(mult):
+            for _ in range(nres):
+                layers = [ResBlock(ch, mc * m, ted, dropout)]
+                ch = mc * m
+                if ds in attn_ds:
+                    layers.append(attn(ch))
+                self.input_blocks.append(nn.ModuleList(layers))
+                skips.append(ch)
+            if level != len(mult) - 1:
+                self.input_blocks.append(nn.ModuleList([Downsample(ch)]))
+                skips.append(ch)
+                ds *= 2
+        self.middle_block = nn.ModuleList([ResBlock(ch, ch, ted, dropout), attn(ch),
+                                           ResBlock(ch, ch, ted, dropout)])
+        self.output_blocks = nn.ModuleList()
+        for level, m in reversed(list(enumerate(mult))):
+            for i in range(nres + 1):
+                layers = [ResBlock(ch + skips.pop(), mc * m, ted, dropout)]
+                ch = mc * m
+                if ds in attn_ds:
+                    layers.append(attn(ch))
+                if level and i == nres:
+                    layers.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(nn.ModuleList(layers))
+        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(ch, chans, 3, padding=1))
+
+    @staticmethod
+    def run(block, h, emb):
+        for layer in block:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        return h
+
+    def forward(self, x, t, y):
+        half = self.mc // 2
+        f = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+        a = t[:, None] * f[None]
+        emb = self.time_embed(torch.cat([a.cos(), a.sin()], -1))
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(y)
+        hs, h = [], x
+        for block in self.input_blocks:
+            h = self.run(block, h, emb)
+            hs.append(h)
+        h = self.run(self.middle_block, h, emb)
+        for block in self.output_blocks:
+            h = self.run(block, torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out(h)
+
+
 def build(a):
+    if a.model.startswith("unet-"):
+        return UNet(*UNETS[a.model.split("-")[1]], a.image_size, a.in_channels, a.num_classes)
     family, size, patch = a.model.split("-")
     if family == "jit":
         depth, h, heads, bottleneck, icl, ics = JIT_SIZES[size]
@@ -289,7 +424,7 @@ def main():
         return bench_matmul(a)
     model = build(a)
     jit = isinstance(model, Jit)
-    n_params = sum(p.numel() for p in model.parameters()) + model.pos_embed.numel()
+    n_params = sum(t.numel() for t in model.state_dict().values())  # buffers included
     fwd = torch.compile(model) if a.compile else model
     b, shape = a.batch, (a.batch, a.in_channels, a.image_size, a.image_size)
     x0, x1 = torch.randn(shape), torch.randn(shape)

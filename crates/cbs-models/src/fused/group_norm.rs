@@ -12,7 +12,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::adaln::{append_sum, new_chunks};
-use super::{contiguous, row_stats, sigmoid_pair, simd_kernel, with_slices3, F};
+use super::{contiguous, row_stats, sigmoid_pair, simd_kernel, with_slices3, F, LANES};
 
 /// The op's parameters: group count, epsilon, and whether SiLU follows.
 #[derive(Clone, Copy)]
@@ -74,6 +74,59 @@ simd_kernel! {
     }
 }
 
+/// One channel of the backward's first pass: writes `ĝ = gy·w` into `d` and returns
+/// `[Σ gy·x̂, Σ gy, Σ ĝ, Σ ĝ·x̂]`, with `LANES` interleaved partial sums per total (single
+/// running sums are chains of dependent additions that keep the loop scalar) and the SiLU
+/// branch resolved at compile time.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gn_bwd_channel<T: F, const SILU: bool>(
+    d: &mut [T],
+    x: &[T],
+    g: &[T],
+    mean: f64,
+    rstd: f64,
+    w: f64,
+    b: f64,
+) -> [f64; 4] {
+    let one = |x: T, g: T| {
+        let xh = (x.f() - mean) * rstd;
+        let gy = if SILU {
+            let y = xh * w + b;
+            let (sg, sc) = sigmoid_pair::<T>(y);
+            g.f() * sg * (1.0 + y * sc)
+        } else {
+            g.f()
+        };
+        (xh, gy, gy * w)
+    };
+    let split = x.len() - x.len() % LANES;
+    let mut acc = [[0.0f64; LANES]; 4];
+    let body = d[..split]
+        .chunks_exact_mut(LANES)
+        .zip(x[..split].chunks_exact(LANES));
+    for ((d, x), g) in body.zip(g[..split].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let (xh, gy, gh) = one(x[l], g[l]);
+            acc[0][l] += gy * xh;
+            acc[1][l] += gy;
+            acc[2][l] += gh;
+            acc[3][l] += gh * xh;
+            d[l] = T::of(gh);
+        }
+    }
+    let mut tot = acc.map(|a| a.iter().sum::<f64>());
+    for i in split..x.len() {
+        let (xh, gy, gh) = one(x[i], g[i]);
+        tot[0] += gy * xh;
+        tot[1] += gy;
+        tot[2] += gh;
+        tot[3] += gh * xh;
+        d[i] = T::of(gh);
+    }
+    tot
+}
+
 simd_kernel! {
     /// One sample of the backward: with `x̂` the normalised value, `y = x̂·w + b`, `gy` the
     /// gradient at `y` (through SiLU if asked) and `ĝ = gy·w`, writes
@@ -99,25 +152,15 @@ simd_kernel! {
             for (j, ((dc, xc), gc)) in dg.chunks_mut(s).zip(xg.chunks(s)).zip(gg.chunks(s)).enumerate() {
                 let ch = k * cg + j;
                 let (w, b) = (w[ch].f(), b[ch].f());
-                let (mut dw, mut db) = (0.0f64, 0.0f64);
-                for ((d, &x), &g) in dc.iter_mut().zip(xc).zip(gc) {
-                    let xh = (x.f() - mean) * rstd;
-                    let gy = if p.silu {
-                        let y = xh * w + b;
-                        let (sg, sc) = sigmoid_pair::<T>(y);
-                        g.f() * sg * (1.0 + y * sc)
-                    } else {
-                        g.f()
-                    };
-                    dw += gy * xh;
-                    db += gy;
-                    let gh = gy * w;
-                    s1 += gh;
-                    s2 += gh * xh;
-                    *d = T::of(gh);
-                }
+                let [dw, db, t1, t2] = if p.silu {
+                    gn_bwd_channel::<T, true>(dc, xc, gc, mean, rstd, w, b)
+                } else {
+                    gn_bwd_channel::<T, false>(dc, xc, gc, mean, rstd, w, b)
+                };
                 acc[ch] += dw;
                 acc[c + ch] += db;
+                s1 += t1;
+                s2 += t2;
             }
             let (m1, m2) = (s1 / len as f64, s2 / len as f64);
             for (d, &x) in dg.iter_mut().zip(xg) {
