@@ -10,9 +10,10 @@ use super::gemm::{gemm_into, matmul, Threads, View};
 use super::{contiguous, with_slice, with_slices3, with_tensors3, F};
 use crate::par;
 
-/// Images whose kernel gradients one task sums before the tasks' sums are added, in order (a
-/// fixed number, so the result does not depend on the thread count).
-const GROUP: usize = 8;
+/// The batch is cut into at most this many groups of consecutive images; one task sums a
+/// group's kernel gradients, then the groups' sums are added in order. The grouping depends
+/// on the batch size only, so the result does not depend on the thread count.
+const MAX_GROUPS: usize = 8;
 
 /// Sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
@@ -184,7 +185,13 @@ type Slot<T> = std::sync::Mutex<Option<(Vec<T>, Vec<f64>)>>;
 /// `(dx, dW, db)` from the output gradient `go` `[B, O, Ho, Wo]`.
 fn bwd<T: F>(x: &[T], w: &[T], go: &[T], g: &Geo) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (k, pix, xl, ol) = (g.k(), g.pix(), g.x_len(), g.out_len());
-    let th = if per_image(g) {
+    let per = g.b.div_ceil(MAX_GROUPS).max(1); // images per group
+    let groups = g.b.div_ceil(per);
+    // Groups in parallel when there are enough of them for the threads; otherwise (a batch of
+    // 8 is one group) groups in turn, each product spread over the threads. Either way every
+    // sum runs in the same order.
+    let par_groups = groups >= par::threads();
+    let th = if par_groups {
         Threads::One
     } else {
         Threads::All
@@ -195,7 +202,7 @@ fn bwd<T: F>(x: &[T], w: &[T], go: &[T], g: &Geo) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (mut dwt, mut db) = (vec![T::of(0.0); k * g.co], vec![0.0f64; g.co]);
         let mut col = vec![T::of(0.0); k * pix];
         for (j, dxn) in dx.chunks_exact_mut(xl.max(1)).enumerate() {
-            let n = gi * GROUP + j;
+            let n = gi * per + j;
             let gn = &go[n * ol..][..ol];
             im2col(&x[n * xl..][..xl], g, &mut col);
             let gv = View::rows(gn, g.co, pix, pix);
@@ -217,36 +224,36 @@ fn bwd<T: F>(x: &[T], w: &[T], go: &[T], g: &Geo) -> (Vec<T>, Vec<T>, Vec<T>) {
         }
         (dwt, db)
     };
-    let groups = g.b.div_ceil(GROUP);
     let mut parts: Vec<Slot<T>> = (0..groups).map(|_| Slot::new(None)).collect();
-    let dx = if per_image(g) {
-        par::build(g.b * xl, 0, GROUP * xl, T::of(0.0), |gi, dx| {
+    let dx = if par_groups {
+        par::build(g.b * xl, 0, per * xl, T::of(0.0), |gi, dx| {
             *parts[gi].lock().expect("one writer per group") = Some(group(gi, dx));
         })
     } else {
         let mut dx = vec![T::of(0.0); g.b * xl];
-        for (gi, d) in dx.chunks_mut((GROUP * xl).max(1)).enumerate() {
+        for (gi, d) in dx.chunks_mut((per * xl).max(1)).enumerate() {
             *parts[gi].get_mut().expect("not poisoned") = Some(group(gi, d));
         }
         dx
     };
-    let (mut dw, mut db) = (vec![0.0f64; g.co * k], vec![0.0f64; g.co]);
+    // Sums in the groups' `[k, O]` layout (contiguous adds), transposed once at the end.
+    let (mut dwt, mut db) = (vec![0.0f64; k * g.co], vec![0.0f64; g.co]);
     for p in parts.iter_mut() {
         let (pw, pb) = p
             .get_mut()
             .expect("no group panicked")
             .take()
             .expect("every group ran");
-        // `pw` is [k, O]: entry (kk, o) belongs to dW[o, kk].
-        for (kk, row) in pw.chunks_exact(g.co.max(1)).enumerate() {
-            for (o, v) in row.iter().enumerate() {
-                dw[o * k + kk] += v.f();
-            }
-        }
+        dwt.iter_mut().zip(&pw).for_each(|(a, v)| *a += v.f());
         db.iter_mut().zip(&pb).for_each(|(a, v)| *a += v);
     }
-    let to_t = |v: Vec<f64>| v.into_iter().map(T::of).collect::<Vec<T>>();
-    (dx, to_t(dw), to_t(db))
+    let mut dw = vec![T::of(0.0); g.co * k];
+    for (kk, row) in dwt.chunks_exact(g.co.max(1)).enumerate() {
+        for (o, &v) in row.iter().enumerate() {
+            dw[o * k + kk] = T::of(v); // entry (kk, o) of dWᵀ
+        }
+    }
+    (dx, dw, db.into_iter().map(T::of).collect())
 }
 
 /// The graph node: (x, weight, bias) → output.

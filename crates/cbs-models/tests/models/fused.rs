@@ -65,8 +65,8 @@ fn cases() -> Vec<Case> {
             shapes: vec![vec![B, 4, 7, 6], vec![5, 4, 3, 3], vec![5]],
         },
         Case {
-            // More images than one kernel-gradient group (8); odd sides at stride 2.
-            name: "conv2d 3×3, stride 2, padding 1, two image groups",
+            // 10 images: five kernel-gradient groups of two; odd sides at stride 2.
+            name: "conv2d 3×3, stride 2, padding 1, several image groups",
             fused: Box::new(|x| fused::conv2d(&x[0], &x[1], &x[2], 2, 1)),
             composed: Box::new(|x| candle_conv(x, 2, 1)),
             shapes: vec![vec![10, 3, 7, 5], vec![4, 3, 3, 3], vec![4]],
