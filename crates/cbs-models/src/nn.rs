@@ -7,9 +7,9 @@
 //! differentiates op by op. Besides the single ops (LayerNorm, softmax, GELU, SiLU), the
 //! transformer-block pieces are fused whole: [`layer_norm_modulate`], [`gated_residual`],
 //! [`linear`], [`attention`], JiT's [`rms_norm_modulate`], [`qk_norm_rope`] and [`swiglu`],
-//! the UNet's [`group_norm`] (with SiLU), and the loss [`mse`] — each one graph node instead of several,
-//! which matters because candle's backward gives every input of every node a zero-filled
-//! gradient buffer plus an add.
+//! the UNet's [`group_norm`] (with SiLU), and the loss [`mse`] — each one graph node instead
+//! of several, which matters because candle's backward gives every input of every node a
+//! zero-filled gradient buffer plus an add.
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::Linear;
