@@ -12,7 +12,7 @@ use crate::par;
 
 /// The batch is cut into at most this many groups of consecutive images; one task sums a
 /// group's kernel gradients, then the groups' sums are added in order. The grouping depends
-/// on the batch size only, so the result does not depend on the thread count.
+/// on the batch size only (not on how tasks land on threads).
 const MAX_GROUPS: usize = 8;
 
 /// Sizes of one convolution.
