@@ -95,18 +95,29 @@ pub(super) fn append_sum<T: F>(mut out: Vec<T>, acc: &[Vec<f64>], width: usize) 
     out
 }
 
+/// Consecutive views of a packed gradient buffer, one per shape.
+pub(super) fn split_packed(packed: &Tensor, shapes: &[Shape]) -> Result<Vec<Tensor>> {
+    let mut at = 0;
+    shapes
+        .iter()
+        .map(|s| {
+            let t = packed.narrow(0, at, s.elem_count())?.reshape(s)?;
+            at += s.elem_count();
+            Ok(t)
+        })
+        .collect()
+}
+
 /// Views of a packed gradient buffer: `[B, N, C]` then `k` blocks of `[B, C]`.
 pub(super) fn unpack(
     packed: &Tensor,
     (b, n, c): (usize, usize, usize),
     k: usize,
 ) -> Result<Vec<Tensor>> {
-    let big = b * n * c;
-    let mut out = vec![packed.narrow(0, 0, big)?.reshape((b, n, c))?];
-    for q in 0..k {
-        out.push(packed.narrow(0, big + q * b * c, b * c)?.reshape((b, c))?);
-    }
-    Ok(out)
+    let shapes: Vec<Shape> = std::iter::once(Shape::from((b, n, c)))
+        .chain((0..k).map(|_| Shape::from((b, c))))
+        .collect();
+    split_packed(packed, &shapes)
 }
 
 // ------------------------------------------------------------------ LayerNorm + modulation

@@ -11,7 +11,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::adaln::{append_sum, new_chunks};
+use super::adaln::{append_sum, new_chunks, split_packed};
 use super::{contiguous, row_stats, sigmoid_pair, simd_kernel, with_slices3, F, LANES};
 
 /// The op's parameters: group count, epsilon, and whether SiLU follows.
@@ -208,11 +208,9 @@ impl CustomOp3 for GroupNormAct {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = GroupNormActBwd(self.0, b.contiguous()?.detach());
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
-        let (len, c) = (x.elem_count(), w.elem_count());
-        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, len, c)?;
-        let db = packed.narrow(0, len + c, c)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let shapes = [x.shape().clone(), w.shape().clone(), b.shape().clone()];
+        let mut g = split_packed(&packed, &shapes)?.into_iter();
+        Ok((g.next(), g.next(), g.next()))
     }
 }
 

@@ -12,7 +12,7 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
 };
 
-use super::adaln::{append_sum, bnc, new_chunks, pack, unpack};
+use super::adaln::{append_sum, bnc, new_chunks, pack, split_packed, unpack};
 use super::{
     contiguous, lane_sum, lane_sum3, sigmoid_pair, simd_kernel, with_slices1, with_slices2,
     with_slices3, F,
@@ -301,10 +301,8 @@ impl CustomOp2 for QkNormRope {
             eps: self.eps,
         };
         let packed = qkv.apply_op3_no_bwd(w, &grad.contiguous()?, &bwd)?;
-        let len = qkv.elem_count();
-        let dqkv = packed.narrow(0, 0, len)?.reshape(qkv.shape())?;
-        let dw = packed.narrow(0, len, w.elem_count())?.reshape(w.shape())?;
-        Ok((Some(dqkv), Some(dw)))
+        let mut g = split_packed(&packed, &[qkv.shape().clone(), w.shape().clone()])?.into_iter();
+        Ok((g.next(), g.next()))
     }
 }
 
