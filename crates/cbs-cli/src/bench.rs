@@ -45,7 +45,7 @@ fn bench_matmul(c: BenchMatmul) -> Result<()> {
     let mut ms = Vec::with_capacity(c.steps);
     for i in 0..c.warmup + c.steps {
         let t0 = Instant::now();
-        let out = cbs_models::fused::product(&lhs, &rhs)?;
+        let out = cbs_kernels::product(&lhs, &rhs)?;
         if i >= c.warmup {
             ms.push(t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -53,7 +53,7 @@ fn bench_matmul(c: BenchMatmul) -> Result<()> {
     }
     ms.sort_by(|a, b| a.total_cmp(b));
     let median = ms[ms.len() / 2];
-    let threads = cbs_models::par::threads();
+    let threads = cbs_kernels::par::threads();
     println!(
         "bench matmul: [{m}, {k}]·[{k}, {n}] f32 lhs_transposed={} threads={threads}",
         c.lhs_transposed
@@ -115,15 +115,15 @@ fn report(c: &BenchCommon, what: &str, params: usize, mut ms: Vec<f64>, images_p
     ms.sort_by(|a, b| a.total_cmp(b));
     let median = ms[ms.len() / 2];
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
-    let threads = cbs_models::par::threads();
+    let threads = cbs_kernels::par::threads();
     println!(
         "bench {what}: model={} params={params} batch={} device={} precision={} \
-         threads={threads} fused_cpu_ops={} steps={} (after {} warm-up)",
+         threads={threads} kernels={} steps={} (after {} warm-up)",
         c.model,
         c.batch,
         c.device.device,
         c.precision,
-        cbs_models::nn::fused_enabled(),
+        c.kernels.name(),
         c.steps,
         c.warmup
     );
@@ -153,6 +153,7 @@ fn bench_train(c: BenchCommon) -> Result<()> {
     let (arch, shape, dev) = setup(&c)?;
     let tc = TrainSection {
         lr: 1e-4,
+        kernels: c.kernels,
         ..Default::default()
     };
     let mut st = Stepper::new(&arch, &tc, &dev)?;
@@ -189,7 +190,11 @@ fn bench_train(c: BenchCommon) -> Result<()> {
 
 fn bench_sample(c: BenchCommon) -> Result<()> {
     let (arch, shape, dev) = setup(&c)?;
-    let st = Stepper::new(&arch, &TrainSection::default(), &dev)?;
+    let tc = TrainSection {
+        kernels: c.kernels,
+        ..Default::default()
+    };
+    let st = Stepper::new(&arch, &tc, &dev)?;
     // Random weights everywhere: the reference init zeroes whole branches, which a timing of
     // matrix products does not care about, but keep the arithmetic realistic anyway.
     cbs_models::sit::init::init_all_random(&st.vars, 0, 0.02)?;
@@ -202,7 +207,7 @@ fn bench_sample(c: BenchCommon) -> Result<()> {
         .map(|(k, t)| (k, t.detach()))
         .collect();
     let vb = candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &dev);
-    let model = cbs_models::Model::new(&arch, vb)?;
+    let model = cbs_models::Model::new(&arch, c.kernels, vb)?;
     drop(st);
     let batch = random_batch(&c, &shape, arch.num_classes(), &dev)?;
     let field = cbs_flow::guidance::Guided::new(&model, c.cfg_scale);

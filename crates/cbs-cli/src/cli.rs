@@ -105,6 +105,10 @@ pub struct RunArgs {
     /// Override train.seed (expert i of train-experts uses seed + i).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Override train.kernels: `fused` (hand-written kernels where they apply: CPU f32/f64)
+    /// or `composed` (candle's ops everywhere). Recorded in the run's config.toml.
+    #[arg(long, value_enum)]
+    pub kernels: Option<cbs_kernels::Kernels>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -117,6 +121,9 @@ impl RunArgs {
         }
         if let Some(s) = self.seed {
             cfg.train.seed = s;
+        }
+        if let Some(k) = self.kernels {
+            cfg.train.kernels = k;
         }
     }
 }
@@ -296,6 +303,10 @@ pub struct BenchCommon {
     /// Guidance scale for `bench sample` (2× batch when ≠ 1).
     #[arg(long, default_value_t = 1.0)]
     pub cfg_scale: f64,
+    /// `fused` (the hand-written kernels) or `composed` (candle's ops), for side-by-side
+    /// timings of the two.
+    #[arg(long, value_enum, default_value_t = cbs_kernels::Kernels::Fused)]
+    pub kernels: cbs_kernels::Kernels,
     #[command(flatten)]
     pub device: DeviceArgs,
 }

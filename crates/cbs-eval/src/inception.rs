@@ -7,8 +7,8 @@
 //! * every convolution is a `BasicConv2d`: conv without bias → BatchNorm (eps 1e-3, running
 //!   statistics) → ReLU. The BatchNorm affine map is folded into the convolution weights and a
 //!   per-channel bias when the model is built (`w·γ/√(σ²+ε)`, `β − μ·γ/√(σ²+ε)`). Conv + bias +
-//!   ReLU run as one [`crate::conv::conv2d`] (a CPU im2col/gemm kernel; candle's ops elsewhere),
-//!   the 3×3 poolings through [`crate::pool`].
+//!   ReLU run as one [`cbs_kernels::conv2d_infer`] (a CPU im2col/gemm kernel; candle's ops elsewhere),
+//!   the 3×3 poolings through [`cbs_kernels::ops::pool`].
 //! * stem `Conv2d_1a_3x3` (stride 2) → `Conv2d_2a_3x3` → `Conv2d_2b_3x3` (pad 1) → max-pool 3/2 →
 //!   `Conv2d_3b_1x1` → `Conv2d_4a_3x3` → max-pool 3/2, then `Mixed_5b/5c/5d` (InceptionA),
 //!   `Mixed_6a` (InceptionB), `Mixed_6b/6c/6d/6e` (InceptionC), `Mixed_7a` (InceptionD),
@@ -37,6 +37,7 @@
 //! `candle_core::pickle`, and the legacy pre-1.6 format, read by a small data-only reader here;
 //! no pickle code is ever executed) or from a `.safetensors` copy with the same key names.
 
+use cbs_kernels::{ConvInfer, Kernels};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,11 @@ pub const SPATIAL_CHANNELS: usize = 7;
 pub const SPATIAL_DIM: usize = SPATIAL_CHANNELS * 17 * 17;
 
 const BN_EPS: f64 = 1e-3;
+
+/// The convolutions and poolings take the CPU kernels wherever they apply (f32 on the CPU;
+/// candle's ops elsewhere): an inference network has no training policy to follow, and the
+/// two paths agree to float rounding (tests/eval/conv.rs, pool.rs).
+const KERNELS: Kernels = Kernels::Fused;
 
 /// `BasicConv2d` (conv without bias, BatchNorm, ReLU) with the BatchNorm folded in.
 #[derive(Debug, Clone)]
@@ -112,30 +118,34 @@ impl ConvBn {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::conv::conv2d(
+        let c = ConvInfer {
+            stride: self.stride,
+            pad: self.pad,
+            relu: true,
+        };
+        Ok(cbs_kernels::conv2d_infer(
             x,
             &self.weight,
             Some(&self.bias),
-            true,
-            self.stride,
-            self.pad,
-        )
+            c,
+            KERNELS,
+        )?)
     }
 }
 
 /// 3×3 average pooling, stride 1, padding 1, with `count_include_pad=False`: each output is the
-/// mean of the in-image pixels of its window (see [`crate::pool`]).
+/// mean of the in-image pixels of its window (see [`cbs_kernels::ops::pool`]).
 pub fn avg_pool_3x3_same_exclude_pad(x: &Tensor) -> Result<Tensor> {
-    crate::pool::avg_pool_3x3_same_exclude_pad(x)
+    Ok(cbs_kernels::avg_pool_3x3_same_exclude_pad(x, KERNELS)?)
 }
 
-/// 3×3 max pooling, stride 1, padding 1 (PyTorch pads with −∞; see [`crate::pool`]).
+/// 3×3 max pooling, stride 1, padding 1 (PyTorch pads with −∞; see [`cbs_kernels::ops::pool`]).
 pub fn max_pool_3x3_same(x: &Tensor) -> Result<Tensor> {
-    crate::pool::max_pool_3x3(x, 1, 1)
+    Ok(cbs_kernels::max_pool_3x3(x, 1, 1, KERNELS)?)
 }
 
 fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    crate::pool::max_pool_3x3(x, 2, 0)
+    Ok(cbs_kernels::max_pool_3x3(x, 2, 0, KERNELS)?)
 }
 
 fn cat(xs: &[Tensor]) -> Result<Tensor> {

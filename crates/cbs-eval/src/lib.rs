@@ -2,14 +2,12 @@
 //! builds it), its preprocessing, and the statistics computed from its features — FID, sFID,
 //! Inception Score, precision/recall and KID.
 
-pub mod conv;
 pub mod error;
 pub mod features;
 pub mod fid;
 pub mod inception;
 pub mod inputs;
 pub mod metrics;
-pub mod pool;
 pub mod preprocess;
 
 pub use error::{EvalError, Result};

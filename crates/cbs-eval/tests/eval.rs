@@ -1,8 +1,3 @@
-#[path = "eval/conv.rs"]
-mod conv;
-#[path = "eval/pool.rs"]
-mod pool;
-
 mod inception_tests {
     //! Tests of the FID Inception network and its preprocessing: the resize against hand-computed
     //! PyTorch values, the pooling variants against naive loops, the weight readers (safetensors,

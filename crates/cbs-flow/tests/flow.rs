@@ -33,8 +33,10 @@ fn interpolant_endpoints_and_target() {
 fn mse_is_mean_over_all_elements() {
     let a = Tensor::new(&[[1.0f64, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
     let b = Tensor::new(&[[1.0f64, 0.0], [0.0, 4.0]], &Device::Cpu).unwrap();
-    let l = velocity_mse(&a, &b).unwrap().to_scalar::<f64>().unwrap();
-    assert!((l - (4.0 + 9.0) / 4.0).abs() < 1e-15);
+    for k in [cbs_kernels::Kernels::Fused, cbs_kernels::Kernels::Composed] {
+        let l = velocity_mse(&a, &b, k).unwrap().to_scalar::<f64>().unwrap();
+        assert!((l - (4.0 + 9.0) / 4.0).abs() < 1e-15, "{k:?}: {l}");
+    }
 }
 
 /// v(x, t) = a + c·t, independent of x.

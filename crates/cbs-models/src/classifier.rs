@@ -25,6 +25,10 @@ pub struct ClassifierConfig {
     pub widths: Vec<usize>,
     /// Width of the penultimate layer, i.e. the dimension of the features.
     pub feature_dim: usize,
+    /// The op implementations the built network runs on (a run option, not part of the
+    /// architecture: never serialised; [`crate::Model::new`] sets it).
+    #[serde(skip)]
+    pub kernels: crate::Kernels,
 }
 
 impl ClassifierConfig {
@@ -32,6 +36,7 @@ impl ClassifierConfig {
     /// parameters; about one minute per epoch of Fashion-MNIST on two CPU cores).
     pub fn small(in_channels: usize, image_size: usize, num_classes: usize) -> Self {
         Self {
+            kernels: crate::Kernels::Fused,
             in_channels,
             image_size,
             num_classes,
@@ -87,7 +92,13 @@ impl Classifier {
             // 3×3, padding 1: the UNet's layer (same keys and values as `candle_nn::conv2d`;
             // on the CPU the fused convolution: a training step here 280 → 65 ms).
             let stride = if i == 0 { 1 } else { 2 };
-            convs.push(Conv3x3::new(c_in, w, stride, vb.pp("convs").pp(i))?);
+            convs.push(Conv3x3::new(
+                c_in,
+                w,
+                stride,
+                cfg.kernels,
+                vb.pp("convs").pp(i),
+            )?);
             c_in = w;
         }
         Ok(Self {

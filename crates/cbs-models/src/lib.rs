@@ -5,21 +5,26 @@
 //! ([`shapes::parameter_shapes`], which allocates nothing). Initialisation lives in one place per
 //! backbone (`sit::init`), drawn from a seeded Rust RNG because candle's CPU RNG cannot be seeded.
 //!
+//! The ops under the layers (fused kernels with hand-written backward, and the composed
+//! reference) are chosen by the [`Kernels`] policy each backbone config carries (set by
+//! [`Model::new`], never serialised with the architecture), as candle's models carry
+//! `use_flash_attn`.
+//!
 //! [`ModelSpec`] is what configs name (`preset = "sit-b-2"` plus image geometry); [`Model`] is
 //! the built network behind the [`cbs_flow::VelocityField`] trait.
 
 pub mod classifier;
-pub mod fused;
+pub mod common;
 pub mod jit;
 pub mod mlp;
 pub mod nn;
-pub mod par;
 pub mod shapes;
 pub mod sit;
 pub mod spec;
 pub mod unet;
 pub mod weights;
 
+pub use cbs_kernels::Kernels;
 pub use sit::{Sit, SitConfig};
 pub use spec::{all_preset_names, Architecture, Model, ModelSpec, Trainable};
 

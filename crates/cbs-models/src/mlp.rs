@@ -20,6 +20,10 @@ pub struct MlpConfig {
     pub hidden: usize,
     /// Hidden-to-hidden layers between the input and output projections.
     pub depth: usize,
+    /// The op implementations the built network runs on (a run option, not part of the
+    /// architecture: never serialised; [`crate::Model::new`] sets it).
+    #[serde(skip)]
+    pub kernels: crate::Kernels,
 }
 
 const WIDTHS: &[usize] = &[64, 128, 256, 512];
@@ -36,6 +40,7 @@ impl MlpConfig {
     pub fn preset(name: &str) -> Option<Self> {
         let w: usize = name.strip_prefix("mlp-")?.parse().ok()?;
         WIDTHS.contains(&w).then_some(Self {
+            kernels: crate::Kernels::Fused,
             dim: 2,
             hidden: w,
             depth: 3,

@@ -1,57 +1,20 @@
 //! Small layers whose every input and weight receives a gradient.
 //!
 //! candle's own fused `layer_norm`, `softmax_last_dim` and the default `LayerNorm` module
-//! return no gradient (silently). On the CPU (f32/f64) these functions use the kernels of
-//! [`crate::fused`], which have hand-written backward passes; elsewhere (and with
-//! `CBS_FUSED=0`, or inside [`with_composed`]) the [`composed`] versions, which candle
-//! differentiates op by op. Besides the single ops (LayerNorm, softmax, GELU, SiLU), the
+//! return no gradient (silently). Each function here takes the run's [`Kernels`] policy: under
+//! `Kernels::Fused`, CPU f32/f64 tensors take the kernels of `cbs_kernels`, which have
+//! hand-written backward passes; otherwise (`Kernels::Composed`, other devices and dtypes) the
+//! [`composed`] versions, which candle differentiates op by op. Besides the single ops (LayerNorm, softmax, GELU, SiLU), the
 //! transformer-block pieces are fused whole: [`layer_norm_modulate`], [`gated_residual`],
 //! [`linear`], [`attention`], JiT's [`rms_norm_modulate`], [`qk_norm_rope`] and [`swiglu`],
 //! the UNet's [`group_norm`] (with SiLU), and the loss [`mse`] — each one graph node instead
 //! of several, which matters because candle's backward gives every input of every node a
 //! zero-filled gradient buffer plus an add.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::Linear;
-
-use crate::fused;
-
-fn fused_ok(x: &Tensor) -> bool {
-    fused_enabled()
-        && !FORCE_COMPOSED.with(|c| c.get())
-        && x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-}
-
-/// Every tensor can take the fused path (and they share one dtype).
-fn fused_ok_all(xs: &[&Tensor]) -> bool {
-    xs.iter().all(|x| fused_ok(x) && x.dtype() == xs[0].dtype())
-}
-
-thread_local! {
-    static FORCE_COMPOSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Run `f` with the [`composed`] versions on this thread whatever `CBS_FUSED` says (the switch
-/// is read once per process), e.g. to compare a whole model's fused and composed gradients.
-/// Nests; restored on return and on panic. The loss of `cbs_flow::interpolant::velocity_mse`
-/// is not affected (use [`mse`] / [`composed::mse`]).
-pub fn with_composed<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            FORCE_COMPOSED.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(FORCE_COMPOSED.with(|c| c.replace(true)));
-    f()
-}
-
-/// `CBS_FUSED=0` turns the fused kernels off (for side-by-side benchmarks of the two paths).
-pub fn fused_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CBS_FUSED").map_or(true, |v| v != "0"))
-}
+use cbs_kernels as fused;
+pub use cbs_kernels::Kernels;
 
 /// Op-by-op versions (any device), kept as the reference the fused kernels are tested against.
 pub mod composed {
@@ -195,7 +158,7 @@ pub mod composed {
         let q = (qkv.get(0)?.contiguous()? * scale)?; // [B, H, N, d]
         let k = qkv.get(1)?.contiguous()?; // [B, H, N, d]
         let v = qkv.get(2)?.contiguous()?; // [B, H, N, d]
-        let attn = super::softmax_last(&q.matmul(&k.t()?)?)?; // [B, H, N, N]
+        let attn = softmax_last(&q.matmul(&k.t()?)?)?; // [B, H, N, N]
         attn.matmul(&v)? // [B, H, N, d]
             .transpose(1, 2)? // [B, N, H, d]
             .reshape((b, n, c)) // [B, N, C]
@@ -210,8 +173,8 @@ pub mod composed {
 }
 
 /// LayerNorm over the last dimension without affine parameters.
-pub fn layer_norm_no_affine(x: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused_ok(x) {
+pub fn layer_norm_no_affine(k: Kernels, x: &Tensor, eps: f64) -> Result<Tensor> {
+    if k.fuses(&[x]) {
         fused::layer_norm_no_affine(x, eps)
     } else {
         composed::layer_norm_no_affine(x, eps)
@@ -219,8 +182,8 @@ pub fn layer_norm_no_affine(x: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Softmax over the last dimension.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    if fused_ok(x) {
+pub fn softmax_last(k: Kernels, x: &Tensor) -> Result<Tensor> {
+    if k.fuses(&[x]) {
         fused::softmax_last(x)
     } else {
         composed::softmax_last(x)
@@ -228,8 +191,8 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 }
 
 /// GELU, tanh approximation.
-pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if fused_ok(x) {
+pub fn gelu_tanh(k: Kernels, x: &Tensor) -> Result<Tensor> {
+    if k.fuses(&[x]) {
         fused::gelu_tanh(x)
     } else {
         composed::gelu_tanh(x)
@@ -237,8 +200,8 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 }
 
 /// SiLU, `x·σ(x)`.
-pub fn silu(x: &Tensor) -> Result<Tensor> {
-    if fused_ok(x) {
+pub fn silu(k: Kernels, x: &Tensor) -> Result<Tensor> {
+    if k.fuses(&[x]) {
         fused::silu(x)
     } else {
         composed::silu(x)
@@ -248,8 +211,14 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 /// LayerNorm over the last dimension (no affine, epsilon `eps`) followed by the adaLN
 /// modulation: `LN(x)·(1 + scale) + shift`, `x`: `[B, N, C]`, `shift`, `scale`: `[B, C]`.
 /// The same as `modulate(&layer_norm_no_affine(x, eps)?, shift, scale)`.
-pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused_ok_all(&[x, shift, scale]) {
+pub fn layer_norm_modulate(
+    k: Kernels,
+    x: &Tensor,
+    shift: &Tensor,
+    scale: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    if k.fuses(&[x, shift, scale]) {
         fused::layer_norm_modulate(x, shift, scale, eps)
     } else {
         composed::layer_norm_modulate(x, shift, scale, eps)
@@ -258,8 +227,8 @@ pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64)
 
 /// The adaLN-Zero gated residual `x + gate·h`: `x`, `h`: `[B, N, C]`, `gate`: `[B, C]`
 /// broadcast over the tokens.
-pub fn gated_residual(x: &Tensor, gate: &Tensor, h: &Tensor) -> Result<Tensor> {
-    if fused_ok_all(&[x, gate, h]) {
+pub fn gated_residual(k: Kernels, x: &Tensor, gate: &Tensor, h: &Tensor) -> Result<Tensor> {
+    if k.fuses(&[x, gate, h]) {
         fused::gated_residual(x, gate, h)
     } else {
         composed::gated_residual(x, gate, h)
@@ -269,13 +238,14 @@ pub fn gated_residual(x: &Tensor, gate: &Tensor, h: &Tensor) -> Result<Tensor> {
 /// JiT's RMSNorm (learned weight `w`, epsilon `eps`) followed by the adaLN modulation:
 /// `RMS(x)·w·(1 + scale) + shift`, `x`: `[B, N, C]`, `w`: `[C]`, `shift`, `scale`: `[B, C]`.
 pub fn rms_norm_modulate(
+    k: Kernels,
     x: &Tensor,
     w: &Tensor,
     shift: &Tensor,
     scale: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    if fused_ok_all(&[x, w, shift, scale]) && x.elem_count() > 0 {
+    if k.fuses(&[x, w, shift, scale]) && x.elem_count() > 0 {
         // The per-sample multiplier w·(1 + scale) is [B, C]: cheap to compose.
         let a = scale.affine(1.0, 1.0)?.broadcast_mul(w)?;
         fused::rms_norm_modulate(x, &a, shift, eps)
@@ -288,6 +258,7 @@ pub fn rms_norm_modulate(
 /// `qkv` `[B, N, 3·H·d]` (channels (q|k|v, head, d)), v unchanged; same layout out, ready for
 /// [`attention`].
 pub fn qk_norm_rope(
+    k: Kernels,
     qkv: &Tensor,
     wq: &Tensor,
     wk: &Tensor,
@@ -295,7 +266,7 @@ pub fn qk_norm_rope(
     heads: usize,
     eps: f64,
 ) -> Result<Tensor> {
-    if fused_ok_all(&[qkv, wq, wk, rope.table()]) && qkv.elem_count() > 0 {
+    if k.fuses(&[qkv, wq, wk, rope.table()]) && qkv.elem_count() > 0 {
         let w = Tensor::stack(&[wq, wk], 0)?; // [2, d]
         fused::qk_norm_rope(qkv, &w, rope.table(), heads, eps)
     } else {
@@ -306,6 +277,7 @@ pub fn qk_norm_rope(
 /// GroupNorm over `groups` groups of the channels of `x` (`[B, C, …]`, epsilon `eps`) with the
 /// affine weight and bias `w`, `b` (`[C]`), followed by SiLU when `act` is set.
 pub fn group_norm(
+    k: Kernels,
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
@@ -313,7 +285,7 @@ pub fn group_norm(
     eps: f64,
     act: bool,
 ) -> Result<Tensor> {
-    if fused_ok_all(&[x, w, b]) && x.elem_count() > 0 && x.rank() >= 2 {
+    if k.fuses(&[x, w, b]) && x.elem_count() > 0 && x.rank() >= 2 {
         fused::group_norm(x, w, b, groups, eps, act)
     } else {
         composed::group_norm(x, w, b, groups, eps, act)
@@ -321,8 +293,8 @@ pub fn group_norm(
 }
 
 /// SwiGLU gate: `[…, 2m]` = `[a | b]` → `silu(a)·b` (`[…, m]`).
-pub fn swiglu(x: &Tensor) -> Result<Tensor> {
-    if fused_ok(x) && x.elem_count() > 0 {
+pub fn swiglu(k: Kernels, x: &Tensor) -> Result<Tensor> {
+    if k.fuses(&[x]) && x.elem_count() > 0 {
         fused::swiglu(x)
     } else {
         composed::swiglu(x)
@@ -330,8 +302,8 @@ pub fn swiglu(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Mean over all elements of `(a − b)²` (a scalar).
-pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if fused_ok_all(&[a, b]) && a.elem_count() > 0 {
+pub fn mse(k: Kernels, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if k.fuses(&[a, b]) && a.elem_count() > 0 {
         fused::mse(a, b)
     } else {
         composed::mse(a, b)
@@ -339,8 +311,8 @@ pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `y + b` with the bias `b` (`[O]`) broadcast over the leading dimensions of `y` (`[…, O]`).
-pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if fused_ok_all(&[y, b]) {
+pub fn bias_add(k: Kernels, y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if k.fuses(&[y, b]) {
         fused::bias_add(y, b)
     } else {
         composed::bias_add(y, b)
@@ -349,9 +321,9 @@ pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// A linear layer, `x·Wᵀ + b` over the last dimension: the same arithmetic as
 /// `candle_nn::Linear::forward`, as one graph node on the CPU.
-pub fn linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
+pub fn linear(k: Kernels, lin: &Linear, x: &Tensor) -> Result<Tensor> {
     match lin.bias() {
-        Some(b) if fused_ok_all(&[x, lin.weight(), b]) && x.rank() >= 2 && x.elem_count() > 0 => {
+        Some(b) if k.fuses(&[x, lin.weight(), b]) && x.rank() >= 2 && x.elem_count() > 0 => {
             fused::linear(x, lin.weight(), b)
         }
         _ => composed::linear(lin, x),
@@ -360,8 +332,8 @@ pub fn linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
 
 /// Multi-head self-attention `softmax(scale·q·kᵀ)·v` from a fused qkv projection: `qkv`
 /// `[B, N, 3C]` with channels ordered (q|k|v, head, d) → `[B, N, C]` with channels (head, d).
-pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-    if fused_ok(qkv) && qkv.elem_count() > 0 {
+pub fn attention(k: Kernels, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    if k.fuses(&[qkv]) && qkv.elem_count() > 0 {
         fused::attention(qkv, heads, scale)
     } else {
         composed::attention(qkv, heads, scale)
@@ -374,6 +346,7 @@ pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
 /// one by one.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_half(
+    k: Kernels,
     x: &Tensor,
     ada: &Tensor,
     chunk: usize,
@@ -384,7 +357,7 @@ pub fn attention_half(
     eps: f64,
 ) -> Result<Tensor> {
     if let (Some(bq), Some(bp)) = (qkv.bias(), proj.bias()) {
-        if fused_ok_all(&[x, ada, qkv.weight(), bq, proj.weight(), bp]) && x.elem_count() > 0 {
+        if k.fuses(&[x, ada, qkv.weight(), bq, proj.weight(), bp]) && x.elem_count() > 0 {
             return fused::attention_half(
                 x,
                 ada,
@@ -398,14 +371,15 @@ pub fn attention_half(
         }
     }
     let m = chunk_last(ada, 6)?;
-    let h = layer_norm_modulate(x, &m[chunk], &m[chunk + 1], eps)?;
-    let a = linear(proj, &attention(&linear(qkv, &h)?, heads, scale)?)?;
-    gated_residual(x, &m[chunk + 2], &a)
+    let h = layer_norm_modulate(k, x, &m[chunk], &m[chunk + 1], eps)?;
+    let a = linear(k, proj, &attention(k, &linear(k, qkv, &h)?, heads, scale)?)?;
+    gated_residual(k, x, &m[chunk + 2], &a)
 }
 
 /// The MLP half of an adaLN-Zero block: `x + gate·fc2(GELU(fc1(LN(x)·(1 + scale) + shift)))`
 /// (see [`attention_half`]).
 pub fn mlp_half(
+    k: Kernels,
     x: &Tensor,
     ada: &Tensor,
     chunk: usize,
@@ -414,14 +388,14 @@ pub fn mlp_half(
     eps: f64,
 ) -> Result<Tensor> {
     if let (Some(b1), Some(b2)) = (fc1.bias(), fc2.bias()) {
-        if fused_ok_all(&[x, ada, fc1.weight(), b1, fc2.weight(), b2]) && x.elem_count() > 0 {
+        if k.fuses(&[x, ada, fc1.weight(), b1, fc2.weight(), b2]) && x.elem_count() > 0 {
             return fused::mlp_half(x, ada, chunk, (fc1.weight(), b1), (fc2.weight(), b2), eps);
         }
     }
     let m = chunk_last(ada, 6)?;
-    let h = layer_norm_modulate(x, &m[chunk], &m[chunk + 1], eps)?;
-    let y = linear(fc2, &gelu_tanh(&linear(fc1, &h)?)?)?;
-    gated_residual(x, &m[chunk + 2], &y)
+    let h = layer_norm_modulate(k, x, &m[chunk], &m[chunk + 1], eps)?;
+    let y = linear(k, fc2, &gelu_tanh(k, &linear(k, fc1, &h)?)?)?;
+    gated_residual(k, x, &m[chunk + 2], &y)
 }
 
 /// adaLN modulation: `x·(1 + scale) + shift` with `shift`, `scale` of shape `[B, C]`

@@ -50,7 +50,8 @@ type Shapes = Vec<(String, Vec<usize>)>;
 fn record(arch: &Architecture) -> Result<(Shapes, Shapes)> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let vb = VarBuilder::from_backend(Box::new(Recorder(log.clone())), DType::F32, Device::Cpu);
-    let model = Model::new(arch, vb)?;
+    // Nothing runs: the policy is irrelevant.
+    let model = Model::new(arch, crate::Kernels::Composed, vb)?;
     let vars = log.lock().expect("recorder lock").clone();
     let buffers = model
         .buffers()

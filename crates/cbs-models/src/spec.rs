@@ -9,7 +9,7 @@ use crate::jit::{self, Jit, JitConfig};
 use crate::mlp::{MlpConfig, MlpNet};
 use crate::sit::{init, Sit, SitConfig};
 use crate::unet::{Unet, UnetConfig};
-use crate::{ModelError, Result};
+use crate::{Kernels, ModelError, Result};
 
 /// The `[model]` table of a config: a named preset and the overrides the data set implies.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,19 @@ pub enum Architecture {
     Jit(JitConfig),
     Unet(UnetConfig),
     Mlp(MlpConfig),
+}
+
+impl Architecture {
+    /// The same architecture built on the `kernels` policy (which is not serialised).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        match &mut self {
+            Architecture::Sit(c) => c.kernels = kernels,
+            Architecture::Jit(c) => c.kernels = kernels,
+            Architecture::Unet(c) => c.kernels = kernels,
+            Architecture::Mlp(c) => c.kernels = kernels,
+        }
+        self
+    }
 }
 
 impl ModelSpec {
@@ -252,8 +265,9 @@ pub enum Model {
 }
 
 impl Model {
-    pub fn new(arch: &Architecture, vb: VarBuilder) -> CResult<Self> {
-        Ok(match arch {
+    pub fn new(arch: &Architecture, kernels: Kernels, vb: VarBuilder) -> CResult<Self> {
+        let arch = arch.clone().with_kernels(kernels);
+        Ok(match &arch {
             Architecture::Sit(cfg) => Model::Sit(Sit::new(cfg, vb)?),
             Architecture::Jit(cfg) => Model::Jit(Jit::new(cfg, vb)?),
             Architecture::Unet(cfg) => Model::Unet(Unet::new(cfg, vb)?),
@@ -335,11 +349,18 @@ pub struct Trainable {
 }
 
 impl Trainable {
-    /// Fresh weights with the reference initialisation, drawn from `seed`.
-    pub fn new(arch: &Architecture, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+    /// Fresh weights with the reference initialisation, drawn from `seed`, built on the
+    /// `kernels` policy.
+    pub fn new(
+        arch: &Architecture,
+        kernels: Kernels,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, dtype, device);
-        let model = Model::new(arch, vb)?;
+        let model = Model::new(arch, kernels, vb)?;
         let t = Self {
             arch: arch.clone(),
             varmap,

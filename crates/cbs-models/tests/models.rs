@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use cbs_flow::VelocityField;
-use cbs_models::sit::{init, pos_embed};
-use cbs_models::{shapes, weights, Architecture, ModelError, SitConfig, Trainable};
+use cbs_models::common::pos_embed;
+use cbs_models::sit::init;
+use cbs_models::{shapes, weights, Architecture, Kernels, ModelError, SitConfig, Trainable};
 
 use common::{
     assert_every_param_has_gradient, fd_check_model, labels, max_abs_diff, randn, ts, vals,
@@ -24,8 +25,6 @@ mod common;
 mod fused_more;
 #[path = "models/jit.rs"]
 mod jit;
-#[path = "models/par.rs"]
-mod par;
 #[path = "models/unet.rs"]
 mod unet;
 
@@ -136,7 +135,7 @@ fn fd_check(
 ) -> Result<FdReport, Box<dyn std::error::Error>> {
     let cfg = small("sit-nano-2", 8, 2, 3, true);
     let arch = Architecture::Sit(cfg.clone());
-    let tr = Trainable::new(&arch, 7, DType::F64, &Device::Cpu)?;
+    let tr = Trainable::new(&arch, Kernels::Fused, 7, DType::F64, &Device::Cpu)?;
     let vars = tr.named_vars();
     init::init_all_random(&vars, 11, 0.3)?;
     if zero_fc1 {
@@ -212,7 +211,7 @@ fn every_parameter_gets_a_gradient_f32() -> TestResult {
     let dev = Device::Cpu;
     let cfg = small("sit-nano-4", 8, 2, 3, true);
     let arch = Architecture::Sit(cfg);
-    let tr = Trainable::new(&arch, 3, DType::F32, &dev)?;
+    let tr = Trainable::new(&arch, Kernels::Fused, 3, DType::F32, &dev)?;
     let vars = tr.named_vars();
     init::init_all_random(&vars, 5, 0.3)?;
     let x = randn(&[2, 2, 8, 8], 1, DType::F32);
@@ -236,7 +235,7 @@ fn reference_initialisation() -> TestResult {
     // 1000 classes so the label table has enough entries for a tight std estimate.
     let cfg = small("sit-nano-2", 8, 2, 1000, true);
     let arch = Architecture::Sit(cfg.clone());
-    let tr = Trainable::new(&arch, 42, DType::F32, &dev)?;
+    let tr = Trainable::new(&arch, Kernels::Fused, 42, DType::F32, &dev)?;
     let vars = tr.named_vars();
     let by_name: HashMap<String, Vec<f64>> = vars
         .iter()
@@ -302,13 +301,13 @@ fn reference_initialisation() -> TestResult {
     assert!(qkv.iter().all(|x| x.abs() <= bound));
 
     // Determinism.
-    let same = Trainable::new(&arch, 42, DType::F32, &dev)?;
+    let same = Trainable::new(&arch, Kernels::Fused, 42, DType::F32, &dev)?;
     assert_eq!(
         var_bits(&vars),
         var_bits(&same.named_vars()),
         "same seed, different weights"
     );
-    let other = Trainable::new(&arch, 43, DType::F32, &dev)?;
+    let other = Trainable::new(&arch, Kernels::Fused, 43, DType::F32, &dev)?;
     let (a, b) = (var_bits(&vars), var_bits(&other.named_vars()));
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         if by_name[name].iter().any(|&v| v != 0.0) {
@@ -632,7 +631,7 @@ fn parity_case(
 ) -> TestResult {
     let cfg = small(preset, input, cin, classes, sigma);
     let arch = Architecture::Sit(cfg.clone());
-    let tr = Trainable::new(&arch, 1, dtype, &Device::Cpu)?;
+    let tr = Trainable::new(&arch, Kernels::Fused, 1, dtype, &Device::Cpu)?;
     let vars = tr.named_vars();
     init::init_all_random(&vars, 2, 0.1)?;
     let w: HashMap<String, Tensor> = vars
@@ -830,7 +829,7 @@ fn parameter_counts_and_shapes() -> TestResult {
 
     // The recorded shapes are exactly those of a built model's state_dict.
     let arch = Architecture::Sit(small("sit-nano-4", 8, 2, 3, true));
-    let tr = Trainable::new(&arch, 0, DType::F32, &Device::Cpu)?;
+    let tr = Trainable::new(&arch, Kernels::Fused, 0, DType::F32, &Device::Cpu)?;
     let built: Vec<(String, Vec<usize>)> = tr
         .state_dict()
         .into_iter()
@@ -882,9 +881,9 @@ fn weight_files() -> TestResult {
     let dev = Device::Cpu;
     let dir = tempfile::tempdir()?;
     let nano = Architecture::Sit(small("sit-nano-4", 8, 2, 3, true));
-    let a = Trainable::new(&nano, 1, DType::F32, &dev)?;
+    let a = Trainable::new(&nano, Kernels::Fused, 1, DType::F32, &dev)?;
     init::init_all_random(&a.named_vars(), 10, 0.3)?;
-    let b = Trainable::new(&nano, 2, DType::F32, &dev)?;
+    let b = Trainable::new(&nano, Kernels::Fused, 2, DType::F32, &dev)?;
     assert_ne!(var_bits(&a.named_vars()), var_bits(&b.named_vars()));
 
     // Round trip.
@@ -923,13 +922,13 @@ fn weight_files() -> TestResult {
         .collect();
     let net_path = dir.path().join("net.safetensors");
     weights::save_safetensors(&net_path, &wrapped)?;
-    let c = Trainable::new(&nano, 3, DType::F32, &dev)?;
+    let c = Trainable::new(&nano, Kernels::Fused, 3, DType::F32, &dev)?;
     weights::load_into_vars(&net_path, &c.named_vars(), &c.model.buffers())?;
     assert_eq!(var_bits(&a.named_vars()), var_bits(&c.named_vars()));
 
     // A checkpoint of another preset: the first mismatch in sorted order is named.
     let mini = Architecture::Sit(small("sit-mini-4", 8, 2, 3, true));
-    let m = Trainable::new(&mini, 3, DType::F32, &dev)?;
+    let m = Trainable::new(&mini, Kernels::Fused, 3, DType::F32, &dev)?;
     let in_file: HashMap<String, Vec<usize>> = sd
         .iter()
         .map(|(n, t)| (n.clone(), t.dims().to_vec()))
@@ -1056,7 +1055,7 @@ fn velocity_field_uses_the_null_class() -> TestResult {
     let dev = Device::Cpu;
     let cfg = small("sit-nano-4", 8, 2, 3, true);
     let arch = Architecture::Sit(cfg.clone());
-    let tr = Trainable::new(&arch, 1, DType::F32, &dev)?;
+    let tr = Trainable::new(&arch, Kernels::Fused, 1, DType::F32, &dev)?;
     init::init_all_random(&tr.named_vars(), 6, 0.3)?;
     let model = &tr.model;
     let x = randn(&[2, 2, 8, 8], 7, DType::F32);
@@ -1083,7 +1082,7 @@ fn velocity_field_uses_the_null_class() -> TestResult {
     let mut no_null = cfg;
     no_null.class_dropout_prob = 0.0;
     let arch = Architecture::Sit(no_null);
-    let tr = Trainable::new(&arch, 1, DType::F32, &dev)?;
+    let tr = Trainable::new(&arch, Kernels::Fused, 1, DType::F32, &dev)?;
     init::init_all_random(&tr.named_vars(), 6, 0.3)?;
     assert_eq!(tr.model.null_class(), None);
     let table = tr
@@ -1102,7 +1101,8 @@ fn velocity_field_uses_the_null_class() -> TestResult {
 /// The fused CPU kernels against the composed (autograd) versions and finite differences.
 mod fused_ops {
     use candle_core::{DType, Device, Tensor, Var};
-    use cbs_models::{fused, nn::composed};
+    use cbs_kernels as fused;
+    use cbs_models::nn::composed;
 
     use super::common::{uniform as rand, vals};
 

@@ -5,13 +5,13 @@ use std::cell::RefCell;
 use candle_core::{DType, Device, Result as CResult, Tensor};
 use cbs_flow::solver::{uniform_grid, Solver};
 use cbs_flow::VelocityField;
-use cbs_models::{ModelSpec, Trainable};
+use cbs_models::{Kernels, ModelSpec, Trainable};
 use cbs_sample::experts::ExpertSet;
 use cbs_sample::{generate, images, labels_for, SampleOptions, SampleShape};
 
 fn mlp() -> Trainable {
     let arch = ModelSpec::new("mlp-64").resolve(&[2], 0).unwrap();
-    Trainable::new(&arch, 3, DType::F32, &Device::Cpu).unwrap()
+    Trainable::new(&arch, Kernels::Fused, 3, DType::F32, &Device::Cpu).unwrap()
 }
 
 fn opts(num: usize, grid: Vec<f64>, batch: usize) -> SampleOptions {

@@ -213,7 +213,7 @@ pub fn load_for_inference(path: &Path, which: WeightsKind, device: &Device) -> R
     let expected = cbs_models::shapes::parameter_shapes(&state.architecture)?;
     cbs_models::weights::check_names_and_shapes(&file, &tensors, &expected)?;
     let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
-    let model = Model::new(&state.architecture, vb)?;
+    let model = Model::new(&state.architecture, cbs_models::Kernels::Fused, vb)?;
     Ok(LoadedModel {
         model,
         architecture: state.architecture.clone(),

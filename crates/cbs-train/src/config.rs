@@ -266,6 +266,9 @@ pub enum TimeSampling {
 pub struct TrainSection {
     /// Total optimizer steps of the run.
     pub steps: u64,
+    /// Op implementations: `fused` (the hand-written kernels where they apply: CPU f32/f64)
+    /// or `composed` (candle's ops everywhere; the reference, and the baseline of timings).
+    pub kernels: cbs_models::Kernels,
     pub batch_size: usize,
     pub lr: f64,
     /// AdamW decoupled weight decay (SiT trains with 0).
@@ -300,6 +303,7 @@ impl Default for TrainSection {
     fn default() -> Self {
         Self {
             steps: 1000,
+            kernels: cbs_models::Kernels::Fused,
             batch_size: 64,
             lr: 1e-4,
             weight_decay: 0.0,

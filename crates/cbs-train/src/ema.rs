@@ -2,13 +2,16 @@
 
 use candle_core::{Tensor, Var};
 
-use crate::inplace::{self, EmaUpdate};
 use crate::Result;
+use cbs_kernels::ops::optim::{self as inplace, EmaUpdate};
+use cbs_models::Kernels;
 
 pub struct Ema {
     pub decay: f64,
     /// Sorted like the variables it tracks.
     pub tensors: Vec<(String, Tensor)>,
+    /// `Fused`: one in-place pass per tensor on the CPU; `Composed`: tensor ops.
+    pub kernels: Kernels,
 }
 
 impl Ema {
@@ -18,13 +21,23 @@ impl Ema {
             .iter()
             .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().copy()?)))
             .collect::<Result<_>>()?;
-        Ok(Self { decay, tensors })
+        Ok(Self {
+            decay,
+            tensors,
+            kernels: Kernels::Fused,
+        })
+    }
+
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
     }
 
     pub fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
         for ((_, e), (_, v)) in self.tensors.iter_mut().zip(vars) {
             let p = v.as_tensor();
-            if inplace::applies(e) && inplace::applies(p) && e.dtype() == p.dtype() {
+            let fused = self.kernels == Kernels::Fused;
+            if fused && inplace::applies(e) && inplace::applies(p) && e.dtype() == p.dtype() {
                 e.inplace_op2(p, &EmaUpdate { decay: self.decay })?;
                 continue;
             }

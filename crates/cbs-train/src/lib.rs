@@ -10,7 +10,6 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod ema;
-pub mod inplace;
 pub mod optim;
 pub mod rng;
 pub mod step;

@@ -1,11 +1,12 @@
 //! AdamW whose moment buffers can be saved and restored (candle's own keeps them private,
 //! which rules out exact resume). The update is `torch.optim.AdamW`'s, term for term. On the
-//! CPU it runs as two in-place passes per parameter ([`crate::inplace`]).
+//! CPU it runs as two in-place passes per parameter ([`cbs_kernels::ops::optim`]).
 
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
-use crate::inplace::{self, MomentUpdate, ParamUpdate};
 use crate::Result;
+use cbs_kernels::ops::optim::{self as inplace, MomentUpdate, ParamUpdate};
+use cbs_models::Kernels;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWParams {
@@ -23,6 +24,8 @@ pub struct AdamW {
     /// Per variable `[2, …shape]`: `exp_avg` then `exp_avg_sq` (one buffer, so one in-place
     /// pass updates both).
     moments: Vec<Tensor>,
+    /// `Fused`: two in-place passes per parameter on the CPU; `Composed`: tensor ops.
+    kernels: Kernels,
 }
 
 impl AdamW {
@@ -39,7 +42,13 @@ impl AdamW {
             step: 0,
             vars,
             moments,
+            kernels: Kernels::Fused,
         })
+    }
+
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
     }
 
     /// One update with learning rate `lr`; gradients are multiplied by `grad_scale` first
@@ -63,7 +72,8 @@ impl AdamW {
             let g = g.detach();
             let p = var.as_tensor();
             let mv = &self.moments[i];
-            if inplace::applies(p) && inplace::applies(mv) && g.dtype() == p.dtype() {
+            let fused = self.kernels == Kernels::Fused;
+            if fused && inplace::applies(p) && inplace::applies(mv) && g.dtype() == p.dtype() {
                 let g = g.contiguous()?;
                 mv.inplace_op2(
                     &g,
@@ -146,11 +156,11 @@ impl AdamW {
 }
 
 /// Global L2 norm of all gradients present in `grads` for `vars`.
-pub fn grad_norm(vars: &[(String, Var)], grads: &GradStore) -> Result<f64> {
+pub fn grad_norm(vars: &[(String, Var)], grads: &GradStore, kernels: Kernels) -> Result<f64> {
     let mut sum = 0f64;
     for (_, v) in vars {
         if let Some(g) = grads.get(v) {
-            if inplace::applies(g) {
+            if kernels == Kernels::Fused && inplace::applies(g) {
                 sum += inplace::sum_sq(g)?;
                 continue;
             }

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use cbs_flow::interpolant::{interpolate, velocity_mse};
-use cbs_models::{Architecture, Trainable};
+use cbs_models::{Architecture, Kernels, Trainable};
 
 use crate::config::TrainSection;
 use crate::ema::Ema;
@@ -50,12 +50,14 @@ pub struct Stepper {
     pub opt: AdamW,
     pub ema: Ema,
     pub grad_clip: f64,
+    /// The run's op implementations (model, loss, optimizer passes).
+    pub kernels: Kernels,
 }
 
 impl Stepper {
     /// Fresh reference-initialised weights (seed `tc.seed`), AdamW and EMA from `tc`.
     pub fn new(arch: &Architecture, tc: &TrainSection, device: &Device) -> Result<Self> {
-        let net = Trainable::new(arch, tc.seed, DType::F32, device)?;
+        let net = Trainable::new(arch, tc.kernels, tc.seed, DType::F32, device)?;
         let vars = net.named_vars();
         let params = AdamWParams {
             beta1: tc.betas[0],
@@ -63,14 +65,15 @@ impl Stepper {
             eps: tc.eps,
             weight_decay: tc.weight_decay,
         };
-        let opt = AdamW::new(vars.clone(), params)?;
-        let ema = Ema::new(&vars, tc.ema_decay)?;
+        let opt = AdamW::new(vars.clone(), params)?.with_kernels(tc.kernels);
+        let ema = Ema::new(&vars, tc.ema_decay)?.with_kernels(tc.kernels);
         Ok(Self {
             net,
             vars,
             opt,
             ema,
             grad_clip: tc.grad_clip,
+            kernels: tc.kernels,
         })
     }
 
@@ -105,7 +108,7 @@ impl Stepper {
             .model
             .forward_train(&xt, &b.t, &b.y, b.dropout_seed)?;
         let target = self.net.arch.training_target(&b.x0, &b.x1, &xt, &b.t)?;
-        let loss = velocity_mse(&pred, &target)?;
+        let loss = velocity_mse(&pred, &target, self.kernels)?;
         let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_val.is_finite() {
             return Ok(StepOutcome::NonFinite { loss: loss_val });
@@ -113,7 +116,7 @@ impl Stepper {
         lap(|t| &mut t.forward_ms)?;
         let grads = loss.backward()?;
         lap(|t| &mut t.backward_ms)?;
-        let gnorm = grad_norm(&self.vars, &grads)?;
+        let gnorm = grad_norm(&self.vars, &grads, self.kernels)?;
         let scale = if self.grad_clip > 0.0 && gnorm > self.grad_clip {
             self.grad_clip / (gnorm + 1e-6)
         } else {

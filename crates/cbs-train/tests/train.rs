@@ -673,7 +673,7 @@ fn inplace_ema_and_grad_norm_match_their_formulas() {
         .unwrap()
         .backward()
         .unwrap();
-    let norm = cbs_train::optim::grad_norm(&vars, &grads).unwrap();
+    let norm = cbs_train::optim::grad_norm(&vars, &grads, cbs_models::Kernels::Fused).unwrap();
     let want = b
         .iter()
         .map(|&x| (2.0 * x as f64).powi(2))

@@ -28,6 +28,10 @@ pub struct JitConfig {
     /// Probability of replacing a label by the null class in training (the reference's
     /// `label_drop_prob`). The null row `num_classes` exists whatever this value is.
     pub class_dropout_prob: f64,
+    /// The op implementations the built network runs on (a run option, not part of the
+    /// architecture: never serialised; [`crate::Model::new`] sets it).
+    #[serde(skip)]
+    pub kernels: crate::Kernels,
 }
 
 /// `(size, depth, hidden, heads, bottleneck_dim, in_context_len, in_context_start)`.
@@ -63,6 +67,7 @@ impl JitConfig {
         let &(_, depth, hidden_size, num_heads, bottleneck_dim, icl, ics) =
             SIZES.iter().find(|s| s.0 == size)?;
         Some(Self {
+            kernels: crate::Kernels::Fused,
             input_size: input,
             patch_size: patch,
             in_channels: channels,

@@ -5,7 +5,7 @@ use candle_nn::{linear, Init, Linear, VarBuilder};
 
 use super::rope::Rope;
 use super::JitConfig;
-use crate::nn::{self, chunk_last, gated_residual};
+use crate::nn::{self, chunk_last, Kernels};
 
 /// RMSNorm epsilon of every norm of the reference (blocks, qk-norm, final layer).
 pub const RMS_EPS: f64 = 1e-6;
@@ -17,13 +17,15 @@ pub const RMS_EPS: f64 = 1e-6;
 pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    k: Kernels,
 }
 
 impl RmsNorm {
-    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(dim: usize, k: Kernels, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
             eps: RMS_EPS,
+            k,
         })
     }
 
@@ -33,7 +35,7 @@ impl RmsNorm {
 
     /// `RMS(x)·w·(1 + scale) + shift` (`x` `[B, N, C]`, `shift`, `scale` `[B, C]`).
     pub fn forward_modulated(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-        nn::rms_norm_modulate(x, &self.weight, shift, scale, self.eps)
+        nn::rms_norm_modulate(self.k, x, &self.weight, shift, scale, self.eps)
     }
 }
 
@@ -85,14 +87,6 @@ impl Module for BottleneckPatchEmbed {
     }
 }
 
-/// `t_embedder`: the same layer as SiT's (keys `t_embedder.mlp.{0,2}`, [cos, sin] features of
-/// dim 256, max period 10000, t unscaled).
-pub(crate) use crate::sit::layers::TimestepEmbedder;
-
-/// `y_embedder.embedding_table`: SiT's layer, `num_classes + 1` rows (the last one is the null
-/// class); built with `LabelEmbedder::with_rows`.
-pub(crate) use crate::sit::layers::LabelEmbedder;
-
 /// Self-attention: fused qkv (bias), per-head RMS qk-norm, RoPE on q and k, softmax
 /// attention with scale `1/sqrt(head_dim)`, output projection.
 pub struct Attention {
@@ -102,6 +96,7 @@ pub struct Attention {
     proj: Linear,
     heads: usize,
     scale: f64,
+    k: Kernels,
 }
 
 impl Attention {
@@ -110,21 +105,23 @@ impl Attention {
         let d = cfg.head_dim();
         Ok(Self {
             qkv: linear(h, 3 * h, vb.pp("qkv"))?,
-            q_norm: RmsNorm::new(d, vb.pp("q_norm"))?,
-            k_norm: RmsNorm::new(d, vb.pp("k_norm"))?,
+            q_norm: RmsNorm::new(d, cfg.kernels, vb.pp("q_norm"))?,
+            k_norm: RmsNorm::new(d, cfg.kernels, vb.pp("k_norm"))?,
             proj: linear(h, h, vb.pp("proj"))?,
             heads: cfg.num_heads,
             scale: (d as f64).powf(-0.5),
+            k: cfg.kernels,
         })
     }
 
     /// `x`: `[B, N, C]`; `rope` covers the N tokens.
     pub fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
-        let qkv = nn::linear(&self.qkv, x)?; // [B, N, 3C]
+        let k = self.k;
+        let qkv = nn::linear(k, &self.qkv, x)?; // [B, N, 3C]
         let (wq, wk) = (self.q_norm.weight(), self.k_norm.weight());
-        let qkv = nn::qk_norm_rope(&qkv, wq, wk, rope, self.heads, self.q_norm.eps)?; // [B, N, 3C]
-        let out = nn::attention(&qkv, self.heads, self.scale)?; // [B, N, C]
-        nn::linear(&self.proj, &out)
+        let qkv = nn::qk_norm_rope(k, &qkv, wq, wk, rope, self.heads, self.q_norm.eps)?; // [B, N, 3C]
+        let out = nn::attention(k, &qkv, self.heads, self.scale)?; // [B, N, C]
+        nn::linear(k, &self.proj, &out)
     }
 }
 
@@ -132,6 +129,7 @@ impl Attention {
 pub struct SwiGluFfn {
     w12: Linear,
     w3: Linear,
+    k: Kernels,
 }
 
 impl SwiGluFfn {
@@ -140,14 +138,15 @@ impl SwiGluFfn {
         Ok(Self {
             w12: linear(cfg.hidden_size, 2 * m, vb.pp("w12"))?,
             w3: linear(m, cfg.hidden_size, vb.pp("w3"))?,
+            k: cfg.kernels,
         })
     }
 }
 
 impl Module for SwiGluFfn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x12 = nn::linear(&self.w12, x)?; // [B, N, 2m]
-        nn::linear(&self.w3, &nn::swiglu(&x12)?) // [B, N, hidden]
+        let x12 = nn::linear(self.k, &self.w12, x)?; // [B, N, 2m]
+        nn::linear(self.k, &self.w3, &nn::swiglu(self.k, &x12)?) // [B, N, hidden]
     }
 }
 
@@ -158,29 +157,32 @@ pub struct JitBlock {
     norm2: RmsNorm,
     mlp: SwiGluFfn,
     ada_ln: Linear, // adaLN_modulation.1 (index 0 is the SiLU)
+    k: Kernels,
 }
 
 impl JitBlock {
     pub fn new(cfg: &JitConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            norm1: RmsNorm::new(h, vb.pp("norm1"))?,
+            norm1: RmsNorm::new(h, cfg.kernels, vb.pp("norm1"))?,
             attn: Attention::new(cfg, vb.pp("attn"))?,
-            norm2: RmsNorm::new(h, vb.pp("norm2"))?,
+            norm2: RmsNorm::new(h, cfg.kernels, vb.pp("norm2"))?,
             mlp: SwiGluFfn::new(cfg, vb.pp("mlp"))?,
             ada_ln: linear(h, 6 * h, vb.pp("adaLN_modulation").pp("1"))?,
+            k: cfg.kernels,
         })
     }
 
     /// `x`: `[B, N, C]`, `c`: `[B, C]`, `rope` covering the N tokens.
     pub fn forward(&self, x: &Tensor, c: &Tensor, rope: &Rope) -> Result<Tensor> {
-        let m = chunk_last(&nn::linear(&self.ada_ln, &nn::silu(c)?)?, 6)?;
+        let k = self.k;
+        let m = chunk_last(&nn::linear(k, &self.ada_ln, &nn::silu(k, c)?)?, 6)?;
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
         let h = self.norm1.forward_modulated(x, shift_msa, scale_msa)?;
-        let x = gated_residual(x, gate_msa, &self.attn.forward(&h, rope)?)?;
+        let x = nn::gated_residual(k, x, gate_msa, &self.attn.forward(&h, rope)?)?;
         let h = self.norm2.forward_modulated(&x, shift_mlp, scale_mlp)?;
-        gated_residual(&x, gate_mlp, &self.mlp.forward(&h)?)
+        nn::gated_residual(k, &x, gate_mlp, &self.mlp.forward(&h)?)
     }
 }
 
@@ -189,6 +191,7 @@ pub struct FinalLayer {
     norm_final: RmsNorm,
     linear: Linear,
     ada_ln: Linear,
+    k: Kernels,
 }
 
 impl FinalLayer {
@@ -196,16 +199,18 @@ impl FinalLayer {
         let h = cfg.hidden_size;
         let p = cfg.patch_size;
         Ok(Self {
-            norm_final: RmsNorm::new(h, vb.pp("norm_final"))?,
+            norm_final: RmsNorm::new(h, cfg.kernels, vb.pp("norm_final"))?,
             linear: linear(h, p * p * cfg.out_channels(), vb.pp("linear"))?,
             ada_ln: linear(h, 2 * h, vb.pp("adaLN_modulation").pp("1"))?,
+            k: cfg.kernels,
         })
     }
 
     /// `[B, N, C]` → `[B, N, p²·out_channels]`.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let m = chunk_last(&nn::linear(&self.ada_ln, &nn::silu(c)?)?, 2)?;
+        let k = self.k;
+        let m = chunk_last(&nn::linear(k, &self.ada_ln, &nn::silu(k, c)?)?, 2)?;
         let h = self.norm_final.forward_modulated(x, &m[0], &m[1])?;
-        nn::linear(&self.linear, &h)
+        nn::linear(k, &self.linear, &h)
     }
 }

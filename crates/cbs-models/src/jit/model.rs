@@ -1,10 +1,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{BottleneckPatchEmbed, FinalLayer, JitBlock, LabelEmbedder, TimestepEmbedder};
+use super::layers::{BottleneckPatchEmbed, FinalLayer, JitBlock};
 use super::rope::Rope;
 use super::JitConfig;
-use crate::sit::pos_embed;
+use crate::common::{pos_embed, LabelEmbedder, TimestepEmbedder};
 
 /// The JiT network. `forward` returns the predicted clean image x̂ (not a velocity; see
 /// [`super::x_to_velocity`]).
@@ -41,12 +41,8 @@ impl Jit {
             .map(|i| JitBlock::new(cfg, vb.pp("blocks").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            t_embedder: TimestepEmbedder::new(h, vb.pp("t_embedder"))?,
-            y_embedder: LabelEmbedder::with_rows(
-                cfg.label_rows(),
-                cfg.hidden_size,
-                vb.pp("y_embedder"),
-            )?,
+            t_embedder: TimestepEmbedder::new(h, cfg.kernels, vb.pp("t_embedder"))?,
+            y_embedder: LabelEmbedder::new(cfg.label_rows(), cfg.hidden_size, vb.pp("y_embedder"))?,
             x_embedder: BottleneckPatchEmbed::new(cfg, vb.pp("x_embedder"))?,
             pos_embed,
             in_context_posemb,

@@ -18,6 +18,10 @@ pub struct SitConfig {
     pub num_classes: usize,
     /// Output twice the channels (published checkpoints); only the first half is the velocity.
     pub learn_sigma: bool,
+    /// The op implementations the built network runs on (a run option, not part of the
+    /// architecture: never serialised; [`crate::Model::new`] sets it).
+    #[serde(skip)]
+    pub kernels: crate::Kernels,
 }
 
 /// `(name, depth, hidden, heads)` of the published sizes plus small CPU sizes.
@@ -41,6 +45,7 @@ impl SitConfig {
             .find(|s| s.0 == size)
             .expect("preset size listed in SIZES");
         Self {
+            kernels: crate::Kernels::Fused,
             input_size: 32,
             patch_size: patch,
             in_channels: 4,

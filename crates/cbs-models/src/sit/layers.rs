@@ -1,13 +1,10 @@
 //! The layers of SiT, one struct each, named like the reference `state_dict`.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::SitConfig;
-use crate::nn::{
-    attention, attention_half, chunk_last, gelu_tanh, layer_norm_modulate, linear as apply,
-    mlp_half, silu,
-};
+use crate::nn::{self, chunk_last, Kernels};
 
 const LN_EPS: f64 = 1e-6;
 
@@ -17,6 +14,7 @@ pub struct PatchEmbed {
     weight: Tensor, // [hidden, in, p, p]
     bias: Tensor,   // [hidden]
     patch: usize,
+    k: Kernels,
 }
 
 impl PatchEmbed {
@@ -27,6 +25,7 @@ impl PatchEmbed {
             weight: vb.get((cfg.hidden_size, cfg.in_channels, p, p), "weight")?,
             bias: vb.get(cfg.hidden_size, "bias")?,
             patch: p,
+            k: cfg.kernels,
         })
     }
 }
@@ -44,69 +43,7 @@ impl Module for PatchEmbed {
         let hidden = self.weight.dim(0)?;
         let w = self.weight.reshape((hidden, c * p * p))?; // [hidden, C·p·p]
         let x = x.reshape((b, gh * gw, c * p * p))?; // [B, N, C·p·p]
-        apply(&Linear::new(w, Some(self.bias.clone())), &x) // [B, N, hidden]
-    }
-}
-
-/// `t_embedder`: [cos, sin] frequency features of dim 256 → Linear → SiLU → Linear.
-pub struct TimestepEmbedder {
-    fc0: Linear, // mlp.0
-    fc2: Linear, // mlp.2
-    freq_dim: usize,
-}
-
-impl TimestepEmbedder {
-    pub const FREQ_DIM: usize = 256;
-    const MAX_PERIOD: f64 = 10000.0;
-
-    pub fn new(hidden: usize, vb: VarBuilder) -> Result<Self> {
-        let vb = vb.pp("mlp");
-        Ok(Self {
-            fc0: linear(Self::FREQ_DIM, hidden, vb.pp("0"))?,
-            fc2: linear(hidden, hidden, vb.pp("2"))?,
-            freq_dim: Self::FREQ_DIM,
-        })
-    }
-
-    /// `[B]` → `[B, freq_dim]`: `[cos(t·f), sin(t·f)]`, `f_k = exp(−ln(10000)·k/half)`.
-    pub fn frequency_features(t: &Tensor, dim: usize) -> Result<Tensor> {
-        let half = dim / 2;
-        let freqs: Vec<f32> = (0..half)
-            .map(|k| (-(Self::MAX_PERIOD.ln()) * k as f64 / half as f64).exp() as f32)
-            .collect();
-        let freqs = Tensor::from_vec(freqs, (1, half), t.device())?.to_dtype(t.dtype())?;
-        let args = t.unsqueeze(1)?.broadcast_mul(&freqs)?; // [B, half]
-        Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)
-    }
-}
-
-impl Module for TimestepEmbedder {
-    fn forward(&self, t: &Tensor) -> Result<Tensor> {
-        let f = Self::frequency_features(t, self.freq_dim)?;
-        apply(&self.fc2, &silu(&apply(&self.fc0, &f)?)?)
-    }
-}
-
-/// `y_embedder.embedding_table`: `num_classes (+1 null row)` × hidden.
-pub struct LabelEmbedder {
-    table: Tensor,
-}
-
-impl LabelEmbedder {
-    pub fn new(cfg: &SitConfig, vb: VarBuilder) -> Result<Self> {
-        Self::with_rows(cfg.label_rows(), cfg.hidden_size, vb)
-    }
-
-    /// A `rows × hidden` table (JiT's has the same layout and key).
-    pub fn with_rows(rows: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        let table = vb.pp("embedding_table").get((rows, hidden), "weight")?;
-        Ok(Self { table })
-    }
-
-    /// `[B]` u32 labels → `[B, hidden]`.
-    pub fn forward(&self, y: &Tensor) -> Result<Tensor> {
-        // index_select has a gradient for the table (scatter-add), unlike a one-hot detour.
-        self.table.index_select(&y.to_dtype(DType::U32)?, 0)
+        nn::linear(self.k, &Linear::new(w, Some(self.bias.clone())), &x) // [B, N, hidden]
     }
 }
 
@@ -116,6 +53,7 @@ pub struct Attention {
     proj: Linear,
     heads: usize,
     scale: f64,
+    k: Kernels,
 }
 
 impl Attention {
@@ -126,15 +64,26 @@ impl Attention {
             proj: linear(h, h, vb.pp("proj"))?,
             heads: cfg.num_heads,
             scale: (cfg.head_dim() as f64).powf(-0.5),
+            k: cfg.kernels,
         })
+    }
+
+    /// `x + gate · attn(modulate(norm1(x), shift, scale))` with (shift, scale, gate) =
+    /// `ada.msa()`: the whole residual branch as one fused node where the policy allows.
+    pub fn residual(&self, x: &Tensor, ada: Modulation) -> Result<Tensor> {
+        let (a, k) = (ada.all, ada.first);
+        nn::attention_half(
+            self.k, x, a, k, &self.qkv, &self.proj, self.heads, self.scale, LN_EPS,
+        )
     }
 }
 
 impl Module for Attention {
     /// `[B, N, C]` → `[B, N, C]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = apply(&self.qkv, x)?; // [B, N, 3C]
-        apply(&self.proj, &attention(&qkv, self.heads, self.scale)?)
+        let qkv = nn::linear(self.k, &self.qkv, x)?; // [B, N, 3C]
+        let out = nn::attention(self.k, &qkv, self.heads, self.scale)?; // [B, N, C]
+        nn::linear(self.k, &self.proj, &out)
     }
 }
 
@@ -142,6 +91,7 @@ impl Module for Attention {
 pub struct Mlp {
     fc1: Linear,
     fc2: Linear,
+    k: Kernels,
 }
 
 impl Mlp {
@@ -149,13 +99,48 @@ impl Mlp {
         Ok(Self {
             fc1: linear(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("fc1"))?,
             fc2: linear(cfg.mlp_hidden(), cfg.hidden_size, vb.pp("fc2"))?,
+            k: cfg.kernels,
         })
+    }
+
+    /// `x + gate · mlp(modulate(norm2(x), shift, scale))` with (shift, scale, gate) =
+    /// `ada.mlp()`: one fused node where the policy allows.
+    pub fn residual(&self, x: &Tensor, ada: Modulation) -> Result<Tensor> {
+        nn::mlp_half(self.k, x, ada.all, ada.first, &self.fc1, &self.fc2, LN_EPS)
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        apply(&self.fc2, &gelu_tanh(&apply(&self.fc1, x)?)?)
+        let h = nn::gelu_tanh(self.k, &nn::linear(self.k, &self.fc1, x)?)?;
+        nn::linear(self.k, &self.fc2, &h)
+    }
+}
+
+/// Three consecutive chunks (shift, scale, gate) of a block's `[B, 6C]` adaLN output, kept
+/// as a view of the whole so that the fused kernels read them in place.
+#[derive(Clone, Copy)]
+pub struct Modulation<'a> {
+    all: &'a Tensor,
+    first: usize,
+}
+
+/// The six adaLN-Zero modulation vectors of a block, `[B, 6C]`: shift, scale, gate of the
+/// attention (`msa`), then of the MLP.
+pub struct AdaLn(Tensor);
+
+impl AdaLn {
+    pub fn msa(&self) -> Modulation<'_> {
+        Modulation {
+            all: &self.0,
+            first: 0,
+        }
+    }
+    pub fn mlp(&self) -> Modulation<'_> {
+        Modulation {
+            all: &self.0,
+            first: 3,
+        }
     }
 }
 
@@ -164,6 +149,7 @@ pub struct SitBlock {
     attn: Attention,
     mlp: Mlp,
     ada_ln: Linear, // adaLN_modulation.1 (index 0 is the SiLU)
+    k: Kernels,
 }
 
 impl SitBlock {
@@ -173,16 +159,16 @@ impl SitBlock {
             attn: Attention::new(cfg, vb.pp("attn"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
             ada_ln: linear(h, 6 * h, vb.pp("adaLN_modulation").pp("1"))?,
+            k: cfg.kernels,
         })
     }
 
-    /// `x`: `[B, N, C]`, `c`: `[B, C]`. Each half is one graph node on the CPU
-    /// (`nn::attention_half`, `nn::mlp_half`).
+    /// `x`: `[B, N, C]`, `c`: `[B, C]` (DiT's block: `norm1`/`norm2` are LayerNorms without
+    /// affine parameters, folded into the residual branches).
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let ada = apply(&self.ada_ln, &silu(c)?)?; // [B, 6C]: shift, scale, gate (msa, mlp)
-        let (a, m) = (&self.attn, &self.mlp);
-        let x = attention_half(x, &ada, 0, &a.qkv, &a.proj, a.heads, a.scale, LN_EPS)?;
-        mlp_half(&x, &ada, 3, &m.fc1, &m.fc2, LN_EPS)
+        let ada = AdaLn(nn::linear(self.k, &self.ada_ln, &nn::silu(self.k, c)?)?); // [B, 6C]
+        let x = self.attn.residual(x, ada.msa())?;
+        self.mlp.residual(&x, ada.mlp())
     }
 }
 
@@ -190,6 +176,7 @@ impl SitBlock {
 pub struct FinalLayer {
     linear: Linear,
     ada_ln: Linear,
+    k: Kernels,
 }
 
 impl FinalLayer {
@@ -199,13 +186,15 @@ impl FinalLayer {
         Ok(Self {
             linear: linear(h, p * p * cfg.out_channels(), vb.pp("linear"))?,
             ada_ln: linear(h, 2 * h, vb.pp("adaLN_modulation").pp("1"))?,
+            k: cfg.kernels,
         })
     }
 
     /// `[B, N, C]` → `[B, N, p²·out_channels]`.
     pub fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
-        let m = chunk_last(&apply(&self.ada_ln, &silu(c)?)?, 2)?;
-        let h = layer_norm_modulate(x, &m[0], &m[1], LN_EPS)?;
-        apply(&self.linear, &h)
+        let k = self.k;
+        let m = chunk_last(&nn::linear(k, &self.ada_ln, &nn::silu(k, c)?)?, 2)?;
+        let h = nn::layer_norm_modulate(k, x, &m[0], &m[1], LN_EPS)?;
+        nn::linear(k, &self.linear, &h)
     }
 }

@@ -6,7 +6,6 @@ mod config;
 pub mod init;
 pub(crate) mod layers;
 mod model;
-pub mod pos_embed;
 
 pub use config::SitConfig;
 pub use model::Sit;

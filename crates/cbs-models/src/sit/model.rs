@@ -1,8 +1,9 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{FinalLayer, LabelEmbedder, PatchEmbed, SitBlock, TimestepEmbedder};
-use super::{pos_embed, SitConfig};
+use super::layers::{FinalLayer, PatchEmbed, SitBlock};
+use super::SitConfig;
+use crate::common::{pos_embed, LabelEmbedder, TimestepEmbedder};
 
 /// The SiT network. `forward` returns the velocity (the first half of the channels when
 /// `learn_sigma` is set, as the reference does).
@@ -28,8 +29,8 @@ impl Sit {
         Ok(Self {
             x_embedder: PatchEmbed::new(cfg, vb.pp("x_embedder"))?,
             pos_embed,
-            t_embedder: TimestepEmbedder::new(h, vb.pp("t_embedder"))?,
-            y_embedder: LabelEmbedder::new(cfg, vb.pp("y_embedder"))?,
+            t_embedder: TimestepEmbedder::new(h, cfg.kernels, vb.pp("t_embedder"))?,
+            y_embedder: LabelEmbedder::new(cfg.label_rows(), h, vb.pp("y_embedder"))?,
             blocks,
             final_layer: FinalLayer::new(cfg, vb.pp("final_layer"))?,
             cfg: cfg.clone(),

@@ -49,6 +49,10 @@ pub struct UnetConfig {
     /// Split qkv before heads. Not supported (only `false`, the wrapper default: legacy order).
     #[serde(default)]
     pub use_new_attention_order: bool,
+    /// The op implementations the built network runs on (a run option, not part of the
+    /// architecture: never serialised; [`crate::Model::new`] sets it).
+    #[serde(skip)]
+    pub kernels: crate::Kernels,
 }
 
 fn yes() -> bool {
@@ -66,6 +70,7 @@ impl UnetConfig {
     /// 0.1. Unconditional, 35 746 307 parameters.
     pub fn cifar() -> Self {
         Self {
+            kernels: crate::Kernels::Fused,
             image_size: 32,
             in_channels: 3,
             model_channels: 128,
@@ -90,6 +95,7 @@ impl UnetConfig {
     /// unconditional.
     pub fn mini() -> Self {
         Self {
+            kernels: crate::Kernels::Fused,
             image_size: 32,
             in_channels: 1,
             model_channels: 32,

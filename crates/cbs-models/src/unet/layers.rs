@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use super::config::NORM_GROUPS;
 use super::conv::Conv3x3;
 use super::UnetConfig;
-use crate::nn::{self, softmax_last};
+use crate::nn::{self, Kernels};
 
 /// `nn.GroupNorm` default epsilon.
 const NORM_EPS: f64 = 1e-5;
@@ -23,26 +23,44 @@ const MAX_PERIOD: f64 = 10000.0;
 pub struct GroupNorm32 {
     weight: Tensor, // [C]
     bias: Tensor,   // [C]
+    k: Kernels,
 }
 
 impl GroupNorm32 {
-    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(channels: usize, k: Kernels, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             weight: vb.get(channels, "weight")?,
             bias: vb.get(channels, "bias")?,
+            k,
         })
     }
 
     /// `SiLU(GroupNorm(x))`, `[B, C, ...]` → same shape.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        nn::group_norm(x, &self.weight, &self.bias, NORM_GROUPS, NORM_EPS, true)
+        nn::group_norm(
+            self.k,
+            x,
+            &self.weight,
+            &self.bias,
+            NORM_GROUPS,
+            NORM_EPS,
+            true,
+        )
     }
 }
 
 impl Module for GroupNorm32 {
     /// `[B, C, ...]` → same shape.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        nn::group_norm(x, &self.weight, &self.bias, NORM_GROUPS, NORM_EPS, false)
+        nn::group_norm(
+            self.k,
+            x,
+            &self.weight,
+            &self.bias,
+            NORM_GROUPS,
+            NORM_EPS,
+            false,
+        )
     }
 }
 
@@ -161,7 +179,7 @@ impl Dropout {
         keep: T,
     ) -> Vec<T> {
         let mut out = vec![T::default(); n];
-        crate::par::chunks_mut(&mut out, Self::CHUNK, |j, chunk| {
+        cbs_kernels::par::chunks_mut(&mut out, Self::CHUNK, |j, chunk| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream(stream);
             rng.set_word_pos((j * Self::CHUNK) as u128);
@@ -206,6 +224,7 @@ pub struct ResBlock {
     out_conv: Conv3x3,     // out_layers.3
     skip: Option<PointwiseConv>,
     scale_shift: bool,
+    k: Kernels,
 }
 
 impl ResBlock {
@@ -227,13 +246,14 @@ impl ResBlock {
             )?)
         };
         Ok(Self {
-            in_norm: GroupNorm32::new(c_in, vb.pp("in_layers").pp("0"))?,
-            in_conv: Conv3x3::new(c_in, c_out, 1, vb.pp("in_layers").pp("2"))?,
+            in_norm: GroupNorm32::new(c_in, cfg.kernels, vb.pp("in_layers").pp("0"))?,
+            in_conv: Conv3x3::new(c_in, c_out, 1, cfg.kernels, vb.pp("in_layers").pp("2"))?,
             emb: linear(ted, emb_out, vb.pp("emb_layers").pp("1"))?,
-            out_norm: GroupNorm32::new(c_out, vb.pp("out_layers").pp("0"))?,
-            out_conv: Conv3x3::new(c_out, c_out, 1, vb.pp("out_layers").pp("3"))?,
+            out_norm: GroupNorm32::new(c_out, cfg.kernels, vb.pp("out_layers").pp("0"))?,
+            out_conv: Conv3x3::new(c_out, c_out, 1, cfg.kernels, vb.pp("out_layers").pp("3"))?,
             skip,
             scale_shift: cfg.use_scale_shift_norm,
+            k: cfg.kernels,
         })
     }
 
@@ -242,7 +262,7 @@ impl ResBlock {
         let h = self.in_conv.forward(&self.in_norm.forward_silu(x)?)?;
         let e = self
             .emb
-            .forward(&nn::silu(emb)?)?
+            .forward(&nn::silu(self.k, emb)?)?
             .unsqueeze(2)?
             .unsqueeze(3)?; // [B, E, 1, 1]
         let h = if self.scale_shift {
@@ -253,7 +273,7 @@ impl ResBlock {
                 .forward(&h)?
                 .broadcast_mul(&(scale + 1.0)?)?
                 .broadcast_add(&shift)?;
-            nn::silu(&h)?
+            nn::silu(self.k, &h)?
         } else {
             self.out_norm.forward_silu(&h.broadcast_add(&e)?)?
         };
@@ -274,15 +294,17 @@ pub struct AttentionBlock {
     qkv: PointwiseConv,
     proj_out: PointwiseConv,
     heads: usize,
+    k: Kernels,
 }
 
 impl AttentionBlock {
     pub fn new(cfg: &UnetConfig, channels: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            norm: GroupNorm32::new(channels, vb.pp("norm"))?,
+            norm: GroupNorm32::new(channels, cfg.kernels, vb.pp("norm"))?,
             qkv: PointwiseConv::new(channels, 3 * channels, 1, vb.pp("qkv"))?,
             proj_out: PointwiseConv::new(channels, channels, 1, vb.pp("proj_out"))?,
             heads: cfg.heads_for(channels),
+            k: cfg.kernels,
         })
     }
 }
@@ -303,7 +325,7 @@ impl Module for AttentionBlock {
         let k = (qkv.narrow(1, ch, ch)? * scale)?; // [B·H, ch, T]
         let v = qkv.narrow(1, 2 * ch, ch)?.contiguous()?; // [B·H, ch, T]
         let weight = q.t()?.contiguous()?.matmul(&k)?; // [B·H, T(query), T(key)]
-        let weight = softmax_last(&weight)?;
+        let weight = nn::softmax_last(self.k, &weight)?;
         let a = v.matmul(&weight.t()?)?.reshape((b, c, t))?; // [B, C, T]
         let out = (x + self.proj_out.forward(&a)?)?;
         out.reshape((b, c, h, w))
@@ -316,9 +338,9 @@ pub struct Downsample {
 }
 
 impl Downsample {
-    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(channels: usize, k: Kernels, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            op: Conv3x3::new(channels, channels, 2, vb.pp("op"))?,
+            op: Conv3x3::new(channels, channels, 2, k, vb.pp("op"))?,
         })
     }
 }
@@ -335,9 +357,9 @@ pub struct Upsample {
 }
 
 impl Upsample {
-    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(channels: usize, k: Kernels, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            conv: Conv3x3::new(channels, channels, 1, vb.pp("conv"))?,
+            conv: Conv3x3::new(channels, channels, 1, k, vb.pp("conv"))?,
         })
     }
 }

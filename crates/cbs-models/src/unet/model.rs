@@ -67,7 +67,7 @@ impl Unet {
         // Encoder.
         let vbi = vb.pp("input_blocks");
         let mut ch = cfg.level_channels(0);
-        let first = Conv3x3::new(cfg.in_channels, ch, 1, vbi.pp("0").pp("0"))?;
+        let first = Conv3x3::new(cfg.in_channels, ch, 1, cfg.kernels, vbi.pp("0").pp("0"))?;
         let mut input_blocks = vec![Sequential(vec![Layer::Conv(first)])];
         let mut skip_chans = vec![ch];
         let mut ds = 1;
@@ -85,7 +85,7 @@ impl Unet {
             }
             if level + 1 != levels {
                 let vbb = vbi.pp(input_blocks.len());
-                let down = Downsample::new(ch, vbb.pp("0"))?;
+                let down = Downsample::new(ch, cfg.kernels, vbb.pp("0"))?;
                 input_blocks.push(Sequential(vec![Layer::Down(down)]));
                 skip_chans.push(ch);
                 ds *= 2;
@@ -120,7 +120,7 @@ impl Unet {
                 }
                 if level > 0 && i == cfg.num_res_blocks {
                     let j = layers.len();
-                    layers.push(Layer::Up(Upsample::new(ch, vbb.pp(j))?));
+                    layers.push(Layer::Up(Upsample::new(ch, cfg.kernels, vbb.pp(j))?));
                     ds /= 2;
                 }
                 output_blocks.push(Sequential(layers));
@@ -128,8 +128,8 @@ impl Unet {
         }
 
         let vbout = vb.pp("out");
-        let out_norm = GroupNorm32::new(ch, vbout.pp("0"))?;
-        let out_conv = Conv3x3::new(ch, cfg.out_channels(), 1, vbout.pp("2"))?;
+        let out_norm = GroupNorm32::new(ch, cfg.kernels, vbout.pp("0"))?;
+        let out_conv = Conv3x3::new(ch, cfg.out_channels(), 1, cfg.kernels, vbout.pp("2"))?;
         Ok(Self {
             time_embed: TimestepEmbed::new(cfg, vb.pp("time_embed"))?,
             label_emb,

@@ -7,10 +7,11 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::Linear;
+use cbs_kernels as fused;
 use cbs_models::jit::rope::Rope;
 use cbs_models::jit::JitConfig;
-use cbs_models::nn::{self, composed};
-use cbs_models::{fused, Architecture, SitConfig, Trainable};
+use cbs_models::nn::{self, composed, Kernels};
+use cbs_models::{Architecture, Model, SitConfig, Trainable};
 
 use super::common::{uniform as rand, vals};
 
@@ -150,7 +151,13 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "linear (3-D input)",
-            fused: Box::new(|x| nn::linear(&Linear::new(x[1].clone(), Some(x[2].clone())), &x[0])),
+            fused: Box::new(|x| {
+                nn::linear(
+                    Kernels::Fused,
+                    &Linear::new(x[1].clone(), Some(x[2].clone())),
+                    &x[0],
+                )
+            }),
             composed: Box::new(|x| {
                 composed::linear(&Linear::new(x[1].clone(), Some(x[2].clone())), &x[0])
             }),
@@ -167,7 +174,13 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "linear (2-D input)",
-            fused: Box::new(|x| nn::linear(&Linear::new(x[1].clone(), Some(x[2].clone())), &x[0])),
+            fused: Box::new(|x| {
+                nn::linear(
+                    Kernels::Fused,
+                    &Linear::new(x[1].clone(), Some(x[2].clone())),
+                    &x[0],
+                )
+            }),
             composed: Box::new(|x| {
                 composed::linear(&Linear::new(x[1].clone(), Some(x[2].clone())), &x[0])
             }),
@@ -250,7 +263,7 @@ fn cases() -> Vec<Case> {
             name: "rms_norm_modulate",
             fused: Box::new(|x| {
                 let (sh, sc) = halves(&x[2]);
-                nn::rms_norm_modulate(&x[0], &x[1], &sh, &sc, EPS)
+                nn::rms_norm_modulate(Kernels::Fused, &x[0], &x[1], &sh, &sc, EPS)
             }),
             composed: Box::new(|x| {
                 let (sh, sc) = halves(&x[2]);
@@ -261,7 +274,14 @@ fn cases() -> Vec<Case> {
         Case {
             name: "rms_norm_modulate (large, transposed)",
             fused: Box::new(|x| {
-                nn::rms_norm_modulate(&x[0].transpose(1, 2)?, &x[1], &x[2], &x[3], 1e-5)
+                nn::rms_norm_modulate(
+                    Kernels::Fused,
+                    &x[0].transpose(1, 2)?,
+                    &x[1],
+                    &x[2],
+                    &x[3],
+                    1e-5,
+                )
             }),
             composed: Box::new(|x| {
                 composed::rms_norm_modulate(&x[0].transpose(1, 2)?, &x[1], &x[2], &x[3], 1e-5)
@@ -300,7 +320,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "group_norm + silu",
-            fused: Box::new(|x| nn::group_norm(&x[0], &x[1], &x[2], 4, 1e-5, true)),
+            fused: Box::new(|x| nn::group_norm(Kernels::Fused, &x[0], &x[1], &x[2], 4, 1e-5, true)),
             composed: Box::new(|x| composed::group_norm(&x[0], &x[1], &x[2], 4, 1e-5, true)),
             shapes: vec![vec![B, 8, 3, 5], vec![8], vec![8]],
         },
@@ -308,7 +328,15 @@ fn cases() -> Vec<Case> {
             // `[B, C, T]` (the attention blocks' norm), no activation; a transposed input.
             name: "group_norm (3-D, transposed)",
             fused: Box::new(|x| {
-                nn::group_norm(&x[0].transpose(1, 2)?, &x[1], &x[2], 2, EPS, false)
+                nn::group_norm(
+                    Kernels::Fused,
+                    &x[0].transpose(1, 2)?,
+                    &x[1],
+                    &x[2],
+                    2,
+                    EPS,
+                    false,
+                )
             }),
             composed: Box::new(|x| {
                 composed::group_norm(&x[0].transpose(1, 2)?, &x[1], &x[2], 2, EPS, false)
@@ -324,7 +352,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "swiglu",
-            fused: Box::new(|x| nn::swiglu(&x[0])),
+            fused: Box::new(|x| nn::swiglu(Kernels::Fused, &x[0])),
             composed: Box::new(|x| composed::swiglu(&x[0])),
             shapes: vec![vec![B, N, 2 * 7]],
         },
@@ -613,11 +641,15 @@ fn fused_entry_points_reject_bad_shapes() {
 fn velocity_mse_uses_the_fused_kernel_on_the_cpu() {
     // The trainer's loss: the same value and gradients as the composed MSE (f64), and in f32
     // bit-identical to the fused kernel (its f64 accumulation differs from candle's f32 sum).
-    use cbs_flow::interpolant::{mse_composed, mse_fused, velocity_mse};
+    use cbs_flow::interpolant::{mse_composed, velocity_mse};
+    use cbs_kernels::mse as mse_fused;
     let a = rand(&[4, 3, 8, 8], 5, 1.5);
     let b = rand(&[4, 3, 8, 8], 6, 1.5);
     let ops: Vec<(&str, OpN)> = vec![
-        ("velocity_mse", Box::new(|x| velocity_mse(&x[0], &x[1]))),
+        (
+            "velocity_mse",
+            Box::new(|x| velocity_mse(&x[0], &x[1], Kernels::Fused)),
+        ),
         ("mse_composed", Box::new(|x| mse_composed(&x[0], &x[1]))),
     ];
     let r = Tensor::new(1.7f64, &Device::Cpu).unwrap();
@@ -627,12 +659,15 @@ fn velocity_mse_uses_the_fused_kernel_on_the_cpu() {
     for (x, y) in gv.iter().zip(&gc) {
         assert!(rel_diff(x, y) < 1e-13);
     }
-    if nn::fused_enabled() {
+    {
         let (a, b) = (
             a.to_dtype(DType::F32).unwrap(),
             b.to_dtype(DType::F32).unwrap(),
         );
-        let v = velocity_mse(&a, &b).unwrap().to_scalar::<f32>().unwrap();
+        let v = velocity_mse(&a, &b, Kernels::Fused)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         let f = mse_fused(&a, &b).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(v.to_bits(), f.to_bits());
     }
@@ -642,7 +677,11 @@ fn velocity_mse_uses_the_fused_kernel_on_the_cpu() {
 
 /// Loss and gradients of one training objective of a 16×16×2, 3-class model (forward, MSE to
 /// a fixed target, backward), by parameter name.
-fn model_step(tr: &Trainable, dtype: DType) -> (f64, Vec<(String, Vec<f64>)>) {
+fn model_step(tr: &Trainable, kernels: Kernels, dtype: DType) -> (f64, Vec<(String, Vec<f64>)>) {
+    // The same variables (a `VarBuilder` over the trained `VarMap` returns them), built on
+    // the given op implementations.
+    let vb = candle_nn::VarBuilder::from_varmap(&tr.varmap, dtype, &Device::Cpu);
+    let model = Model::new(&tr.arch, kernels, vb).unwrap();
     let x = rand(&[3, 2, 16, 16], 31, 1.0).to_dtype(dtype).unwrap();
     let target = rand(&[3, 2, 16, 16], 32, 1.0).to_dtype(dtype).unwrap();
     let t = Tensor::new(&[0.1f64, 0.5, 0.93], &Device::Cpu)
@@ -650,8 +689,8 @@ fn model_step(tr: &Trainable, dtype: DType) -> (f64, Vec<(String, Vec<f64>)>) {
         .to_dtype(dtype)
         .unwrap();
     let y = Tensor::new(&[0u32, 2, 3], &Device::Cpu).unwrap(); // 3 = the null class
-    let pred = tr.model.forward(&x, &t, &y).unwrap();
-    let loss = nn::mse(&pred, &target).unwrap();
+    let pred = model.forward(&x, &t, &y).unwrap();
+    let loss = nn::mse(kernels, &pred, &target).unwrap();
     let grads = loss.backward().unwrap();
     let g = tr
         .named_vars()
@@ -677,7 +716,14 @@ fn random_sit(dtype: DType, std: f64, zero_fc1: bool) -> Trainable {
     cfg.num_classes = 3;
     cfg.learn_sigma = true;
     cfg.validate().unwrap();
-    let tr = Trainable::new(&Architecture::Sit(cfg), 5, dtype, &Device::Cpu).unwrap();
+    let tr = Trainable::new(
+        &Architecture::Sit(cfg),
+        Kernels::Fused,
+        5,
+        dtype,
+        &Device::Cpu,
+    )
+    .unwrap();
     let vars = tr.named_vars();
     cbs_models::sit::init::init_all_random(&vars, 8, std).unwrap();
     if zero_fc1 {
@@ -690,11 +736,11 @@ fn random_sit(dtype: DType, std: f64, zero_fc1: bool) -> Trainable {
     tr
 }
 
-/// The same step with the fused kernels and with `nn::with_composed`: loss and every
+/// The same step with the fused kernels and with the composed ops: loss and every
 /// gradient within `tol` (relative to the gradient tensor's largest entry).
 fn fused_vs_composed(tr: &Trainable, dtype: DType, tol: f64) {
-    let (lf, gf) = model_step(tr, dtype);
-    let (lc, gc) = nn::with_composed(|| model_step(tr, dtype));
+    let (lf, gf) = model_step(tr, Kernels::Fused, dtype);
+    let (lc, gc) = model_step(tr, Kernels::Composed, dtype);
     let d = (lf - lc).abs() / lc.abs();
     assert!(d < tol, "{dtype:?}: loss {lf} (fused) vs {lc} (composed)");
     let mut any_difference = false;
@@ -708,7 +754,7 @@ fn fused_vs_composed(tr: &Trainable, dtype: DType, tol: f64) {
         any_difference |= a != b;
     }
     // Two different computations (not the same path twice): rounding tells them apart.
-    if nn::fused_enabled() {
+    {
         assert!(
             any_difference,
             "{dtype:?}: fused and composed gradients are bit-identical"
@@ -723,7 +769,14 @@ fn random_jit(dtype: DType) -> Trainable {
     cfg.in_channels = 2;
     cfg.num_classes = 3;
     cfg.validate().unwrap();
-    let tr = Trainable::new(&Architecture::Jit(cfg), 5, dtype, &Device::Cpu).unwrap();
+    let tr = Trainable::new(
+        &Architecture::Jit(cfg),
+        Kernels::Fused,
+        5,
+        dtype,
+        &Device::Cpu,
+    )
+    .unwrap();
     cbs_models::sit::init::init_all_random(&tr.named_vars(), 9, 0.2).unwrap();
     tr
 }
@@ -753,7 +806,14 @@ fn random_unet(dtype: DType, scale_shift: bool) -> Trainable {
     cfg.dropout = 0.0;
     cfg.use_scale_shift_norm = scale_shift;
     cfg.validate().unwrap();
-    let tr = Trainable::new(&Architecture::Unet(cfg), 5, dtype, &Device::Cpu).unwrap();
+    let tr = Trainable::new(
+        &Architecture::Unet(cfg),
+        Kernels::Fused,
+        5,
+        dtype,
+        &Device::Cpu,
+    )
+    .unwrap();
     cbs_models::sit::init::init_all_random(&tr.named_vars(), 10, 0.1).unwrap();
     tr
 }

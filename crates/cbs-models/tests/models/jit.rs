@@ -29,6 +29,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 /// 2 class tokens prepended before block 1, a 6-wide bottleneck.
 fn tiny() -> JitConfig {
     let c = JitConfig {
+        kernels: cbs_models::Kernels::Fused,
         input_size: 8,
         patch_size: 2,
         in_channels: 2,
@@ -339,7 +340,7 @@ fn ref_forward(
         .broadcast_add(&w["x_embedder.proj2.bias"].reshape((1, hsz, 1, 1)).unwrap())
         .unwrap();
     let pos = Tensor::from_vec(
-        cbs_models::sit::pos_embed::sincos_2d(hsz, g),
+        cbs_models::common::pos_embed::sincos_2d(hsz, g),
         (1, g * g, hsz),
         &Device::Cpu,
     )

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cbs_models::par;
+use cbs_kernels::par;
 
 #[test]
 fn for_each_visits_every_index_once() {

@@ -1,9 +1,26 @@
-//! The inference convolution of `cbs_eval::conv` against candle's `conv2d` (plus
+//! The inference convolution (`cbs_kernels::conv2d_infer`, the FID Inception's) against candle's `conv2d` (plus
 //! `pad_with_zeros` for asymmetric padding, `broadcast_add` and `relu`), for every kernel, stride
 //! and padding the FID Inception uses, on odd sizes and several batch sizes.
 
 use candle_core::{DType, Device, Tensor};
-use cbs_eval::conv;
+use cbs_kernels::ops::conv_infer;
+use cbs_kernels::{ConvInfer, Kernels};
+
+fn conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    relu: bool,
+    stride: usize,
+    pad: (usize, usize),
+    k: Kernels,
+) -> candle_core::Result<Tensor> {
+    let c = ConvInfer { stride, pad, relu };
+    match k {
+        Kernels::Fused => cbs_kernels::conv2d_infer(x, w, b, c, k),
+        Kernels::Composed => conv_infer::composed(x, w, b, c),
+    }
+}
 
 /// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -63,8 +80,8 @@ fn conv_matches_candle_for_every_inception_shape() {
                 let wt = tensor(&[c_out, c_in, kernel.0, kernel.1], seed + 100);
                 let bias = tensor(&[c_out], seed + 200);
                 for (b, relu) in [(None, false), (Some(&bias), false), (Some(&bias), true)] {
-                    let got = conv::conv2d(&x, &wt, b, relu, stride, pad).unwrap();
-                    let want = conv::conv2d_candle(&x, &wt, b, relu, stride, pad).unwrap();
+                    let got = conv(&x, &wt, b, relu, stride, pad, Kernels::Fused).unwrap();
+                    let want = conv(&x, &wt, b, relu, stride, pad, Kernels::Composed).unwrap();
                     let rel = max_rel_diff(&got, &want);
                     assert!(
                         rel <= 1e-4,
@@ -93,8 +110,8 @@ fn conv_matches_candle_on_inception_sized_maps() {
         let x = tensor(&[batch, c_in, hw, hw], (c_in * hw) as u64);
         let wt = tensor(&[c_out, c_in, kernel.0, kernel.1], c_out as u64);
         let bias = tensor(&[c_out], 5);
-        let got = conv::conv2d(&x, &wt, Some(&bias), true, stride, pad).unwrap();
-        let want = conv::conv2d_candle(&x, &wt, Some(&bias), true, stride, pad).unwrap();
+        let got = conv(&x, &wt, Some(&bias), true, stride, pad, Kernels::Fused).unwrap();
+        let want = conv(&x, &wt, Some(&bias), true, stride, pad, Kernels::Composed).unwrap();
         let rel = max_rel_diff(&got, &want);
         assert!(
             rel <= 1e-4,
@@ -104,8 +121,8 @@ fn conv_matches_candle_on_inception_sized_maps() {
     }
     let x = tensor(&[2, 9, 6, 5], 77).transpose(2, 3).unwrap();
     let wt = tensor(&[4, 9, 3, 3], 78);
-    let got = conv::conv2d(&x, &wt, None, false, 1, (1, 1)).unwrap();
-    let want = conv::conv2d_candle(&x, &wt, None, false, 1, (1, 1)).unwrap();
+    let got = conv(&x, &wt, None, false, 1, (1, 1), Kernels::Fused).unwrap();
+    let want = conv(&x, &wt, None, false, 1, (1, 1), Kernels::Composed).unwrap();
     assert!(max_rel_diff(&got, &want) <= 1e-4);
 }
 
@@ -113,21 +130,31 @@ fn conv_matches_candle_on_inception_sized_maps() {
 fn conv_rejects_mismatched_shapes_and_handles_other_dtypes() {
     let x = tensor(&[1, 4, 5, 5], 1);
     let wt = tensor(&[2, 3, 3, 3], 2);
-    assert!(conv::conv2d(&x, &wt, None, false, 1, (0, 0)).is_err());
+    assert!(conv(&x, &wt, None, false, 1, (0, 0), Kernels::Fused).is_err());
     let wt = tensor(&[2, 4, 7, 7], 2);
-    assert!(conv::conv2d(&x, &wt, None, false, 1, (0, 0)).is_err());
+    assert!(conv(&x, &wt, None, false, 1, (0, 0), Kernels::Fused).is_err());
     let wt = tensor(&[2, 4, 3, 3], 2);
-    assert!(conv::conv2d(&x, &wt, Some(&tensor(&[3], 3)), false, 1, (0, 0)).is_err());
+    assert!(conv(
+        &x,
+        &wt,
+        Some(&tensor(&[3], 3)),
+        false,
+        1,
+        (0, 0),
+        Kernels::Fused
+    )
+    .is_err());
     // f64 goes through candle's path and agrees with the f32 kernel.
     let bias = tensor(&[2], 3);
-    let f32_out = conv::conv2d(&x, &wt, Some(&bias), true, 1, (1, 0)).unwrap();
-    let f64_out = conv::conv2d(
+    let f32_out = conv(&x, &wt, Some(&bias), true, 1, (1, 0), Kernels::Fused).unwrap();
+    let f64_out = conv(
         &x.to_dtype(DType::F64).unwrap(),
         &wt.to_dtype(DType::F64).unwrap(),
         Some(&bias.to_dtype(DType::F64).unwrap()),
         true,
         1,
         (1, 0),
+        Kernels::Fused,
     )
     .unwrap();
     assert_eq!(f64_out.dtype(), DType::F64);

@@ -4,8 +4,8 @@
 //! the output, and run single-threaded inside a task that is already one of many parallel
 //! ones (candle gives every product of a batch its own thread-pool dispatch).
 
-use super::F;
 use crate::par::{self, SharedMut};
+use crate::simd::F;
 use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor, WithDType};
 
 /// A matrix over a slice: element `(i, j)` at `data[i·rs + j·cs]`.
@@ -127,7 +127,7 @@ pub(crate) fn matmul<T: F>(a: View<'_, T>, b: View<'_, T>, threads: Threads) -> 
 /// # Safety
 /// `dst` must address `(a.rows − 1)·dst_rs + b.cols` writable elements that alias neither
 /// operand, the operands must be in bounds, `a.cols == b.rows > 0`.
-unsafe fn raw<T: F>(
+pub(crate) unsafe fn raw<T: F>(
     dst: *mut T,
     dst_rs: usize,
     a: View<'_, T>,

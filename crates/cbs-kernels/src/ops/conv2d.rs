@@ -2,12 +2,14 @@
 //! im2col matrix and one matrix product, images in parallel; the backward recomputes each
 //! image's im2col matrix for the kernel gradient and scatters `Wᵀ·g` back for the input
 //! gradient. candle differentiates `conv2d` with its direct-loop `conv_transpose2d`, which
-//! made up most of a classifier or UNet training step.
+//! made up most of a classifier or UNet training step. The geometry and im2col here are also
+//! the inference convolution's ([`super::conv_infer`]): one convolution for the UNet, the
+//! classifier and Inception.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::gemm::{gemm_into, matmul, Threads, View};
-use super::{contiguous, with_slice, with_slices3, with_tensors3, F};
+use super::*;
 use crate::par;
 
 /// The batch is cut into at most this many groups of consecutive images; one task sums a
@@ -15,49 +17,60 @@ use crate::par;
 /// on the batch size only (not on how tasks land on threads).
 const MAX_GROUPS: usize = 8;
 
-/// Sizes of one convolution.
+/// Sizes of one convolution: input `[b, ci, h, w]`, kernel `[co, ci, kh, kw]`, stride `s`,
+/// zero padding `ph` rows and `pw` columns on each side, output `[b, co, ho, wo]`. Shared by
+/// the training op here and the inference driver ([`super::conv_infer`]).
 #[derive(Clone, Copy, Debug)]
-struct Geo {
-    b: usize,
-    ci: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    kh: usize,
-    kw: usize,
-    s: usize,
-    p: usize,
-    ho: usize,
-    wo: usize,
+pub(crate) struct Geo {
+    pub b: usize,
+    pub ci: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub s: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub ho: usize,
+    pub wo: usize,
 }
 
 impl Geo {
     /// Rows of the im2col matrix.
-    fn k(&self) -> usize {
+    pub fn k(&self) -> usize {
         self.ci * self.kh * self.kw
     }
     /// Output pixels per channel (its columns).
-    fn pix(&self) -> usize {
+    pub fn pix(&self) -> usize {
         self.ho * self.wo
     }
-    fn x_len(&self) -> usize {
+    pub fn x_len(&self) -> usize {
         self.ci * self.h * self.w
     }
-    fn out_len(&self) -> usize {
+    pub fn out_len(&self) -> usize {
         self.co * self.pix()
     }
 
-    fn new(op: &str, x: &[usize], wt: &[usize], b: &[usize], s: usize, p: usize) -> Result<Self> {
+    /// Checks the shapes (`b`: the bias's, if any) and derives the output size.
+    pub fn new(
+        op: &str,
+        x: &[usize],
+        wt: &[usize],
+        b: Option<&[usize]>,
+        s: usize,
+        (ph, pw): (usize, usize),
+    ) -> Result<Self> {
         let (&[bs, ci, h, w], &[co, ci2, kh, kw]) = (x, wt) else {
             bail!("{op}: x {x:?} must be [B, C, H, W] and the weight {wt:?} [O, C, kh, kw]");
         };
-        if ci != ci2 || b != [co] || s == 0 || kh == 0 || kw == 0 {
+        if ci != ci2 || b.is_some_and(|b| b != [co]) || s == 0 || kh == 0 || kw == 0 {
             bail!("{op}: x {x:?}, weight {wt:?}, bias {b:?}, stride {s}: shapes do not fit");
         }
-        if h + 2 * p < kh || w + 2 * p < kw {
-            bail!("{op}: a {kh}×{kw} kernel does not fit a {h}×{w} input padded by {p}");
+        if h + 2 * ph < kh || w + 2 * pw < kw {
+            bail!("{op}: a {kh}×{kw} kernel does not fit a {h}×{w} input padded by ({ph}, {pw})");
         }
-        let (ho, wo) = ((h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1);
+        let (ho, wo) = ((h + 2 * ph - kh) / s + 1, (w + 2 * pw - kw) / s + 1);
         Ok(Self {
             b: bs,
             ci,
@@ -67,23 +80,27 @@ impl Geo {
             kh,
             kw,
             s,
-            p,
+            ph,
+            pw,
             ho,
             wo,
         })
     }
 
-    /// Input index along one axis for output position `o` and kernel offset `i`, if inside.
-    fn src(&self, o: usize, i: usize, len: usize) -> Option<usize> {
-        (o * self.s + i).checked_sub(self.p).filter(|&v| v < len)
+    /// Input row of output row `oy` and kernel row `i`, if inside the image.
+    fn src_row(&self, oy: usize, i: usize) -> Option<usize> {
+        (oy * self.s + i)
+            .checked_sub(self.ph)
+            .filter(|&v| v < self.h)
     }
 
-    /// The output positions `lo..hi` (of `out`) whose input `o·s + i − p` lies inside
-    /// `0..len`: one contiguous run, so the copies below have no per-element bounds test.
-    fn span(&self, i: usize, len: usize, out: usize) -> (usize, usize) {
-        let lo = self.p.saturating_sub(i).div_ceil(self.s);
-        let hi = if len + self.p > i {
-            ((len + self.p - i - 1) / self.s + 1).min(out)
+    /// The output columns `lo..hi` whose input column `ox·s + j − pw` lies inside `0..w`
+    /// for kernel column `j`: one contiguous run, so the copies below have no per-element
+    /// bounds test.
+    fn span(&self, j: usize) -> (usize, usize) {
+        let lo = self.pw.saturating_sub(j).div_ceil(self.s);
+        let hi = if self.w + self.pw > j {
+            ((self.w + self.pw - j - 1) / self.s + 1).min(self.wo)
         } else {
             0
         };
@@ -91,25 +108,27 @@ impl Geo {
     }
 }
 
-/// One image `[C, H, W]` → its im2col matrix `[C·kh·kw, Ho·Wo]`.
-fn im2col<T: F>(x: &[T], g: &Geo, col: &mut [T]) {
-    let (pix, zero) = (g.pix(), T::of(0.0));
-    for (r, row) in col.chunks_exact_mut(pix).enumerate() {
+/// Output rows `oy0..oy1` of one image `[C, H, W]` → their im2col matrix
+/// `[C·kh·kw, (oy1 − oy0)·Wo]` (row `(c, i, j)`, column `(oy − oy0, ox)`), zeros where the
+/// window reaches into the padding. The whole image is `oy0 = 0`, `oy1 = Ho`.
+pub(crate) fn im2col<T: F>(x: &[T], g: &Geo, (oy0, oy1): (usize, usize), col: &mut [T]) {
+    let (n, zero) = ((oy1 - oy0) * g.wo, T::of(0.0));
+    for (r, row) in col.chunks_exact_mut(n.max(1)).take(g.k()).enumerate() {
         let (c, i, j) = (r / (g.kh * g.kw), r / g.kw % g.kh, r % g.kw);
-        for (oy, dst) in row.chunks_exact_mut(g.wo).enumerate() {
-            let Some(iy) = g.src(oy, i, g.h) else {
+        let (lo, hi) = g.span(j);
+        for (oy, dst) in (oy0..oy1).zip(row.chunks_exact_mut(g.wo)) {
+            let Some(iy) = g.src_row(oy, i) else {
                 dst.fill(zero);
                 continue;
             };
             let src = &x[(c * g.h + iy) * g.w..][..g.w];
-            let (lo, hi) = g.span(j, g.w, g.wo);
             dst[..lo].fill(zero);
             dst[hi..].fill(zero);
             if lo == hi {
                 continue;
             }
-            // Input of output position `o`: `o·s + j − p` (≥ 0 from `lo` on).
-            let first = lo * g.s + j - g.p;
+            // Input of output column `o`: `o·s + j − pw` (≥ 0 from `lo` on).
+            let first = lo * g.s + j - g.pw;
             if g.s == 1 {
                 dst[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
             } else {
@@ -126,15 +145,15 @@ fn col2im_add<T: F>(col: &[T], g: &Geo, dx: &mut [T]) {
     for (r, row) in col.chunks_exact(g.pix()).enumerate() {
         let (c, i, j) = (r / (g.kh * g.kw), r / g.kw % g.kh, r % g.kw);
         for (oy, src) in row.chunks_exact(g.wo).enumerate() {
-            let Some(iy) = g.src(oy, i, g.h) else {
+            let Some(iy) = g.src_row(oy, i) else {
                 continue;
             };
             let dst = &mut dx[(c * g.h + iy) * g.w..][..g.w];
-            let (lo, hi) = g.span(j, g.w, g.wo);
+            let (lo, hi) = g.span(j);
             if lo == hi {
                 continue;
             }
-            let first = lo * g.s + j - g.p;
+            let first = lo * g.s + j - g.pw;
             if g.s == 1 {
                 for (d, &v) in dst[first..first + hi - lo].iter_mut().zip(&src[lo..hi]) {
                     *d = T::of(d.f() + v.f());
@@ -159,7 +178,7 @@ fn fwd<T: F>(x: &[T], w: &[T], bias: &[T], g: &Geo) -> Vec<T> {
     let (k, pix) = (g.k(), g.pix());
     let one = |n: usize, out: &mut [T], th: Threads| {
         let mut col = vec![T::of(0.0); k * pix];
-        im2col(&x[n * g.x_len()..][..g.x_len()], g, &mut col);
+        im2col(&x[n * g.x_len()..][..g.x_len()], g, (0, g.ho), &mut col);
         for (row, &b) in out.chunks_exact_mut(pix).zip(bias) {
             row.fill(b);
         }
@@ -204,7 +223,7 @@ fn bwd<T: F>(x: &[T], w: &[T], go: &[T], g: &Geo) -> (Vec<T>, Vec<T>, Vec<T>) {
         for (j, dxn) in dx.chunks_exact_mut(xl.max(1)).enumerate() {
             let n = gi * per + j;
             let gn = &go[n * ol..][..ol];
-            im2col(&x[n * xl..][..xl], g, &mut col);
+            im2col(&x[n * xl..][..xl], g, (0, g.ho), &mut col);
             let gv = View::rows(gn, g.co, pix, pix);
             // dWᵀ = col·gᵀ: the large im2col matrix is read row by row, and only the small
             // gradient is packed transposed (as dW = g·colᵀ, packing colᵀ took 7% of a step).
@@ -277,14 +296,8 @@ impl CustomOp3 for Conv {
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = self.name();
-        let g = Geo::new(
-            op,
-            lx.dims(),
-            lw.dims(),
-            lb.dims(),
-            self.stride,
-            self.padding,
-        )?;
+        let pad = (self.padding, self.padding);
+        let g = Geo::new(op, lx.dims(), lw.dims(), Some(lb.dims()), self.stride, pad)?;
         let out = with_slices3!(op, (sx, lx), (sw, lw), (sb, lb), |x, w, b| fwd(x, w, b, &g));
         Ok((out, Shape::from((g.b, g.co, g.ho, g.wo))))
     }
@@ -298,7 +311,8 @@ impl CustomOp3 for Conv {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = self.name();
-        let g = Geo::new(op, x.dims(), w.dims(), b.dims(), self.stride, self.padding)?;
+        let pad = (self.padding, self.padding);
+        let g = Geo::new(op, x.dims(), w.dims(), Some(b.dims()), self.stride, pad)?;
         let (x, w, go) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
         let dev = x.device().clone();
         with_tensors3!(op, (&x, &w, &go), |xs, ws, gs| {

@@ -11,8 +11,8 @@
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::adaln::{append_sum, new_chunks, split_packed};
-use super::{contiguous, row_stats, sigmoid_pair, simd_kernel, with_slices3, F, LANES};
+use super::layer_norm::row_stats;
+use super::*;
 
 /// The op's parameters: group count, epsilon, and whether SiLU follows.
 #[derive(Clone, Copy)]

@@ -7,11 +7,12 @@
 //! f64 and rounded once per stored value, except the f32 weight update (see `ParamKernel`); the composed versions remain the path on other
 //! devices and for non-contiguous or other-dtype tensors ([`applies`]).
 
+use crate::par;
+use crate::simd::simd_kernel;
+use crate::slices::contiguous;
 use candle_core::{
     bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Storage, Tensor, WithDType,
 };
-use cbs_models::par;
-use cbs_models::simd_kernel;
 
 /// Elements per parallel task: large enough that the split costs nothing next to the work.
 const CHUNK: usize = 1 << 15;
@@ -21,13 +22,6 @@ pub fn applies(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu)
         && matches!(t.dtype(), DType::F32 | DType::F64)
         && t.is_contiguous()
-}
-
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => bail!("{op}: input must be contiguous"),
-    }
 }
 
 /// Runs `f` over matching chunks of `dst` (chunk `CHUNK·w`) and `src` (chunk `CHUNK`), in
@@ -252,8 +246,8 @@ pub fn sum_sq(g: &Tensor) -> Result<f64> {
         .sum()
     }
     Ok(match s {
-        CpuStorage::F32(_) => sum(slice::<f32>(s, layout, "sum_sq")?),
-        CpuStorage::F64(_) => sum(slice::<f64>(s, layout, "sum_sq")?),
+        CpuStorage::F32(_) => sum(contiguous::<f32>(s, layout, "sum_sq")?),
+        CpuStorage::F64(_) => sum(contiguous::<f64>(s, layout, "sum_sq")?),
         _ => bail!("sum_sq: only f32 and f64 are supported"),
     })
 }

@@ -1,8 +1,9 @@
-//! The CPU pooling kernels of `cbs_eval::pool` against candle's pooling ops (the path every other
+//! The CPU pooling kernels (`cbs_kernels::ops::pool`) against candle's pooling ops (the path every other
 //! device and dtype takes): f32 kernel vs the f64 candle path on the same values.
 
 use candle_core::{DType, Device, Tensor};
-use cbs_eval::pool;
+use cbs_kernels::ops::pool;
+use cbs_kernels::Kernels::Fused;
 
 fn tensor(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -53,8 +54,8 @@ fn pooling_kernels_match_candle_ops() {
             if h + 2 * pad < 3 || w + 2 * pad < 3 {
                 continue;
             }
-            let got = pool::max_pool_3x3(&x, stride, pad).unwrap();
-            let want = pool::max_pool_3x3(&x64, stride, pad).unwrap();
+            let got = pool::max_pool_3x3(&x, stride, pad, Fused).unwrap();
+            let want = pool::max_pool_3x3(&x64, stride, pad, Fused).unwrap();
             assert_eq!(
                 max_abs_diff(&got, &want),
                 0.0,
@@ -62,8 +63,8 @@ fn pooling_kernels_match_candle_ops() {
             );
         }
         if h >= 2 && w >= 2 {
-            let got = pool::avg_pool_3x3_same_exclude_pad(&x).unwrap();
-            let want = pool::avg_pool_3x3_same_exclude_pad(&x64).unwrap();
+            let got = pool::avg_pool_3x3_same_exclude_pad(&x, Fused).unwrap();
+            let want = pool::avg_pool_3x3_same_exclude_pad(&x64, Fused).unwrap();
             assert!(
                 max_abs_diff(&got, &want) <= 1e-6,
                 "avg pool {b}x{c}x{h}x{w}: {}",
@@ -71,5 +72,5 @@ fn pooling_kernels_match_candle_ops() {
             );
         }
     }
-    assert!(pool::max_pool_3x3(&tensor(&[1, 1, 4, 4], 1), 1, 2).is_err());
+    assert!(pool::max_pool_3x3(&tensor(&[1, 1, 4, 4], 1), 1, 2, Fused).is_err());
 }

@@ -15,9 +15,10 @@ use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::adaln::{gated_bwd, gated_fwd, ln_mod_bwd, ln_mod_fwd};
 use super::attention::{self, Dims};
+use super::gated_residual::{gated_bwd, gated_fwd};
 use super::linear::{linear_bwd_into, linear_fwd};
+use super::modulate::{ln_mod_bwd, ln_mod_fwd};
 use super::{contiguous, new_rows, with_slice, F};
 
 /// Which half, with its sizes.

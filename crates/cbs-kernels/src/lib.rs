@@ -1,0 +1,86 @@
+//! The hand-written ops of `cbs`, below the models as candle keeps `candle-nn::ops` below
+//! `candle-transformers`: each op one graph node (a candle `CustomOp`) with its CPU kernel and
+//! hand-written backward in one file under [`ops`], where its CUDA kernel will sit beside it.
+//!
+//! - element-wise and row-wise: GELU (tanh), SiLU, softmax, LayerNorm, the MSE loss;
+//! - transformer blocks: LayerNorm + adaLN modulation, gated residual, linear layers and bias
+//!   additions, multi-head attention, whole adaLN block halves (SiT), RMSNorm + modulation,
+//!   qk-norm + 2-D RoPE and SwiGLU (JiT);
+//! - convolutional: GroupNorm (+ SiLU), 2-D convolution (training, with backward; inference,
+//!   with fused bias and ReLU), 3×3 pooling (Inception);
+//! - in-place parameter passes: AdamW, EMA, squared gradient norm.
+//!
+//! Below them: one gemm wrapper ([`gemm`]), one threading model ([`par`], candle's own CPU
+//! worker pool), one set of slice and dtype helpers. Which path a caller takes is a typed
+//! [`Kernels`] policy chosen per run, passed explicitly: never an environment variable.
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub mod gemm;
+pub mod ops;
+pub mod par;
+mod simd;
+mod slices;
+
+pub use gemm::product;
+pub use ops::attention::attention;
+pub use ops::block::{attention_half, mlp_half};
+pub use ops::conv2d::conv2d;
+pub use ops::conv_infer::{conv2d_infer, ConvInfer};
+pub use ops::gated_residual::gated_residual;
+pub use ops::gelu::gelu_tanh;
+pub use ops::group_norm::group_norm;
+pub use ops::layer_norm::layer_norm_no_affine;
+pub use ops::linear::{bias_add, linear};
+pub use ops::modulate::layer_norm_modulate;
+pub use ops::mse::mse;
+pub use ops::pool::{avg_pool_3x3_same_exclude_pad, max_pool_3x3};
+pub use ops::qk_norm_rope::qk_norm_rope;
+pub use ops::rms_norm::rms_norm_modulate;
+pub use ops::silu::silu;
+pub use ops::softmax::softmax_last;
+pub use ops::swiglu::swiglu;
+pub use simd::exp_f32;
+
+/// Which implementation of the ops a run uses. Recorded in the run's resolved config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Kernels {
+    /// The hand-written kernels of this crate wherever they apply (CPU, f32/f64), composed
+    /// candle ops elsewhere.
+    #[default]
+    Fused,
+    /// Composed candle ops everywhere: the reference the fused kernels are tested against,
+    /// and the baseline of side-by-side timings.
+    Composed,
+}
+
+impl Kernels {
+    /// Whether an op over `xs` takes the fused kernel: the policy allows it and [`applies`].
+    pub fn fuses(self, xs: &[&Tensor]) -> bool {
+        self == Kernels::Fused && applies(xs)
+    }
+
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Fused => "fused",
+            Kernels::Composed => "composed",
+        }
+    }
+}
+
+/// Whether the CPU kernels handle these tensors: all on the CPU, f32 or f64 (one dtype for
+/// all), none empty (zero-length chunks cannot be split; the composed ops handle them).
+pub fn applies(xs: &[&Tensor]) -> bool {
+    let Some(first) = xs.first() else {
+        return false;
+    };
+    let dtype = first.dtype();
+    matches!(dtype, DType::F32 | DType::F64)
+        && xs
+            .iter()
+            .all(|x| x.device().is_cpu() && x.dtype() == dtype && x.elem_count() > 0)
+}

@@ -1,0 +1,118 @@
+//! Mean squared error over all elements as one node whose backward gives both inputs their
+//! gradient in one pass (the trainer's loss).
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use super::contiguous;
+
+/// Mean over all elements of `(a − b)²` as one CPU kernel (f32/f64, sums in f64) whose
+/// backward gives both inputs their gradient in one pass: `da = 2·g·(a − b)/n = −db`.
+/// No gradient of the gradient.
+pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        bail!("mse: shape mismatch {:?} vs {:?}", a.shape(), b.shape());
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, Mse)
+}
+
+/// Forward: (a, b) → scalar mean of `(a − b)²`.
+struct Mse;
+/// Backward: (a, b) → `[2, …]` packed (da, db) for the upstream scalar gradient `.0`.
+struct MseBwd(f64);
+
+fn mse_fwd<T: candle_core::WithDType>(a: &[T], b: &[T]) -> T {
+    let s: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&a, &b)| {
+            let d = a.to_f64() - b.to_f64();
+            d * d
+        })
+        .sum();
+    T::from_f64(s / a.len() as f64)
+}
+
+fn mse_bwd<T: candle_core::WithDType>(a: &[T], b: &[T], k: f64) -> Vec<T> {
+    let mut out: Vec<T> = a
+        .iter()
+        .zip(b)
+        .map(|(&a, &b)| T::from_f64(k * (a.to_f64() - b.to_f64())))
+        .collect();
+    out.extend_from_within(..);
+    for o in &mut out[a.len()..] {
+        *o = T::from_f64(-o.to_f64());
+    }
+    out
+}
+
+impl CustomOp2 for Mse {
+    fn name(&self) -> &'static str {
+        "fused-mse"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(vec![mse_fwd::<f32>(
+                contiguous(s1, l1, "fused-mse")?,
+                contiguous(s2, l2, "fused-mse")?,
+            )]),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(vec![mse_fwd::<f64>(
+                contiguous(s1, l1, "fused-mse")?,
+                contiguous(s2, l2, "fused-mse")?,
+            )]),
+            _ => bail!("fused-mse: only f32 and f64 (matching) are supported"),
+        };
+        Ok((out, Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let k = 2.0 * g / a.elem_count() as f64;
+        let packed = a.apply_op2_no_bwd(b, &MseBwd(k))?;
+        let n = a.elem_count();
+        let da = packed.narrow(0, 0, n)?.reshape(a.shape())?;
+        let db = packed.narrow(0, n, n)?.reshape(b.shape())?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
+impl CustomOp2 for MseBwd {
+    fn name(&self) -> &'static str {
+        "fused-mse-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(mse_bwd::<f32>(
+                contiguous(s1, l1, "fused-mse")?,
+                contiguous(s2, l2, "fused-mse")?,
+                self.0,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(mse_bwd::<f64>(
+                contiguous(s1, l1, "fused-mse")?,
+                contiguous(s2, l2, "fused-mse")?,
+                self.0,
+            )),
+            _ => bail!("fused-mse-bwd: only f32 and f64 (matching) are supported"),
+        };
+        Ok((out, Shape::from(2 * l1.shape().elem_count())))
+    }
+}

@@ -1,0 +1,10 @@
+//! The kernels crate's integration tests: the inference convolution and the poolings against
+//! candle's ops, and the parallel loops. (The training ops are tested against their composed
+//! versions and finite differences through the models' layers: crates/cbs-models/tests.)
+
+#[path = "kernels/conv_infer.rs"]
+mod conv_infer;
+#[path = "kernels/par.rs"]
+mod par;
+#[path = "kernels/pool.rs"]
+mod pool;

@@ -1,0 +1,7 @@
+//! Layers and tables that several backbones share: the timestep and label embedders of
+//! SiT/DiT (JiT uses the same ones, with the same keys) and the fixed 2-D sin-cos positions.
+
+mod embed;
+pub mod pos_embed;
+
+pub use embed::{LabelEmbedder, TimestepEmbedder};
