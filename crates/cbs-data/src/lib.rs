@@ -46,6 +46,9 @@ pub use folder::{
 };
 pub use idx::{read_idx, IdxArray};
 pub use latents::{load_latents, LatentDataset, SD_VAE_SCALE};
-pub use npz::{load_npz, NpyArray, NpyDtype, NpyHeader, NpzArchive, NPZ_MAX_IMPLICIT_CLASSES};
+pub use npz::{
+    load_npz, read_npy, write_npy, write_npz, NpyArray, NpyDtype, NpyHeader, NpzArchive,
+    NPZ_MAX_IMPLICIT_CLASSES,
+};
 pub use points::{Dataset, PointDataset};
 pub use sampler::BatchSampler;
