@@ -42,7 +42,7 @@ pub use fashion::{
     FASHION_MNIST_INSTALL_HINT,
 };
 pub use folder::{
-    load_image_folder, load_image_index, scan_image_folder, FolderIndex, FolderOptions,
+    list_images, load_image_folder, load_image_index, scan_image_folder, FolderIndex, FolderOptions,
 };
 pub use idx::{read_idx, IdxArray};
 pub use latents::{load_latents, LatentDataset, SD_VAE_SCALE};
