@@ -1,7 +1,6 @@
 //! `cbs eval-gmm`: quality of point samples against the true Gaussian mixture.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
 use cbs_split::GmmOracle;
 
 use crate::cli::EvalGmmArgs;
@@ -12,23 +11,36 @@ pub fn eval_gmm(a: EvalGmmArgs) -> Result<()> {
     } else {
         a.samples.clone()
     };
-    let arrays = Tensor::read_npz(&path).with_context(|| {
-        format!(
-            "{}: not a readable .npz (expected arr_0 = float [N, D])",
-            path.display()
-        )
-    })?;
-    let Some((_, x)) = arrays.into_iter().find(|(n, _)| n == "arr_0") else {
-        bail!("{}: no arr_0 array", path.display());
+    let mut npz = cbs_data::NpzArchive::open(&path)?;
+    if !npz.has("arr_0") {
+        bail!(
+            "{}: no arr_0 array (expected arr_0 = float [N, D]); the archive holds {:?}",
+            path.display(),
+            npz.names()
+        );
+    }
+    let x = npz.read("arr_0")?;
+    let Some(v) = x.to_f64().filter(|_| !x.header.fortran_order) else {
+        bail!(
+            "{}: arr_0 is {} {:?}{}; expected a C-ordered float array [N, D]",
+            path.display(),
+            x.header.dtype.name(),
+            x.header.shape,
+            if x.header.fortran_order {
+                " in Fortran order"
+            } else {
+                ""
+            }
+        );
     };
     let oracle = GmmOracle::from_file(&a.gmm).with_context(|| format!("{}", a.gmm.display()))?;
-    let (n, d) = x.dims2().with_context(|| {
-        format!(
+    let &[n, d] = x.header.shape.as_slice() else {
+        bail!(
             "{}: arr_0 must be [N, D], found {:?}",
             path.display(),
-            x.dims()
-        )
-    })?;
+            x.header.shape
+        );
+    };
     if d != oracle.dim() {
         bail!(
             "{}: samples have dimension {d}, the mixture {}",
@@ -36,7 +48,6 @@ pub fn eval_gmm(a: EvalGmmArgs) -> Result<()> {
             oracle.dim()
         );
     }
-    let v = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
     let m = cbs_split::toy_metrics::evaluate(&oracle, &v, a.projections, a.seed)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&m)?);

@@ -33,5 +33,19 @@ pub enum DataError {
     Invalid { field: &'static str, reason: String },
 }
 
+impl DataError {
+    /// The message without the leading path, for callers whose own error names the file
+    /// (I/O errors include their source).
+    pub fn reason(&self) -> String {
+        match self {
+            DataError::Missing { hint, .. } => format!("not found; {hint}"),
+            DataError::Malformed { reason, .. } => format!("malformed data file: {reason}"),
+            DataError::Layout { reason, .. } => reason.clone(),
+            DataError::Io { source, .. } => format!("I/O error: {source}"),
+            DataError::Invalid { .. } => self.to_string(),
+        }
+    }
+}
+
 /// Result alias used throughout the crate.
 pub type Result<T> = std::result::Result<T, DataError>;

@@ -305,6 +305,13 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
+/// The PNG/JPEG files directly in `dir` (not recursive), in sorted path order: extensions
+/// `png`, `jpg`, `jpeg` in any case, hidden entries skipped, links followed. The one lister for
+/// image folders (training data sets and `cbs eval-fid` inputs alike).
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(list(dir)?.1)
+}
+
 /// Sorted (subfolders, image files) of `dir`, hidden entries skipped, links followed.
 fn list(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let entries = std::fs::read_dir(dir).map_err(|e| io_error(dir, e))?;

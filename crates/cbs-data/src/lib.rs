@@ -42,10 +42,13 @@ pub use fashion::{
     FASHION_MNIST_INSTALL_HINT,
 };
 pub use folder::{
-    load_image_folder, load_image_index, scan_image_folder, FolderIndex, FolderOptions,
+    list_images, load_image_folder, load_image_index, scan_image_folder, FolderIndex, FolderOptions,
 };
 pub use idx::{read_idx, IdxArray};
 pub use latents::{load_latents, LatentDataset, SD_VAE_SCALE};
-pub use npz::{load_npz, NpyArray, NpyDtype, NpyHeader, NpzArchive, NPZ_MAX_IMPLICIT_CLASSES};
+pub use npz::{
+    load_npz, read_npy, write_npy, write_npz, NpyArray, NpyDtype, NpyHeader, NpzArchive,
+    NPZ_MAX_IMPLICIT_CLASSES,
+};
 pub use points::{Dataset, PointDataset};
 pub use sampler::BatchSampler;

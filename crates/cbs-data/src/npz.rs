@@ -7,15 +7,21 @@
 //! [`NpzArchive`] is the general reader: entries stored or deflated, zip64, every
 //! `.npy` header version, little- and big-endian numbers. Each entry is checked against its
 //! header (declared size), its CRC-32 and the file size before anything large is allocated, so
-//! truncated or corrupt files give an error naming the file and the array.
+//! truncated or corrupt files give an error naming the file and the array. [`read_npy`] reads a
+//! lone `.npy` file under the same checks.
+//!
+//! [`write_npz`] / [`write_npy`] are the one writer: `.npy` format 1.0 headers and stored
+//! (uncompressed) zip entries, byte for byte what candle's `Tensor::write_npz` writes (and what
+//! `np.load` reads).
 
 use std::fs::File;
-use std::io::{BufReader, ErrorKind, Read};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::read::DeflateDecoder;
 use flate2::Crc;
-use zip::{CompressionMethod, ZipArchive};
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
 use crate::dataset::ImageDataset;
 use crate::error::{DataError, Result};
@@ -58,8 +64,39 @@ impl NpyDtype {
         }
     }
 
-    fn is_integer(&self) -> bool {
+    /// `uint8`.
+    pub const U8: NpyDtype = NpyDtype::little('u', 1);
+    /// `float32`, little-endian.
+    pub const F32: NpyDtype = NpyDtype::little('f', 4);
+    /// `float64`, little-endian.
+    pub const F64: NpyDtype = NpyDtype::little('f', 8);
+
+    const fn little(kind: char, size: usize) -> Self {
+        Self {
+            kind,
+            size,
+            big_endian: false,
+        }
+    }
+
+    /// Signed or unsigned integers of 1, 2, 4 or 8 bytes.
+    pub fn is_integer(&self) -> bool {
         matches!(self.kind, 'i' | 'u') && matches!(self.size, 1 | 2 | 4 | 8)
+    }
+
+    /// float16, float32 or float64.
+    pub fn is_float(&self) -> bool {
+        self.kind == 'f' && matches!(self.size, 2 | 4 | 8)
+    }
+
+    /// The `descr` string written in a header: `<f4`, `>i8`, `|b1` (`<u1` for bytes, as candle
+    /// writes it).
+    fn descr(&self) -> String {
+        if self.kind == 'b' {
+            return "|b1".to_string();
+        }
+        let order = if self.big_endian { '>' } else { '<' };
+        format!("{order}{}{}", self.kind, self.size)
     }
 }
 
@@ -88,6 +125,111 @@ pub struct NpyArray {
 }
 
 impl NpyArray {
+    /// An array of `dtype` and `shape` over `data` (raw bytes in the dtype's byte order);
+    /// `data` must hold exactly the bytes the shape declares.
+    pub fn new(dtype: NpyDtype, shape: Vec<usize>, data: Vec<u8>) -> Result<Self> {
+        let header = NpyHeader {
+            dtype,
+            shape,
+            fortran_order: false,
+        };
+        match header.data_len() {
+            Some(len) if len == data.len() => Ok(Self { header, data }),
+            len => Err(DataError::Invalid {
+                field: "data",
+                reason: format!(
+                    "{} bytes for a {} array of shape {:?} ({} bytes)",
+                    data.len(),
+                    dtype.name(),
+                    header.shape,
+                    len.map_or("overflowing".to_string(), |l| l.to_string())
+                ),
+            }),
+        }
+    }
+
+    /// uint8 `shape` over `data`.
+    pub fn from_u8(shape: &[usize], data: Vec<u8>) -> Result<Self> {
+        Self::new(NpyDtype::U8, shape.to_vec(), data)
+    }
+
+    /// float32 (little-endian) `shape` over `values`.
+    pub fn from_f32(shape: &[usize], values: &[f32]) -> Result<Self> {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::new(NpyDtype::F32, shape.to_vec(), data)
+    }
+
+    /// float64 (little-endian) `shape` over `values`.
+    pub fn from_f64(shape: &[usize], values: &[f64]) -> Result<Self> {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::new(NpyDtype::F64, shape.to_vec(), data)
+    }
+
+    /// The elements of a float16/32/64 array (either byte order) as `f64` (exact); `None`
+    /// for other dtypes.
+    pub fn to_f64(&self) -> Option<Vec<f64>> {
+        let d = self.header.dtype;
+        if !d.is_float() {
+            return None;
+        }
+        let values = self.data.chunks_exact(d.size).map(|b| {
+            let mut le = [0u8; 8];
+            le[..d.size].copy_from_slice(b);
+            if d.big_endian {
+                le[..d.size].reverse();
+            }
+            match d.size {
+                2 => f64::from(f16_to_f32(u16::from_le_bytes([le[0], le[1]]))),
+                4 => f64::from(f32::from_le_bytes([le[0], le[1], le[2], le[3]])),
+                _ => f64::from_le_bytes(le),
+            }
+        });
+        Some(values.collect())
+    }
+
+    /// The elements of a float16/32/64 array as `f32` (float64 rounded as `as f32` does);
+    /// `None` for other dtypes.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        let d = self.header.dtype;
+        if d.size == 4 && d.is_float() {
+            let values = self.data.chunks_exact(4).map(|b| {
+                let b = [b[0], b[1], b[2], b[3]];
+                if d.big_endian {
+                    f32::from_be_bytes(b)
+                } else {
+                    f32::from_le_bytes(b)
+                }
+            });
+            return Some(values.collect());
+        }
+        Some(self.to_f64()?.into_iter().map(|v| v as f32).collect())
+    }
+
+    /// The `.npy` file of this array: format 1.0, header padded to 16 bytes as candle pads it.
+    fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+        let h = &self.header;
+        let mut shape: Vec<String> = h.shape.iter().map(|d| d.to_string()).collect();
+        if !shape.is_empty() {
+            shape.push(String::new());
+        }
+        let fortran = if h.fortran_order { "True" } else { "False" };
+        let mut text = format!(
+            "{{'descr': '{}', 'fortran_order': {fortran}, 'shape': ({}), }}",
+            h.dtype.descr(),
+            shape.join(",")
+        );
+        let pad = 16 - (NPY_MAGIC.len() + 5 + text.len()) % 16;
+        text.extend(std::iter::repeat_n(' ', pad % 16));
+        text.push('\n');
+        let len = u16::try_from(text.len())
+            .map_err(|_| std::io::Error::other("the .npy header exceeds 64 KiB"))?;
+        w.write_all(NPY_MAGIC)?;
+        w.write_all(&[1, 0])?;
+        w.write_all(&len.to_le_bytes())?;
+        w.write_all(text.as_bytes())?;
+        w.write_all(&self.data)
+    }
+
     /// The elements of an integer array (any size, either byte order) widened to `i128`;
     /// `None` for other dtypes.
     pub fn to_i128(&self) -> Option<Vec<i128>> {
@@ -133,8 +275,7 @@ impl NpzArchive {
             if e.kind() == ErrorKind::NotFound {
                 DataError::Missing {
                     path: path.to_path_buf(),
-                    hint: "expected an .npz file (np.savez) with arr_0 = uint8 images [N, H, W, C]"
-                        .to_string(),
+                    hint: "expected an .npz archive (np.savez / np.savez_compressed)".to_string(),
                 }
             } else {
                 DataError::Io {
@@ -515,6 +656,112 @@ impl Lit<'_> {
                 return Ok(dims);
             }
         }
+    }
+}
+
+/// IEEE half precision → single (exact).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let frac = u32::from(h & 0x3ff);
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        // Subnormal: frac · 2^-24, exact in f32.
+        (0, f) => {
+            let v = f as f32 * (-24f32).exp2();
+            return if sign == 0 { v } else { -v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, f) => sign | 0x7fc0_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Reads a lone `.npy` file (any header version, the dtypes of [`NpzArchive`]). The header's
+/// declared data size must be exactly what the file holds after it, which is checked before
+/// the data is allocated; errors name the file and what was expected.
+pub fn read_npy(path: &Path) -> Result<NpyArray> {
+    let bad = |reason: String| DataError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            DataError::Missing {
+                path: path.to_path_buf(),
+                hint: "expected an .npy array (np.save)".to_string(),
+            }
+        } else {
+            io_err(path, e)
+        }
+    })?;
+    let file_len = file.metadata().map_err(|e| io_err(path, e))?.len();
+    let mut reader = BufReader::new(file);
+    let (header, header_len) = read_header(&mut reader).map_err(|e| bad(read_reason(e)))?;
+    let data_len = header
+        .data_len()
+        .ok_or_else(|| bad(format!("shape {:?} overflows usize", header.shape)))?;
+    let held = file_len.saturating_sub(header_len as u64);
+    if data_len as u64 != held {
+        let what = if (data_len as u64) > held {
+            "truncated or corrupt .npy"
+        } else {
+            "trailing data after the array"
+        };
+        return Err(bad(format!(
+            "the header declares {} {:?} ({data_len} bytes of data) but the file holds {held} \
+             bytes after the {header_len}-byte header ({what})",
+            header.dtype.name(),
+            header.shape,
+        )));
+    }
+    let mut data = vec![0u8; data_len];
+    reader
+        .read_exact(&mut data)
+        .map_err(|e| bad(read_reason(e.to_string())))?;
+    Ok(NpyArray { header, data })
+}
+
+/// Writes `array` as an `.npy` file (format 1.0).
+pub fn write_npy(path: &Path, array: &NpyArray) -> Result<()> {
+    let file = File::create(path).map_err(|e| io_err(path, e))?;
+    let mut w = BufWriter::new(file);
+    array.write_to(&mut w).map_err(|e| io_err(path, e))?;
+    w.flush().map_err(|e| io_err(path, e))
+}
+
+/// Writes named arrays as an `.npz` archive (`np.savez`'s layout: entries `<name>.npy`, stored
+/// uncompressed, in the given order; zip64 only for entries past 4 GiB). Writes `path` in
+/// place: callers that need atomicity write a temporary file and rename it.
+pub fn write_npz(path: &Path, arrays: &[(&str, &NpyArray)]) -> Result<()> {
+    let file = File::create(path).map_err(|e| io_err(path, e))?;
+    let zip_err = |e: zip::result::ZipError| match e {
+        zip::result::ZipError::Io(e) => io_err(path, e),
+        e => DataError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("cannot write the .npz archive: {e}"),
+        },
+    };
+    let mut zip = ZipWriter::new(BufWriter::new(file));
+    for (name, array) in arrays {
+        // A generous bound on the entry (header + data) for the zip64 decision.
+        let large = array.data.len() as u64 + (1 << 16) >= u64::from(u32::MAX);
+        let options = SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Stored)
+            .large_file(large);
+        zip.start_file(format!("{name}.npy"), options)
+            .map_err(zip_err)?;
+        array.write_to(&mut zip).map_err(|e| io_err(path, e))?;
+    }
+    let mut w = zip.finish().map_err(zip_err)?;
+    w.flush().map_err(|e| io_err(path, e))
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> DataError {
+    DataError::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }
 

@@ -8,6 +8,8 @@ mod cifar;
 mod folder;
 #[path = "data/latents.rs"]
 mod latents;
+#[path = "data/npy.rs"]
+mod npy;
 #[path = "data/npz.rs"]
 mod npz;
 

@@ -8,6 +8,9 @@ pub enum EvalError {
     Invalid(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A file the data crate's readers refused (its message names the file).
+    #[error(transparent)]
+    Data(#[from] cbs_data::DataError),
 }
 
 pub type Result<T> = std::result::Result<T, EvalError>;

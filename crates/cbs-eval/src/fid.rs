@@ -37,7 +37,8 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
+use cbs_data::{NpyArray, NpzArchive};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 use crate::{EvalError, Result};
@@ -324,17 +325,17 @@ fn file_err(path: &Path, message: impl std::fmt::Display) -> EvalError {
 /// float64 [D, D]; with `spatial`, also `mu_s` / `sigma_s` (the sFID statistics, named as in
 /// the ADM evaluator's reference batches). pytorch-fid reads only `mu` and `sigma`.
 pub fn save_stats(path: &Path, pool: &Stats, spatial: Option<&Stats>) -> Result<()> {
-    let to_tensors = |s: &Stats| -> Result<(Tensor, Tensor)> {
+    let to_arrays = |s: &Stats| -> Result<(NpyArray, NpyArray)> {
         let d = s.dim();
         Ok((
-            Tensor::from_vec(s.mu.clone(), d, &Device::Cpu)?,
-            Tensor::from_vec(s.sigma.clone(), (d, d), &Device::Cpu)?,
+            NpyArray::from_f64(&[d], &s.mu)?,
+            NpyArray::from_f64(&[d, d], &s.sigma)?,
         ))
     };
-    let (mu, sigma) = to_tensors(pool)?;
+    let (mu, sigma) = to_arrays(pool)?;
     let mut arrays = vec![("mu", mu), ("sigma", sigma)];
     if let Some(s) = spatial {
-        let (mu_s, sigma_s) = to_tensors(s)?;
+        let (mu_s, sigma_s) = to_arrays(s)?;
         arrays.push(("mu_s", mu_s));
         arrays.push(("sigma_s", sigma_s));
     }
@@ -342,50 +343,72 @@ pub fn save_stats(path: &Path, pool: &Stats, spatial: Option<&Stats>) -> Result<
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     }
     let tmp = path.with_extension("npz.tmp");
-    let refs: Vec<(&str, &Tensor)> = arrays.iter().map(|(n, t)| (*n, t)).collect();
-    Tensor::write_npz(&refs, &tmp).map_err(|e| file_err(&tmp, e))?;
+    let refs: Vec<(&str, &NpyArray)> = arrays.iter().map(|(n, a)| (*n, a)).collect();
+    cbs_data::write_npz(&tmp, &refs)?;
     std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
 }
 
 /// Reads statistics written by [`save_stats`] or pytorch-fid's `--save-stats` (`mu`, `sigma`,
 /// float32 or float64), plus `mu_s` / `sigma_s` when present.
 pub fn load_stats(path: &Path) -> Result<(Stats, Option<Stats>)> {
-    let npz = crate::inputs::Npz::open(path)?;
+    read_stats(&mut NpzArchive::open(path)?)
+}
+
+/// [`load_stats`] on an open archive.
+pub fn read_stats(npz: &mut NpzArchive) -> Result<(Stats, Option<Stats>)> {
     if !npz.has("mu") || !npz.has("sigma") {
+        let mut names = npz.names();
+        names.sort();
         return Err(file_err(
-            path,
-            format!(
-                "expected statistics (arrays mu [D] and sigma [D, D]); found arrays {:?}",
-                npz.names()
-            ),
+            npz.path(),
+            format!("expected statistics (arrays mu [D] and sigma [D, D]); found arrays {names:?}"),
         ));
     }
-    let pool = read_stats_pair(&npz, path, "mu", "sigma")?;
+    let pool = read_stats_pair(npz, "mu", "sigma")?;
     let spatial = if npz.has("mu_s") && npz.has("sigma_s") {
-        Some(read_stats_pair(&npz, path, "mu_s", "sigma_s")?)
+        Some(read_stats_pair(npz, "mu_s", "sigma_s")?)
     } else {
         None
     };
     Ok((pool, spatial))
 }
 
-fn read_stats_pair(npz: &crate::inputs::Npz, path: &Path, mu: &str, sigma: &str) -> Result<Stats> {
-    let m = npz.read_float(mu)?;
-    let s = npz.read_float(sigma)?;
-    let d = match m.dims() {
-        [d] => *d,
-        dims => return Err(file_err(path, format!("{mu} must be [D], found {dims:?}"))),
-    };
-    if s.dims() != [d, d] {
+/// A float32 or float64 C-ordered array as `f64` values with its shape.
+fn read_float(npz: &mut NpzArchive, name: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+    let h = npz.header(name)?;
+    if h.dtype.kind != 'f' || !matches!(h.dtype.size, 4 | 8) || h.fortran_order {
         return Err(file_err(
-            path,
+            npz.path(),
             format!(
-                "{sigma} must be [{d}, {d}] to match {mu}, found {:?}",
-                s.dims()
+                "array {name} is {} {:?}{}; expected float32 or float64",
+                h.dtype.name(),
+                h.shape,
+                if h.fortran_order {
+                    " in Fortran order"
+                } else {
+                    ""
+                }
             ),
         ));
     }
-    let mv = m.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    let sv = s.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let a = npz.read(name)?;
+    let values = a.to_f64().unwrap_or_default();
+    Ok((a.header.shape, values))
+}
+
+fn read_stats_pair(npz: &mut NpzArchive, mu: &str, sigma: &str) -> Result<Stats> {
+    let (m_shape, mv) = read_float(npz, mu)?;
+    let (s_shape, sv) = read_float(npz, sigma)?;
+    let path = npz.path();
+    let d = match m_shape.as_slice() {
+        [d] => *d,
+        dims => return Err(file_err(path, format!("{mu} must be [D], found {dims:?}"))),
+    };
+    if s_shape != [d, d] {
+        return Err(file_err(
+            path,
+            format!("{sigma} must be [{d}, {d}] to match {mu}, found {s_shape:?}"),
+        ));
+    }
     Stats::new(mv, sv).map_err(|e| file_err(path, e))
 }

@@ -40,10 +40,8 @@
 use cbs_kernels::{ConvInfer, Kernels};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::{EvalError, Result};
@@ -791,48 +789,12 @@ mod legacy_pth {
     }
 }
 
-/// Records the name and shape of every tensor the model requests; returns zeros.
-type ShapeLog = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
-
-struct ShapeRecorder(ShapeLog);
-
-impl SimpleBackend for ShapeRecorder {
-    fn get(
-        &self,
-        s: candle_core::Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0
-            .lock()
-            .expect("shape recorder lock")
-            .push((name.to_string(), s.dims().to_vec()));
-        Tensor::zeros(s, dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("shape recorder: no shape for {name}")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
-}
-
 /// Names and shapes of the tensors [`InceptionV3::from_varbuilder`] reads, in build order (the
 /// torchvision state_dict without `fc.bias` and the BatchNorm `num_batches_tracked` counters).
 pub fn parameter_shapes() -> Result<Vec<(String, Vec<usize>)>> {
-    let rec = Arc::new(Mutex::new(vec![]));
-    let vb = VarBuilder::from_backend(
-        Box::new(ShapeRecorder(rec.clone())),
-        DType::F32,
-        Device::Cpu,
-    );
-    InceptionV3::from_varbuilder(vb)?;
-    let shapes = rec.lock().expect("shape recorder lock").clone();
-    Ok(shapes)
+    let rec = cbs_models::shapes::ShapeRecorder::new();
+    InceptionV3::from_varbuilder(rec.var_builder(DType::F32, &Device::Cpu))?;
+    Ok(rec.shapes())
 }
 
 /// SplitMix64, for reproducible test weights without a dependency.

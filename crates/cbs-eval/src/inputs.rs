@@ -1,7 +1,8 @@
 //! What `cbs eval-fid` accepts on either side, read into images or precomputed statistics.
 //!
-//! - a directory of PNG/JPEG images (`*.png`, `*.jpg`, `*.jpeg`, any case; other files are
-//!   ignored; not recursive), read in sorted file-name order, all of one size;
+//! - a directory of PNG/JPEG images (`*.png`, `*.jpg`, `*.jpeg`, any case; other files and
+//!   hidden entries are ignored; not recursive), read in sorted file-name order
+//!   ([`cbs_data::list_images`]), all of one size;
 //! - a `cbs sample` output directory (its `samples.npz`);
 //! - an `.npz` with `arr_0` = uint8 `[N, H, W, C]` (the ADM evaluator's sample format);
 //! - precomputed statistics: an `.npz` with `mu` [D] and `sigma` [D, D] (pytorch-fid's
@@ -10,12 +11,13 @@
 //!
 //! Grayscale becomes 3 channels by repetition and an alpha channel is dropped (PIL's
 //! `convert('RGB')`, as pytorch-fid does). Every failure is an error naming the path and what
-//! was expected.
+//! was expected. `.npz` files are read by [`cbs_data::NpzArchive`], which checks every array
+//! against the file's size before allocating it.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::npy::NpzTensors;
 use candle_core::{DType, Device, Tensor};
+use cbs_data::{list_images, NpzArchive};
 
 use crate::fid::Stats;
 use crate::{EvalError, Result};
@@ -140,13 +142,13 @@ pub fn read_input(path: &Path) -> Result<Input> {
         if npz.is_file() {
             return read_npz_input(&npz);
         }
-        let files = image_files(path)?;
+        let files = list_images(path)?;
         if !files.is_empty() {
             return Ok(Input::Images(read_image_files(&files)?));
         }
         let sub = path.join("images");
         if sub.is_dir() {
-            let files = image_files(&sub)?;
+            let files = list_images(&sub)?;
             if !files.is_empty() {
                 return Ok(Input::Images(read_image_files(&files)?));
             }
@@ -164,62 +166,46 @@ pub fn read_input(path: &Path) -> Result<Input> {
 
 /// Reads an `.npz` side: images (`arr_0`) or statistics (`mu`, `sigma`).
 pub fn read_npz_input(path: &Path) -> Result<Input> {
-    let npz = Npz::open(path).map_err(|e| match e {
-        EvalError::File { path, message } => EvalError::File {
-            path,
-            message: format!("{message}; expected {EXPECTED}"),
-        },
-        e => e,
-    })?;
+    let mut npz = NpzArchive::open(path)
+        .map_err(|e| file_err(path, format!("{}; expected {EXPECTED}", e.reason())))?;
     if npz.has("arr_0") {
-        let (shape, dtype) = npz.shape_dtype("arr_0")?;
-        if dtype != DType::U8 {
+        let h = npz.header("arr_0")?;
+        if h.dtype != cbs_data::NpyDtype::U8 {
             return Err(file_err(
                 path,
                 format!(
-                    "arr_0 is {dtype:?} {shape:?}; expected uint8 [N, H, W, C] images (for point \
-                     samples use `cbs eval-gmm`)"
+                    "arr_0 is {} {:?}; expected uint8 [N, H, W, C] images (for point samples \
+                     use `cbs eval-gmm`)",
+                    h.dtype.name(),
+                    h.shape
                 ),
             ));
         }
-        let t = npz.read("arr_0")?;
+        if h.fortran_order {
+            return Err(file_err(
+                path,
+                "arr_0 is stored in Fortran order; save np.ascontiguousarray(images)",
+            ));
+        }
+        let a = npz.read("arr_0")?;
+        let t = Tensor::from_vec(a.data, a.header.shape, &Device::Cpu)?;
         return ImageSet::from_nhwc(t)
             .map(Input::Images)
             .map_err(|e| file_err(path, format!("arr_0: {e}")));
     }
     if npz.has("mu") || npz.has("sigma") {
-        let (pool, spatial) = crate::fid::load_stats(path)?;
+        let (pool, spatial) = crate::fid::read_stats(&mut npz)?;
         return Ok(Input::Stats { pool, spatial });
     }
+    let mut names = npz.names();
+    names.sort();
     Err(file_err(
         path,
         format!(
-            "has arrays {:?}; expected arr_0 (uint8 [N, H, W, C] images) or mu and sigma \
-             (statistics)",
-            npz.names()
+            "has arrays {names:?}; expected arr_0 (uint8 [N, H, W, C] images) or mu and sigma \
+             (statistics)"
         ),
     ))
-}
-
-fn is_image_name(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-        .unwrap_or(false)
-}
-
-/// The PNG/JPEG files of a directory, sorted by name.
-pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| file_err(dir, e))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let p = entry.map_err(|e| file_err(dir, e))?.path();
-        if p.is_file() && is_image_name(&p) {
-            files.push(p);
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 /// Decodes images (all of one size) into an [`ImageSet`].
@@ -263,87 +249,4 @@ pub fn read_image_files(files: &[PathBuf]) -> Result<ImageSet> {
     let (w, h) = size.unwrap_or((0, 0));
     let t = Tensor::from_vec(data, (files.len(), h, w, 3), &Device::Cpu)?;
     ImageSet::from_nhwc(t)
-}
-
-/// An `.npz` archive whose arrays are checked before they are read: the declared size must
-/// be possible for the file's size (deflate expands at most 1032-fold), so a malformed header
-/// gives an error instead of a huge allocation.
-pub struct Npz {
-    path: PathBuf,
-    inner: NpzTensors,
-    file_len: u64,
-}
-
-impl Npz {
-    pub fn open(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| file_err(path, e))?;
-        let inner = NpzTensors::new(path)
-            .map_err(|e| file_err(path, format!("not a readable .npz archive ({e})")))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            inner,
-            file_len: meta.len(),
-        })
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.inner.names().iter().any(|n| n.as_str() == name)
-    }
-
-    /// Array names, sorted.
-    pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.inner.names().into_iter().cloned().collect();
-        v.sort();
-        v
-    }
-
-    pub fn shape_dtype(&self, name: &str) -> Result<(Vec<usize>, DType)> {
-        let (shape, dtype) = self
-            .inner
-            .get_shape_and_dtype(name)
-            .map_err(|e| file_err(&self.path, format!("array {name}: {e}")))?;
-        Ok((shape.dims().to_vec(), dtype))
-    }
-
-    /// Reads one array after checking its declared size.
-    pub fn read(&self, name: &str) -> Result<Tensor> {
-        let (shape, dtype) = self.shape_dtype(name)?;
-        let bytes = shape
-            .iter()
-            .try_fold(dtype.size_in_bytes(), |acc, &d| acc.checked_mul(d));
-        let limit = self.file_len.saturating_mul(1032).saturating_add(1 << 20);
-        match bytes {
-            Some(b) if (b as u64) <= limit => {}
-            _ => {
-                return Err(file_err(
-                    &self.path,
-                    format!(
-                        "array {name} declares shape {shape:?} of {dtype:?}, more data than a \
-                         {}-byte file can hold (truncated or malformed .npz)",
-                        self.file_len
-                    ),
-                ))
-            }
-        }
-        match self.inner.get(name) {
-            Ok(Some(t)) => Ok(t),
-            Ok(None) => Err(file_err(&self.path, format!("no array {name}"))),
-            Err(e) => Err(file_err(
-                &self.path,
-                format!("array {name} cannot be read (truncated or malformed .npz?): {e}"),
-            )),
-        }
-    }
-
-    /// Reads a float32/float64 array.
-    pub fn read_float(&self, name: &str) -> Result<Tensor> {
-        let (shape, dtype) = self.shape_dtype(name)?;
-        if !matches!(dtype, DType::F32 | DType::F64) {
-            return Err(file_err(
-                &self.path,
-                format!("array {name} is {dtype:?} {shape:?}; expected float32 or float64"),
-            ));
-        }
-        self.read(name)
-    }
 }

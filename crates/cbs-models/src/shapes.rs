@@ -11,15 +11,37 @@ use candle_nn::{Init, VarBuilder};
 use crate::spec::{Architecture, Model};
 use crate::Result;
 
+/// The `(name, dims)` requests a [`ShapeRecorder`] has served, in order.
 type ShapeLog = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
 
-struct Recorder(ShapeLog);
+/// A `VarBuilder` backend that logs the name and shape of every tensor a constructor requests
+/// and serves a broadcast zero scalar, so a network of any size is built without allocating
+/// its weights. The one shape recorder: `cbs inspect`, the Inception-v3 key list and the model
+/// tests all build through it.
+#[derive(Clone, Default)]
+pub struct ShapeRecorder(ShapeLog);
 
-impl candle_nn::var_builder::SimpleBackend for Recorder {
+impl ShapeRecorder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A `VarBuilder` over a clone of this recorder (the log is shared).
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    /// The `(name, dims)` requests so far, in order.
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.0.lock().expect("shape recorder lock").clone()
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for ShapeRecorder {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> CResult<Tensor> {
         self.0
             .lock()
-            .expect("recorder lock")
+            .expect("shape recorder lock")
             .push((name.to_string(), s.dims().to_vec()));
         Tensor::zeros((), dtype, dev)?.broadcast_as(s)
     }
@@ -48,11 +70,11 @@ type Shapes = Vec<(String, Vec<usize>)>;
 
 /// Trainable variables (recorded, not allocated) and buffers of the network.
 fn record(arch: &Architecture) -> Result<(Shapes, Shapes)> {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let vb = VarBuilder::from_backend(Box::new(Recorder(log.clone())), DType::F32, Device::Cpu);
+    let rec = ShapeRecorder::new();
     // Nothing runs: the policy is irrelevant.
+    let vb = rec.var_builder(DType::F32, &Device::Cpu);
     let model = Model::new(arch, crate::Kernels::Composed, vb)?;
-    let vars = log.lock().expect("recorder lock").clone();
+    let vars = rec.shapes();
     let buffers = model
         .buffers()
         .into_iter()

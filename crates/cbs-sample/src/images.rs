@@ -32,9 +32,9 @@ pub fn to_uint8_nhwc(x: &Tensor) -> Result<(Vec<u8>, [usize; 4])> {
 
 /// `samples.npz` with `arr_0` = uint8 `[N, H, W, C]` (the ADM evaluator's input format).
 pub fn write_npz(path: &Path, bytes: &[u8], dims: [usize; 4]) -> Result<()> {
-    let t = Tensor::from_vec(bytes.to_vec(), dims.to_vec(), &candle_core::Device::Cpu)?;
+    let a = cbs_data::NpyArray::from_u8(&dims, bytes.to_vec()).map_err(|e| file_err(path, e))?;
     let tmp = path.with_extension("npz.tmp");
-    Tensor::write_npz(&[("arr_0", &t)], &tmp).map_err(|e| file_err(&tmp, e))?;
+    cbs_data::write_npz(&tmp, &[("arr_0", &a)]).map_err(|e| file_err(&tmp, e.reason()))?;
     std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
 }
 
@@ -97,11 +97,10 @@ pub fn write_individual(dir: &Path, bytes: &[u8], dims: [usize; 4]) -> Result<()
 
 /// `samples.npz` with `arr_0` = float32 `[N, D]` (point samples).
 pub fn write_points_npz(path: &Path, x: &Tensor) -> Result<()> {
-    let t = x
-        .to_dtype(DType::F32)?
-        .to_device(&candle_core::Device::Cpu)?;
+    let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let a = cbs_data::NpyArray::from_f32(x.dims(), &v).map_err(|e| file_err(path, e))?;
     let tmp = path.with_extension("npz.tmp");
-    Tensor::write_npz(&[("arr_0", &t)], &tmp).map_err(|e| file_err(&tmp, e))?;
+    cbs_data::write_npz(&tmp, &[("arr_0", &a)]).map_err(|e| file_err(&tmp, e.reason()))?;
     std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
 }
 

@@ -6,7 +6,7 @@ pub mod images;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use cbs_flow::solver::{integrate, Solver};
 use cbs_flow::VelocityField;
 use cbs_train::rng::{self, Purpose};
@@ -110,23 +110,29 @@ pub fn read_noise(path: &Path, num: usize, shape: &SampleShape, device: &Device)
     if !path.is_file() {
         return Err(file_err("noise file not found".into()));
     }
-    let t =
-        Tensor::read_npy(path).map_err(|e| file_err(format!("not a readable .npy array: {e}")))?;
+    // cbs-data's reader checks the declared shape against the file's length before
+    // allocating, so a corrupt header is an error rather than a panic or an abort.
+    let a = cbs_data::read_npy(path).map_err(|e| file_err(e.reason()))?;
+    let (dims, dtype) = (&a.header.shape, a.header.dtype);
     let want = shape.batch(num);
-    if t.dims() != want.as_slice() {
+    if dims != &want {
         return Err(file_err(format!(
-            "noise has shape {:?}, expected {:?} (num, then the model's sample shape)",
-            t.dims(),
-            want
+            "noise has shape {dims:?}, expected {want:?} (num, then the model's sample shape)"
         )));
     }
-    if !t.dtype().is_float() {
+    if !dtype.is_float() {
         return Err(file_err(format!(
-            "noise has dtype {:?}, expected a float array",
-            t.dtype()
+            "noise has dtype {}, expected a float array",
+            dtype.name()
         )));
     }
-    Ok(t.to_dtype(DType::F32)?.to_device(device)?)
+    if a.header.fortran_order {
+        return Err(file_err(
+            "noise is stored in Fortran order; save np.ascontiguousarray(noise)".into(),
+        ));
+    }
+    let v = a.to_f32().unwrap_or_default();
+    Ok(Tensor::from_vec(v, want, device)?)
 }
 
 /// Integrate `num` samples; `field_for_step(i)` gives the field that owns step `i` of the grid.

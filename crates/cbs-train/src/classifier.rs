@@ -325,12 +325,15 @@ fn write_images(path: &Path, data: &dyn Dataset, indices: &[usize]) -> Result<()
         .collect();
     let t = Tensor::from_vec(bytes, (indices.len(), c, h, w), &Device::Cpu)?
         .permute((0, 2, 3, 1))? // [N, H, W, C]
-        .contiguous()?;
+        .flatten_all()?
+        .to_vec1::<u8>()?;
     let tmp = path.with_extension("npz.tmp");
-    Tensor::write_npz(&[("arr_0", &t)], &tmp).map_err(|e| TrainError::Checkpoint {
+    let checkpoint_err = |e: cbs_data::DataError| TrainError::Checkpoint {
         path: tmp.clone(),
-        message: e.to_string(),
-    })?;
+        message: e.reason(),
+    };
+    let a = cbs_data::NpyArray::from_u8(&[indices.len(), h, w, c], t).map_err(checkpoint_err)?;
+    cbs_data::write_npz(&tmp, &[("arr_0", &a)]).map_err(checkpoint_err)?;
     weights::sync_and_rename(&tmp, path)?;
     Ok(())
 }

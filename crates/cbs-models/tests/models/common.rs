@@ -2,11 +2,9 @@
 //! read-outs, the finite-difference gradient check, the gradient-coverage assertion and the
 //! shape-recording `VarBuilder` backend.
 
-use std::sync::{Arc, Mutex};
-
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Shape, Tensor, Var};
-use candle_nn::{Init, VarMap};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -253,32 +251,5 @@ pub(crate) fn fd_check_model(
 // ---------------------------------------------------------------------------------------------
 // Shape recording.
 
-/// The `(name, dims)` requests a [`Recorder`] has served, in order.
-pub(crate) type ShapeLog = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
-
-/// A `VarBuilder` backend that logs every requested tensor and serves broadcast zeros, so a
-/// network of any size can be built without allocating its weights.
-pub(crate) struct Recorder(pub ShapeLog);
-
-impl candle_nn::var_builder::SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.0
-            .lock()
-            .unwrap()
-            .push((name.to_string(), s.dims().to_vec()));
-        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
-    }
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("recorder cannot serve `{name}` without a shape")
-    }
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
-}
+/// The one shape recorder (`cbs_models::shapes`), under the name the tests use.
+pub(crate) use cbs_models::shapes::ShapeRecorder as Recorder;

@@ -3,7 +3,6 @@
 //! names and counts, RoPE golden values and properties, the x̂ → v conversion, configuration.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
@@ -487,10 +486,10 @@ fn jit_forward_parity_with_independent_reference_f64() -> TestResult {
 
 /// `(name, dims)` of every `state_dict` tensor (variables and buffers), sorted by name.
 fn recorded_shapes(cfg: &JitConfig) -> Vec<(String, Vec<usize>)> {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let vb = VarBuilder::from_backend(Box::new(Recorder(log.clone())), DType::F32, Device::Cpu);
+    let rec = Recorder::new();
+    let vb = rec.var_builder(DType::F32, &Device::Cpu);
     let net = Jit::new(cfg, vb).expect("build with the recorder");
-    let mut out = log.lock().unwrap().clone();
+    let mut out = rec.shapes();
     out.extend(
         net.buffers()
             .into_iter()

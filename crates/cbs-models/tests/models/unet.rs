@@ -3,7 +3,6 @@
 //! timestep features, upsampling and configuration checks.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Result as CResult, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -227,10 +226,10 @@ fn unet_reference_initialisation() -> TestResult {
 // allocated).
 
 fn recorded_shapes(cfg: &UnetConfig) -> HashMap<String, Vec<usize>> {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let vb = VarBuilder::from_backend(Box::new(Recorder(log.clone())), DType::F32, Device::Cpu);
+    let rec = Recorder::new();
+    let vb = rec.var_builder(DType::F32, &Device::Cpu);
     Unet::new(cfg, vb).expect("build");
-    let v = log.lock().unwrap().clone();
+    let v = rec.shapes();
     let n = v.len();
     let map: HashMap<String, Vec<usize>> = v.into_iter().collect();
     assert_eq!(map.len(), n, "a parameter name was requested twice");
