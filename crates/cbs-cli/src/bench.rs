@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use cbs_flow::VelocityField;
 use cbs_models::shapes::parameter_count;
 use cbs_models::ModelSpec;
-use cbs_train::rng::{self, Purpose};
+use cbs_core::rng::{self, Purpose};
 use cbs_train::step::{Batch, PhaseTimes, StepOutcome, Stepper};
 use cbs_train::TrainSection;
 use rand::Rng;
@@ -64,7 +64,7 @@ fn bench_matmul(c: BenchMatmul) -> Result<()> {
 }
 
 fn random_batch(c: &BenchCommon, shape: &[usize], classes: usize, dev: &Device) -> Result<Batch> {
-    let mut r = rng::stream(0, Purpose::Train, 0);
+    let mut r = rng::stream(0, Purpose::TrainStep, 0);
     let n: usize = shape.iter().product();
     let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| r.sample(StandardNormal)).collect() };
     let x0 = normal(n);

@@ -13,26 +13,11 @@ use cbs_split::{
     SplitMode, SplitSettings, SplitsFile,
 };
 use cbs_train::checkpoint::{self, WeightsKind};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use crate::cli::{EstimateArgs, JvpArg, MonitorArg, ProbeArg, SplitModeArg};
 use crate::commands::device;
 use crate::plot::{monitor_png, MonitorPlot};
 use crate::progress::bar;
-
-/// Stream of `ChaCha8Rng(seed)` that draws the trajectory labels (the monitor uses stream 0
-/// for the noises and streams `k + 1` for the probes of trajectory `k`).
-const LABEL_STREAM: u64 = u64::MAX;
-
-/// Uniform labels of the `k` trajectories, seeded.
-fn trajectory_labels(k: usize, num_classes: usize, seed: u64) -> Vec<u32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(LABEL_STREAM);
-    (0..k)
-        .map(|_| rng.random_range(0..num_classes as u32))
-        .collect()
-}
 
 pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
     let dev = device(&a.device)?;
@@ -120,7 +105,7 @@ pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
                 a.grid
             );
             let field = Guided::new(&loaded.model, a.cfg_scale);
-            let labels = (classes > 0).then(|| trajectory_labels(a.trajectories, classes, a.seed));
+            let labels = (classes > 0).then(|| cbs_split::trajectory_labels(a.trajectories, classes, a.seed));
             let label_fn = labels.as_ref().map(|l| move |k: usize| l[k]);
             let label_ref: Option<&dyn Fn(usize) -> u32> =
                 label_fn.as_ref().map(|f| f as &dyn Fn(usize) -> u32);
@@ -218,24 +203,12 @@ fn fmt_list(v: &[f64]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// Cumulative mass at the grid points, `C(t_0) = 0`.
-fn cumulative(mass: &[f64]) -> Vec<f64> {
-    let mut c = Vec::with_capacity(mass.len() + 1);
-    c.push(0.0);
-    let mut acc = 0.0;
-    for m in mass {
-        acc += m;
-        c.push(acc);
-    }
-    c
-}
-
 fn write_outputs(out: &Path, curve: &MonitorCurve, splits: &SplitsFile) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let p = out.join("splits.toml");
     std::fs::write(&p, splits.to_toml()).with_context(|| format!("writing {}", p.display()))?;
 
-    let c = cumulative(&curve.mass);
+    let c = curve.cumulative();
     let mut csv = String::from("t,m,cumulative\n");
     for (j, (&t, cj)) in curve.grid.iter().zip(&c).enumerate() {
         match curve.mass.get(j) {

@@ -77,7 +77,8 @@ where
         let file = File::create(tmp).map_err(|e| AtomicError::new(path, "creating", e))?;
         let mut w = BufWriter::new(file);
         write(&mut w).map_err(|e| AtomicError::new(path, "writing", e))?;
-        w.flush().map_err(|e| AtomicError::new(path, "writing", e))?;
+        w.flush()
+            .map_err(|e| AtomicError::new(path, "writing", e))?;
         Ok(())
     })
 }

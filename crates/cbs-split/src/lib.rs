@@ -31,7 +31,7 @@ pub use equidistribute::{equidistribute, SplitMode};
 pub use error::{Result, SplitError};
 pub use gmm::{GmmOracle, GmmSpec};
 pub use monitor::{
-    frobenius_sq_estimate, monitor_curve, HutchinsonOptions, JvpMethod, MonitorCurve, MonitorKind,
-    MonitorOptions, ProbeKind,
+    frobenius_sq_estimate, monitor_curve, trajectory_labels, HutchinsonOptions, JvpMethod,
+    MonitorCurve, MonitorKind, MonitorOptions, ProbeKind,
 };
 pub use splits_file::{KnotIntervalEntry, SplitSettings, SplitsFile};

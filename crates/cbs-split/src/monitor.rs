@@ -13,13 +13,15 @@
 //!
 //! The curve keeps every trajectory's masses so that knots can be bootstrapped.
 //!
-//! Randomness: noises come from stream 0 of `ChaCha8Rng::seed_from_u64(seed)`, drawn trajectory
-//! after trajectory; the probes of trajectory `k` come from stream `k + 1` of the same seed.
+//! Randomness (`cbs_core::rng`): noises come from stream 0 of `ChaCha8Rng::seed_from_u64(seed)`
+//! (`Purpose::MonitorNoise`), drawn trajectory after trajectory; the probes of trajectory `k`
+//! come from stream `k + 1` of the same seed (`Purpose::MonitorProbe`).
 //! Results therefore do not depend on the chunk size (`batch`), up to floating-point rounding.
 
 use candle_core::{DType, Device, Tensor, Var};
+use cbs_core::rng::{stream, Purpose};
 use cbs_flow::VelocityField;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
@@ -168,6 +170,19 @@ impl MonitorCurve {
         self.mass.len()
     }
 
+    /// Cumulative mass at the `G + 1` grid points, `C(t_0) = 0` (summed in order, unchecked:
+    /// what `monitor.csv` and its plot show, whatever the masses are).
+    pub fn cumulative(&self) -> Vec<f64> {
+        let mut c = Vec::with_capacity(self.mass.len() + 1);
+        c.push(0.0);
+        let mut acc = 0.0;
+        for m in &self.mass {
+            acc += m;
+            c.push(acc);
+        }
+        c
+    }
+
     /// The cell masses of trajectory `k`, if kept.
     pub fn trajectory(&self, k: usize) -> Option<&[f32]> {
         let g = self.cells();
@@ -218,13 +233,21 @@ impl MonitorCurve {
 
 /// The noise generator of [`monitor_curve`] (stream 0 of `ChaCha8Rng(seed)`).
 pub(crate) fn noise_rng(seed: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed)
+    stream(seed, Purpose::MonitorNoise, 0)
 }
 
 fn probe_rng(seed: u64, trajectory: usize) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(trajectory as u64 + 1);
-    rng
+    stream(seed, Purpose::MonitorProbe, trajectory as u64)
+}
+
+/// Uniform class labels of `k` monitor trajectories, drawn from
+/// [`Purpose::TrajectoryLabels`] of `seed` (stream `u64::MAX` of `ChaCha8Rng(seed)`, apart from
+/// the noise and probe streams).
+pub fn trajectory_labels(k: usize, num_classes: usize, seed: u64) -> Vec<u32> {
+    let mut rng = stream(seed, Purpose::TrajectoryLabels, 0);
+    (0..k)
+        .map(|_| rng.random_range(0..num_classes as u32))
+        .collect()
 }
 
 fn time(t: f64, b: usize, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

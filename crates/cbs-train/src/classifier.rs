@@ -216,7 +216,7 @@ pub fn train_classifier(
     let b = cc.batch_size;
     let mut recent = std::collections::VecDeque::new();
     for s in 0..cc.steps {
-        let mut rng = rng::stream(cc.seed, Purpose::Classifier, s);
+        let mut rng = rng::stream(cc.seed, Purpose::ClassifierStep, s);
         let idx = sampler.indices(s);
         let flips: Vec<bool> = (0..b)
             .map(|_| {
@@ -262,7 +262,7 @@ pub fn train_classifier(
     write_images(&out.join(REFERENCE_FILE), test_data.as_ref(), &all)?;
     // A same-size draw of real training images: its FID against the reference is the floor
     // that samples of that size can reach in this feature space.
-    let mut rng = rng::stream(cc.seed, Purpose::Classifier, u64::MAX);
+    let mut rng = rng::stream(cc.seed, Purpose::ClassifierRealSample, 0);
     let k = cc.real_sample.min(train_data.len());
     let mut pick = rand::seq::index::sample(&mut rng, train_data.len(), k).into_vec();
     pick.sort_unstable();

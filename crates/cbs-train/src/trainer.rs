@@ -190,7 +190,7 @@ pub fn train(
         let t0 = Instant::now();
         // Draw order is part of the reproducibility contract: flips, label drops, times, noise,
         // dropout seed.
-        let mut rng = rng::stream(tc.seed, Purpose::Train, s);
+        let mut rng = rng::stream(tc.seed, Purpose::TrainStep, s);
         let idx = sampler.indices(s);
         let flips: Vec<bool> = (0..b)
             .map(|_| flip_draw(&mut rng, cfg.data.hflip))

@@ -57,7 +57,11 @@ fn legacy_purposes_reproduce_plain_seed_from_u64() {
             Purpose::ToyMetrics,
             Purpose::KidSubsets,
         ] {
-            assert_eq!(words(stream(seed, p, 0)), words(legacy(seed, None)), "{p:?}");
+            assert_eq!(
+                words(stream(seed, p, 0)),
+                words(legacy(seed, None)),
+                "{p:?}"
+            );
         }
         // `seed_from_u64(seed)` + `set_stream(n)`.
         for n in [0u64, 1, 5, 99] {
