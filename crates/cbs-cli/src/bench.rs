@@ -8,17 +8,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+use cbs_core::rng::{self, Purpose};
 use cbs_flow::VelocityField;
 use cbs_models::shapes::parameter_count;
 use cbs_models::ModelSpec;
-use cbs_core::rng::{self, Purpose};
 use cbs_train::step::{Batch, PhaseTimes, StepOutcome, Stepper};
 use cbs_train::TrainSection;
 use rand::Rng;
 use rand_distr::StandardNormal;
 
 use crate::cli::{BenchArgs, BenchCommand, BenchCommon, BenchMatmul};
-use crate::commands::device;
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     match a.command {
@@ -98,7 +97,7 @@ fn setup(c: &BenchCommon) -> Result<(cbs_models::Architecture, Vec<usize>, Devic
     if c.batch == 0 || c.steps == 0 {
         bail!("--batch and --steps must be positive");
     }
-    let dev = device(&c.device)?;
+    let dev = c.device.open()?;
     let sample: Vec<usize> = if c.model.starts_with("mlp-") {
         vec![c.dim]
     } else {

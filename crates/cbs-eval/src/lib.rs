@@ -4,6 +4,7 @@
 
 pub mod conv;
 pub mod error;
+pub mod extractors;
 pub mod features;
 pub mod fid;
 pub mod inception;

@@ -22,6 +22,8 @@ pub enum SampleError {
         message: String,
     },
     #[error(transparent)]
+    Write(#[from] cbs_core::AtomicError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

@@ -33,33 +33,59 @@ use crate::error::{Result, SplitError};
 /// Which local-difficulty measure to equidistribute.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum MonitorKind {
     /// Path acceleration (the paper's default).
     #[default]
+    #[cfg_attr(
+        feature = "clap",
+        value(
+            help = "Path acceleration ||v_{j+1} − v_j|| along Euler trajectories (the paper's default)"
+        )
+    )]
     Acceleration,
     /// Dirichlet energy `½||∇_x v||_F²`.
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Dirichlet energy ½||∂v/∂x||_F², Hutchinson-estimated")
+    )]
     Dirichlet,
 }
 
 /// Distribution of the Hutchinson probes.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ProbeKind {
     /// `ε ~ N(0, I)`.
     #[default]
+    #[cfg_attr(feature = "clap", value(help = "ε ~ N(0, I)"))]
     Gaussian,
     /// Independent `±1` entries (lower variance).
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Independent ±1 entries (lower variance)")
+    )]
     Rademacher,
 }
 
 /// How the Jacobian–vector products of the Dirichlet monitor are computed.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum JvpMethod {
     /// `Jᵀε` by one backward pass of `(v·ε).sum()` with `x` as a variable.
     #[default]
+    #[cfg_attr(feature = "clap", value(help = "||Jᵀε||² by one backward pass"))]
     Vjp,
     /// Central difference `(v(x + hε) − v(x − hε)) / 2h` (two extra forwards per probe).
+    #[cfg_attr(
+        feature = "clap",
+        value(
+            name = "fd",
+            help = "Central finite difference (v(x + hε) − v(x − hε)) / 2h"
+        )
+    )]
     FiniteDifference,
 }
 

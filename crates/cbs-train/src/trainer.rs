@@ -10,11 +10,11 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
-use crate::checkpoint::{self, CheckpointData, CheckpointState};
+use crate::checkpoint::{self, CheckpointData, CheckpointState, RngState};
 use crate::config::{DataSource, TrainConfig};
-use crate::rng::{self, Purpose, RngState};
 use crate::step::{Batch, StepOutcome, Stepper};
 use crate::{io_err, Result, TrainError};
+use cbs_core::rng::{self, Purpose};
 
 /// How to run (as opposed to what to train, which is the config).
 #[derive(Clone, Debug)]
@@ -165,8 +165,8 @@ pub fn train(
     if start >= tc.steps {
         tracing::info!(start, total = tc.steps, "run already complete");
     }
-    checkpoint::write_text(&run_dir.join("config.toml"), &cfg.to_toml())?;
-    let metrics_path = run_dir.join("metrics.jsonl");
+    cfg.write(&run_dir.join(checkpoint::CONFIG_FILE))?;
+    let metrics_path = run_dir.join(checkpoint::METRICS_FILE);
     truncate_metrics(&metrics_path, start)?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -377,5 +377,6 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    checkpoint::write_text(path, &kept)
+    cbs_core::atomic::write_text(path, &kept)?;
+    Ok(())
 }
