@@ -8,17 +8,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+use cbs_core::rng::{self, Purpose};
 use cbs_flow::VelocityField;
 use cbs_models::shapes::parameter_count;
 use cbs_models::ModelSpec;
-use cbs_train::rng::{self, Purpose};
 use cbs_train::step::{Batch, PhaseTimes, StepOutcome, Stepper};
 use cbs_train::TrainSection;
 use rand::Rng;
 use rand_distr::StandardNormal;
 
 use crate::cli::{BenchArgs, BenchCommand, BenchCommon, BenchMatmul};
-use crate::commands::device;
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     match a.command {
@@ -64,7 +63,7 @@ fn bench_matmul(c: BenchMatmul) -> Result<()> {
 }
 
 fn random_batch(c: &BenchCommon, shape: &[usize], classes: usize, dev: &Device) -> Result<Batch> {
-    let mut r = rng::stream(0, Purpose::Train, 0);
+    let mut r = rng::stream(0, Purpose::TrainStep, 0);
     let n: usize = shape.iter().product();
     let mut normal = |n: usize| -> Vec<f32> { (0..n).map(|_| r.sample(StandardNormal)).collect() };
     let x0 = normal(n);
@@ -98,7 +97,7 @@ fn setup(c: &BenchCommon) -> Result<(cbs_models::Architecture, Vec<usize>, Devic
     if c.batch == 0 || c.steps == 0 {
         bail!("--batch and --steps must be positive");
     }
-    let dev = device(&c.device)?;
+    let dev = c.device.open()?;
     let sample: Vec<usize> = if c.model.starts_with("mlp-") {
         vec![c.dim]
     } else {

@@ -1,6 +1,9 @@
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use cbs_flow::solver::Solver;
+use cbs_run::WeightsKind;
+use cbs_split::{JvpMethod, MonitorKind, ProbeKind, SplitMode};
+use clap::{Args, Parser, Subcommand};
 
 /// Complexity-Balanced Splitting for flow-matching image models.
 ///
@@ -115,7 +118,7 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// Apply --steps and --seed to a configuration.
-    pub fn apply(&self, cfg: &mut cbs_train::TrainConfig) {
+    pub fn apply(&self, cfg: &mut cbs_run::TrainConfig) {
         if let Some(s) = self.steps {
             cfg.train.steps = s;
         }
@@ -150,22 +153,6 @@ pub struct TrainExpertsArgs {
     pub run: RunArgs,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum SolverArg {
-    Euler,
-    Heun,
-    /// Heun with a final Euler step (JiT's sampler).
-    HeunEulerLast,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum WeightsArg {
-    /// The exponential moving average of the weights (what published results use).
-    Ema,
-    /// The raw optimised weights.
-    Model,
-}
-
 #[derive(Args, Debug)]
 pub struct SampleArgs {
     /// A run directory (its latest checkpoint) or a checkpoint directory.
@@ -182,7 +169,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     #[arg(long, value_enum, default_value = "heun")]
-    pub solver: SolverArg,
+    pub solver: Solver,
     /// Classifier-free guidance scale on all channels (1 = no guidance).
     #[arg(long, default_value_t = 1.0)]
     pub cfg_scale: f64,
@@ -201,7 +188,7 @@ pub struct SampleArgs {
     pub noise: Option<PathBuf>,
     /// Which weights of the checkpoint.
     #[arg(long, value_enum, default_value = "ema")]
-    pub weights: WeightsArg,
+    pub weights: WeightsKind,
     /// Images integrated at once (memory bound; the noise does not depend on it, the images
     /// only up to floating-point rounding).
     #[arg(long, default_value_t = 64)]
@@ -348,42 +335,6 @@ Outputs in --out:
                dark vertical lines = knots, light blue bands = their bootstrap intervals
 Stdout: `knots = [..]` and `intervals = [[lo, hi], ..]`.";
 
-/// Which monitor of local difficulty to equidistribute.
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum MonitorArg {
-    /// Path acceleration ||v_{j+1} − v_j|| along Euler trajectories (the paper's default).
-    Acceleration,
-    /// Dirichlet energy ½||∂v/∂x||_F², Hutchinson-estimated.
-    Dirichlet,
-}
-
-/// How knots are read off the cumulative monitor mass.
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum SplitModeArg {
-    /// The grid point whose cumulative mass is closest to i/N (the paper's rule).
-    Grid,
-    /// Where the piecewise-linear cumulative mass crosses i/N (knots off the grid).
-    Linear,
-}
-
-/// Distribution of the Hutchinson probes.
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum ProbeArg {
-    /// ε ~ N(0, I).
-    Gaussian,
-    /// Independent ±1 entries (lower variance).
-    Rademacher,
-}
-
-/// How Jacobian–vector products of the Dirichlet monitor are computed.
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum JvpArg {
-    /// ||Jᵀε||² by one backward pass.
-    Vjp,
-    /// Central finite difference (v(x + hε) − v(x − hε)) / 2h.
-    Fd,
-}
-
 /// Arguments of `cbs estimate-splits` (the outputs are described in [`ESTIMATE_OUTPUTS`]).
 #[derive(Args, Debug)]
 #[command(
@@ -401,7 +352,7 @@ pub struct EstimateArgs {
     pub oracle_gmm: Option<PathBuf>,
     /// Monitor of local difficulty (acceleration is the paper's).
     #[arg(long, value_enum, default_value = "acceleration")]
-    pub monitor: MonitorArg,
+    pub monitor: MonitorKind,
     /// Number of experts N (N − 1 knots).
     #[arg(long, default_value_t = 3)]
     pub experts: usize,
@@ -413,16 +364,16 @@ pub struct EstimateArgs {
     pub trajectories: usize,
     /// Knot rule: `grid` is the paper's (closest grid point), `linear` interpolates.
     #[arg(long, value_enum, default_value = "linear")]
-    pub mode: SplitModeArg,
+    pub mode: SplitMode,
     /// Hutchinson probes S per point (Dirichlet only).
     #[arg(long, default_value_t = 1)]
     pub probes: usize,
     /// Probe distribution (Dirichlet only).
     #[arg(long, value_enum, default_value = "gaussian")]
-    pub probe: ProbeArg,
+    pub probe: ProbeKind,
     /// Jacobian–vector products (Dirichlet only): `vjp` (one backward pass) or `fd`.
     #[arg(long, value_enum, default_value = "vjp")]
-    pub jvp: JvpArg,
+    pub jvp: JvpMethod,
     /// Classifier-free guidance scale (class-conditional models only; 1 = no guidance).
     /// Trajectory labels are drawn uniformly with a generator seeded by --seed.
     #[arg(long, default_value_t = 1.0)]

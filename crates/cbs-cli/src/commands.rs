@@ -1,58 +1,21 @@
-//! One function per subcommand: parse → call the library → report.
+//! `cbs train-aux`, `cbs sample` and `cbs inspect`: parse → call the library → report.
 
-use std::path::Path;
-
-use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use anyhow::{bail, Result};
 use cbs_flow::guidance::Guided;
-use cbs_flow::solver::{uniform_grid, Solver};
+use cbs_flow::solver::uniform_grid;
 use cbs_flow::VelocityField;
 use cbs_models::{shapes, ModelSpec};
-use cbs_sample::{images, SampleOptions, SampleShape};
-use cbs_train::checkpoint::{self, WeightsKind};
-use cbs_train::{TrainConfig, TrainOptions};
+use cbs_run::checkpoint;
+use cbs_run::TrainConfig;
+use cbs_sample::images::{self, OutputOptions};
+use cbs_sample::{SampleOptions, SampleShape};
+use cbs_train::TrainOptions;
 
-use crate::cli::{
-    Cli, Command, DeviceArgs, InspectArgs, SampleArgs, SolverArg, TrainArgs, WeightsArg,
-};
+use crate::cli::{InspectArgs, SampleArgs, TrainArgs};
 use crate::progress::bar;
 
-pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::TrainAux(a) => train_aux(a),
-        Command::Sample(a) => sample(a),
-        Command::Inspect(a) => inspect(a),
-        Command::Bench(a) => crate::bench::bench(a),
-        Command::EvalGmm(a) => crate::eval_gmm::eval_gmm(a),
-        Command::EstimateSplits(a) => crate::estimate::estimate_splits(a),
-        Command::TrainExperts(a) => crate::experts::train_experts(a),
-        Command::EvalFid(a) => crate::eval_fid::eval_fid(a),
-        Command::TrainClassifier(a) => crate::eval_fid::train_classifier(a),
-    }
-}
-
-pub(crate) fn device(a: &DeviceArgs) -> Result<Device> {
-    let d = a.device.trim();
-    if d == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let ordinal = match d.strip_prefix("cuda") {
-        Some("") => 0,
-        Some(rest) => rest
-            .strip_prefix(':')
-            .and_then(|n| n.parse::<usize>().ok())
-            .with_context(|| format!("--device `{d}`: expected cpu, cuda or cuda:N"))?,
-        None => bail!("--device `{d}`: expected cpu, cuda or cuda:N"),
-    };
-    Device::new_cuda(ordinal).with_context(|| {
-        format!(
-            "--device {d}: CUDA is unavailable (this binary must be built with --features cuda)"
-        )
-    })
-}
-
-fn train_aux(a: TrainArgs) -> Result<()> {
-    let stored = a.out.join("config.toml");
+pub fn train_aux(a: TrainArgs) -> Result<()> {
+    let stored = a.out.join(checkpoint::CONFIG_FILE);
     let mut cfg = match (&a.config, a.run.resume) {
         (Some(p), _) => TrainConfig::from_file(p)?,
         (None, true) if stored.is_file() => TrainConfig::from_file(&stored)?,
@@ -73,7 +36,7 @@ fn train_aux(a: TrainArgs) -> Result<()> {
     }
     let opts = TrainOptions {
         resume: a.run.resume,
-        device: device(&a.run.device)?,
+        device: a.run.device.open()?,
     };
     let data = cbs_train::load_dataset(&cfg)?;
     eprintln!(
@@ -108,12 +71,9 @@ fn train_aux(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn sample(a: SampleArgs) -> Result<()> {
-    let dev = device(&a.device)?;
-    let which = match a.weights {
-        WeightsArg::Ema => WeightsKind::Ema,
-        WeightsArg::Model => WeightsKind::Model,
-    };
+pub fn sample(a: SampleArgs) -> Result<()> {
+    let dev = a.device.open()?;
+    let which = a.weights;
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -156,11 +116,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     let opts = SampleOptions {
         num: a.num,
         grid,
-        solver: match a.solver {
-            SolverArg::Euler => Solver::Euler,
-            SolverArg::Heun => Solver::Heun,
-            SolverArg::HeunEulerLast => Solver::HeunEulerLast,
-        },
+        solver: a.solver,
         seed: a.seed,
         labels: a.labels.clone(),
         noise,
@@ -182,13 +138,15 @@ fn sample(a: SampleArgs) -> Result<()> {
     });
     pb.finish_and_clear();
     let (x, labels) = result?;
-    write_outputs(
+    images::write_outputs(
         &a.out,
         &x,
         labels.as_deref(),
-        a.nrow,
-        a.grid_max,
-        a.individual,
+        &OutputOptions {
+            nrow: a.nrow,
+            grid_max: a.grid_max,
+            individual: a.individual,
+        },
     )?;
     eprintln!(
         "wrote {} samples from {source} to {}",
@@ -198,47 +156,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_outputs(
-    out: &Path,
-    x: &candle_core::Tensor,
-    labels: Option<&[u32]>,
-    nrow: Option<usize>,
-    grid_max: usize,
-    individual: bool,
-) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    if x.rank() == 2 {
-        // Points: raw coordinates, and a scatter plot of the first two.
-        images::write_points_npz(&out.join("samples.npz"), x)?;
-        if x.dim(1)? >= 2 {
-            images::write_scatter(&out.join("scatter.png"), x, 5.0)?;
-        }
-        return Ok(());
-    }
-    let (bytes, dims) = images::to_uint8_nhwc(x)?;
-    // The grid shows the first `grid_max` images (all of them are in samples.npz).
-    let shown = dims[0].min(grid_max.max(1));
-    let per_image = dims[1] * dims[2] * dims[3];
-    let nrow = nrow.unwrap_or_else(|| (shown as f64).sqrt().ceil() as usize);
-    let grid_dims = [shown, dims[1], dims[2], dims[3]];
-    images::write_grid(
-        &out.join("grid.png"),
-        &bytes[..shown * per_image],
-        grid_dims,
-        nrow,
-    )?;
-    images::write_npz(&out.join("samples.npz"), &bytes, dims)?;
-    if let Some(l) = labels {
-        let text: String = l.iter().map(|v| format!("{v}\n")).collect();
-        std::fs::write(out.join("labels.txt"), text)?;
-    }
-    if individual {
-        images::write_individual(&out.join("images"), &bytes, dims)?;
-    }
-    Ok(())
-}
-
-fn inspect(a: InspectArgs) -> Result<()> {
+pub fn inspect(a: InspectArgs) -> Result<()> {
     if a.list {
         for n in cbs_models::all_preset_names() {
             println!("{n}");

@@ -1,41 +1,23 @@
 //! `cbs estimate-splits`: monitor curve of an auxiliary model (or the exact field of a
 //! Gaussian mixture) → equidistributed knots → splits.toml, monitor.csv, monitor.png.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use cbs_flow::guidance::Guided;
 use cbs_flow::VelocityField;
-use cbs_split::{
-    GmmOracle, JvpMethod, KnotIntervalEntry, MonitorCurve, MonitorKind, MonitorOptions, ProbeKind,
-    SplitMode, SplitSettings, SplitsFile,
-};
-use cbs_train::checkpoint::{self, WeightsKind};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use cbs_run::checkpoint::{self, WeightsKind};
+use cbs_run::splits::{write_monitor_csv, MONITOR_CSV, MONITOR_PNG, SPLITS_FILE};
+use cbs_run::{KnotIntervalEntry, SplitSettings, SplitsFile};
+use cbs_split::{GmmOracle, MonitorCurve, MonitorOptions};
 
-use crate::cli::{EstimateArgs, JvpArg, MonitorArg, ProbeArg, SplitModeArg};
-use crate::commands::device;
+use crate::cli::EstimateArgs;
 use crate::plot::{monitor_png, MonitorPlot};
 use crate::progress::bar;
 
-/// Stream of `ChaCha8Rng(seed)` that draws the trajectory labels (the monitor uses stream 0
-/// for the noises and streams `k + 1` for the probes of trajectory `k`).
-const LABEL_STREAM: u64 = u64::MAX;
-
-/// Uniform labels of the `k` trajectories, seeded.
-fn trajectory_labels(k: usize, num_classes: usize, seed: u64) -> Vec<u32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(LABEL_STREAM);
-    (0..k)
-        .map(|_| rng.random_range(0..num_classes as u32))
-        .collect()
-}
-
 pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
-    let dev = device(&a.device)?;
+    let dev = a.device.open()?;
     if a.experts == 0 {
         bail!("--experts must be at least 1");
     }
@@ -45,22 +27,7 @@ pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
             a.confidence
         );
     }
-    let kind = match a.monitor {
-        MonitorArg::Acceleration => MonitorKind::Acceleration,
-        MonitorArg::Dirichlet => MonitorKind::Dirichlet,
-    };
-    let mode = match a.mode {
-        SplitModeArg::Grid => SplitMode::Grid,
-        SplitModeArg::Linear => SplitMode::Linear,
-    };
-    let probe = match a.probe {
-        ProbeArg::Gaussian => ProbeKind::Gaussian,
-        ProbeArg::Rademacher => ProbeKind::Rademacher,
-    };
-    let jvp = match a.jvp {
-        JvpArg::Vjp => JvpMethod::Vjp,
-        JvpArg::Fd => JvpMethod::FiniteDifference,
-    };
+    let (kind, mode, probe, jvp) = (a.monitor, a.mode, a.probe, a.jvp);
     let mut opts = MonitorOptions {
         kind,
         grid: a.grid,
@@ -120,7 +87,8 @@ pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
                 a.grid
             );
             let field = Guided::new(&loaded.model, a.cfg_scale);
-            let labels = (classes > 0).then(|| trajectory_labels(a.trajectories, classes, a.seed));
+            let labels = (classes > 0)
+                .then(|| cbs_split::trajectory_labels(a.trajectories, classes, a.seed));
             let label_fn = labels.as_ref().map(|l| move |k: usize| l[k]);
             let label_ref: Option<&dyn Fn(usize) -> u32> =
                 label_fn.as_ref().map(|f| f as &dyn Fn(usize) -> u32);
@@ -218,37 +186,15 @@ fn fmt_list(v: &[f64]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// Cumulative mass at the grid points, `C(t_0) = 0`.
-fn cumulative(mass: &[f64]) -> Vec<f64> {
-    let mut c = Vec::with_capacity(mass.len() + 1);
-    c.push(0.0);
-    let mut acc = 0.0;
-    for m in mass {
-        acc += m;
-        c.push(acc);
-    }
-    c
-}
-
 fn write_outputs(out: &Path, curve: &MonitorCurve, splits: &SplitsFile) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let p = out.join("splits.toml");
-    std::fs::write(&p, splits.to_toml()).with_context(|| format!("writing {}", p.display()))?;
-
-    let c = cumulative(&curve.mass);
-    let mut csv = String::from("t,m,cumulative\n");
-    for (j, (&t, cj)) in curve.grid.iter().zip(&c).enumerate() {
-        match curve.mass.get(j) {
-            Some(m) => writeln!(csv, "{t},{m},{cj}")?,
-            None => writeln!(csv, "{t},,{cj}")?,
-        }
-    }
-    let p = out.join("monitor.csv");
-    std::fs::write(&p, csv).with_context(|| format!("writing {}", p.display()))?;
+    splits.write(&out.join(SPLITS_FILE))?;
+    let c = curve.cumulative();
+    write_monitor_csv(&out.join(MONITOR_CSV), &curve.grid, &curve.mass, &c)?;
 
     let intervals: Vec<(f64, f64)> = splits.intervals.iter().map(|i| (i.lo, i.hi)).collect();
     monitor_png(
-        &out.join("monitor.png"),
+        &out.join(MONITOR_PNG),
         &MonitorPlot {
             grid: &curve.grid,
             mass: &curve.mass,

@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
-use cbs_eval::features::{extract_all, FeatureExtractor, Features};
+use candle_core::Device;
+use cbs_eval::extractors::{
+    classifier_space, ClassifierFeatures, InceptionFeatures, INCEPTION_SPACE,
+};
+use cbs_eval::features::{extract_all, FeatureExtractor};
 use cbs_eval::inception::{InceptionV3, WEIGHTS_FILE};
 use cbs_eval::inputs::{read_input, Input};
 use cbs_eval::metrics::{evaluate, MetricOptions, Report, Side};
@@ -15,109 +18,36 @@ use crate::progress::bar;
 
 /// Environment variable naming the Inception weights when --inception is absent.
 const WEIGHTS_ENV: &str = "CBS_INCEPTION";
-const FEATURE_SPACE: &str = "Inception-v3 pool3 (pytorch-fid FID weights)";
-
-/// pytorch-fid's network as a [`FeatureExtractor`].
-struct Inception(InceptionV3);
-
-impl FeatureExtractor for Inception {
-    fn extract(&self, images: &Tensor) -> cbs_eval::Result<Features> {
-        let (pool, logits, spatial) = self.0.forward_images01(images)?;
-        Ok(Features {
-            pool,
-            logits: Some(logits),
-            spatial: Some(spatial),
-        })
-    }
-
-    fn name(&self) -> String {
-        FEATURE_SPACE.to_string()
-    }
-}
-
-/// A `cbs train-classifier` network as a [`FeatureExtractor`]: penultimate-layer features
-/// and class logits (so the "Inception Score" is computed with its classes); no spatial
-/// features, hence no sFID.
-struct ClassifierFeatures {
-    net: cbs_models::classifier::Classifier,
-    run: PathBuf,
-}
-
-impl FeatureExtractor for ClassifierFeatures {
-    fn extract(&self, images: &Tensor) -> cbs_eval::Result<Features> {
-        let cfg = self.net.config();
-        let (_, _, h, w) = images.dims4()?;
-        if (h, w) != (cfg.image_size, cfg.image_size) {
-            return Err(cbs_eval::EvalError::Invalid(format!(
-                "images are {h}×{w} but the classifier of {} was trained on {s}×{s}",
-                self.run.display(),
-                s = cfg.image_size
-            )));
-        }
-        // Grayscale data: eval-fid made the images RGB by repetition; the mean undoes it.
-        let x = match cfg.in_channels {
-            1 => images.mean_keepdim(1)?,
-            _ => images.clone(),
-        };
-        let x = ((x * 2.0)? - 1.0)?; // [0, 1] → the training scale [-1, 1]
-        let out = self.net.forward(&x)?;
-        // The weights are variables: without detaching, each batch's features would keep its
-        // whole forward graph (every activation) alive until the end of the extraction.
-        Ok(Features {
-            pool: out.features.detach(),
-            logits: Some(out.logits.detach()),
-            spatial: None,
-        })
-    }
-
-    fn name(&self) -> String {
-        format!(
-            "classifier penultimate layer ({}); NOT comparable with Inception FID",
-            self.run.display()
-        )
-    }
-}
 
 fn load_extractor(a: &EvalFidArgs, dev: &Device) -> Result<Box<dyn FeatureExtractor>> {
     Ok(match &a.features {
         FeatureSpace::Inception => {
             let w = weights_path(a)?;
             let m = InceptionV3::load(&w, dev).context("loading the Inception network")?;
-            Box::new(Inception(m))
+            Box::new(InceptionFeatures(m))
         }
         FeatureSpace::Classifier(run) => {
             let net = cbs_train::classifier::load_classifier(run, dev)
                 .context("loading the classifier (--features classifier:RUN_DIR)")?;
-            Box::new(ClassifierFeatures {
-                net,
-                run: run.clone(),
-            })
+            Box::new(ClassifierFeatures::new(net, run))
         }
     })
 }
 
 pub fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
-    use cbs_train::classifier::{ClassifierRunConfig, REFERENCE_FILE};
-    let mut cfg = match &a.config {
-        Some(p) => ClassifierRunConfig::from_file(p)?,
-        None => ClassifierRunConfig {
-            data: Default::default(),
-            classifier: Default::default(),
-        },
+    use cbs_train::classifier::{
+        ClassifierOverrides, ClassifierRunConfig, REFERENCE_FILE, TRAIN_SAMPLE_FILE,
     };
-    if let Some(s) = a.steps {
-        cfg.classifier.steps = s;
-    }
-    if let Some(s) = a.seed {
-        cfg.classifier.seed = s;
-    }
-    if let Some(n) = a.real_sample {
-        cfg.classifier.real_sample = n;
-    }
-    if let Some(d) = &a.data_dir {
-        cfg.data.dir = Some(d.clone());
-    }
-    let dev = crate::commands::device(&a.device)?;
+    let cfg = ClassifierRunConfig::resolve(
+        a.config.as_deref(),
+        &ClassifierOverrides {
+            steps: a.steps,
+            seed: a.seed,
+            real_sample: a.real_sample,
+            data_dir: a.data_dir.clone(),
+        },
+    )?;
+    let dev = a.device.open()?;
     let pb = bar(cfg.classifier.steps, "steps");
     let summary =
         cbs_train::classifier::train_classifier(&cfg, &a.out, &dev, &mut |step, _, loss| {
@@ -143,9 +73,7 @@ pub fn train_classifier(a: TrainClassifierArgs) -> Result<()> {
          command with SAMPLES = {})",
         a.out.join(REFERENCE_FILE).display(),
         a.out.display(),
-        a.out
-            .join(cbs_train::classifier::TRAIN_SAMPLE_FILE)
-            .display()
+        a.out.join(TRAIN_SAMPLE_FILE).display()
     );
     Ok(())
 }
@@ -227,7 +155,7 @@ pub fn eval_fid(a: EvalFidArgs) -> Result<()> {
             );
         }
     }
-    let dev = crate::commands::device(&a.device)?;
+    let dev = a.device.open()?;
     let mut net = None;
     let samples = side(&a.samples, "samples", &a, &mut net, &dev)?;
     if let Some(out) = &a.save_stats {
@@ -246,11 +174,8 @@ pub fn eval_fid(a: EvalFidArgs) -> Result<()> {
     };
     let space = match (&net, &a.features) {
         (Some(n), _) => n.name(),
-        (None, FeatureSpace::Inception) => FEATURE_SPACE.to_string(),
-        (None, FeatureSpace::Classifier(run)) => format!(
-            "classifier penultimate layer ({}); NOT comparable with Inception FID",
-            run.display()
-        ),
+        (None, FeatureSpace::Inception) => INCEPTION_SPACE.to_string(),
+        (None, FeatureSpace::Classifier(run)) => classifier_space(run),
     };
     let report = evaluate(&samples, &reference, &opts, &space, &dev)?;
     if a.json {

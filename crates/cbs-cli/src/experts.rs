@@ -1,12 +1,12 @@
-//! `cbs train-experts`: N experts, expert i trained only on its segment [t_i, t_{i+1}].
+//! `cbs train-experts`: N experts, expert i trained only on its segment [t_i, t_{i+1}] (the
+//! directory layout and the interval/seed rule are `cbs_run::experts`).
 
 use anyhow::{bail, Context, Result};
-use cbs_sample::experts::expert_dir;
-use cbs_split::SplitsFile;
-use cbs_train::{TrainConfig, TrainOptions};
+use cbs_run::experts::{expert_config, expert_dir, init_dir};
+use cbs_run::{SplitsFile, TrainConfig};
+use cbs_train::TrainOptions;
 
 use crate::cli::TrainExpertsArgs;
-use crate::commands::device;
 use crate::progress::bar;
 
 pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
@@ -16,25 +16,10 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         (None, Some(_)) => bail!("--uniform N needs N ≥ 1"),
         _ => bail!("give exactly one of --splits FILE (from estimate-splits) or --uniform N"),
     };
-    let stored = a.out.join("splits.toml");
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    if stored.is_file() {
-        let prev = SplitsFile::from_file(&stored)?;
-        if prev.knots != splits.knots {
-            bail!(
-                "{} already holds experts for knots {:?}; these splits have {:?}. Use another --out",
-                a.out.display(),
-                prev.knots,
-                splits.knots
-            );
-        }
-    } else {
-        cbs_train::checkpoint::write_text(&stored, &splits.to_toml())?;
-    }
+    init_dir(&a.out, &splits)?;
     let mut base = TrainConfig::from_file(&a.config)?;
     a.run.apply(&mut base);
-    let edges = splits.edges();
-    let n = edges.len() - 1;
+    let n = splits.edges().len() - 1;
     let which: Vec<usize> = match a.expert {
         Some(i) if i < n => vec![i],
         Some(i) => bail!("--expert {i}: the splits define experts 0..={}", n - 1),
@@ -42,19 +27,15 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
     };
     let opts = TrainOptions {
         resume: a.run.resume,
-        device: device(&a.run.device)?,
+        device: a.run.device.open()?,
     };
     let data = cbs_train::load_dataset(&base)?;
     for i in which {
-        let mut cfg = base.clone();
-        cfg.train.t_range = [edges[i], edges[i + 1]];
-        // Independent experts: each its own data order and noise.
-        cfg.train.seed = base.train.seed.wrapping_add(i as u64);
+        let cfg = expert_config(&base, &splits, i);
+        let [lo, hi] = cfg.train.t_range;
         let dir = expert_dir(&a.out, i);
         eprintln!(
-            "expert {i}/{n}: t in [{:.4}, {:.4}], {} steps → {}",
-            edges[i],
-            edges[i + 1],
+            "expert {i}/{n}: t in [{lo:.4}, {hi:.4}], {} steps → {}",
             cfg.train.steps,
             dir.display()
         );

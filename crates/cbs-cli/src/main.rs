@@ -5,6 +5,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod device;
 mod estimate;
 mod eval_fid;
 mod eval_gmm;
@@ -19,12 +20,28 @@ fn main() -> std::process::ExitCode {
     restore_sigpipe();
     let args = cli::Cli::parse();
     init_tracing(args.verbose);
-    match commands::run(args) {
+    match run(args.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Dispatch: each subcommand's module parses nothing further and calls the libraries.
+fn run(command: cli::Command) -> anyhow::Result<()> {
+    use cli::Command;
+    match command {
+        Command::TrainAux(a) => commands::train_aux(a),
+        Command::Sample(a) => commands::sample(a),
+        Command::Inspect(a) => commands::inspect(a),
+        Command::Bench(a) => bench::bench(a),
+        Command::EvalGmm(a) => eval_gmm::eval_gmm(a),
+        Command::EstimateSplits(a) => estimate::estimate_splits(a),
+        Command::TrainExperts(a) => experts::train_experts(a),
+        Command::EvalFid(a) => eval_fid::eval_fid(a),
+        Command::TrainClassifier(a) => eval_fid::train_classifier(a),
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use image::{Rgb, RgbImage};
 
 pub const WIDTH: u32 = 800;
@@ -147,9 +147,11 @@ pub fn render_monitor(p: &MonitorPlot) -> RgbImage {
     cv.img
 }
 
-/// Write [`render_monitor`] as a PNG.
+/// Write [`render_monitor`] as a PNG (crash-safe).
 pub fn monitor_png(path: &Path, p: &MonitorPlot) -> Result<()> {
-    render_monitor(p)
-        .save_with_format(path, image::ImageFormat::Png)
-        .with_context(|| format!("writing {}", path.display()))
+    let img = render_monitor(p);
+    cbs_core::atomic::write_with_path(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)
+    })?;
+    Ok(())
 }

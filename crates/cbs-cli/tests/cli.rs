@@ -327,7 +327,7 @@ fn estimate_splits_on_the_ring_oracle_writes_splits_csv_and_plot() {
         "{stdout}"
     );
 
-    let f = cbs_split::SplitsFile::from_file(&out.join("splits.toml")).unwrap();
+    let f = cbs_run::SplitsFile::from_file(&out.join("splits.toml")).unwrap();
     assert_eq!(f.settings.experts, 3);
     assert_eq!(f.settings.grid, 100);
     assert_eq!(f.settings.trajectories, 2048);
@@ -387,7 +387,7 @@ fn estimate_splits_dirichlet_on_the_ring_oracle() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let f = cbs_split::SplitsFile::from_file(&out.join("splits.toml")).unwrap();
+    let f = cbs_run::SplitsFile::from_file(&out.join("splits.toml")).unwrap();
     assert_eq!(f.settings.monitor, cbs_split::MonitorKind::Dirichlet);
     assert_knots_near(&f.knots, &RING8_DIRICHLET_2, 0.02);
     assert!(f.intervals[0].lo <= f.knots[0] && f.knots[0] <= f.intervals[0].hi);
@@ -441,7 +441,7 @@ fn estimate_splits_from_an_image_model_run() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let f = cbs_split::SplitsFile::from_file(&out.join("splits.toml")).unwrap();
+    let f = cbs_run::SplitsFile::from_file(&out.join("splits.toml")).unwrap();
     assert_eq!(f.knots.len(), 1);
     assert!(f.settings.source.contains("step-"), "{}", f.settings.source);
     let csv = std::fs::read_to_string(out.join("monitor.csv")).unwrap();
@@ -554,7 +554,7 @@ fn toy_pipeline_trained_aux_finds_the_oracle_knots() {
         &p("splits"),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let got = cbs_split::SplitsFile::from_file(&tmp.path().join("splits/splits.toml")).unwrap();
+    let got = cbs_run::SplitsFile::from_file(&tmp.path().join("splits/splits.toml")).unwrap();
     // Oracle acceleration knots, linear mode, N = 3 (gmm_ring8_expected.json).
     assert_knots_near(&got.knots, &RING8_ACCELERATION_3, 0.03);
 

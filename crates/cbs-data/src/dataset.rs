@@ -1,7 +1,6 @@
 //! In-memory image datasets and their conversion to model-ready floats.
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use cbs_core::rng::{stream, Purpose};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
@@ -238,7 +237,7 @@ pub(crate) fn subset_indices(n: usize, fraction: f64, seed: u64) -> Result<Optio
     }
     // f64 -> usize saturates, and the result is clamped to [1, n] anyway.
     let keep = ((fraction * n as f64).round() as usize).clamp(1, n);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = stream(seed, Purpose::DataSubset, 0);
     let mut chosen = rand::seq::index::sample(&mut rng, n, keep).into_vec();
     chosen.sort_unstable();
     Ok(Some(chosen))

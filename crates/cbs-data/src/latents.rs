@@ -145,7 +145,6 @@ impl Dataset for LatentDataset {
 impl LatentDataset {
     /// A seeded subset of `round(fraction · len)` latents, as [`crate::ImageDataset::subset`].
     pub fn subset(&self, fraction: f64, seed: u64) -> Result<LatentDataset> {
-        use rand::SeedableRng;
         if !(fraction.is_finite() && fraction > 0.0 && fraction <= 1.0) {
             return Err(DataError::Invalid {
                 field: "data_fraction",
@@ -157,7 +156,7 @@ impl LatentDataset {
             return Ok(self.clone());
         }
         let keep = ((fraction * n as f64).round() as usize).clamp(1, n);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = cbs_core::rng::stream(seed, cbs_core::rng::Purpose::DataSubset, 0);
         let mut chosen = rand::seq::index::sample(&mut rng, n, keep).into_vec();
         chosen.sort_unstable();
         let stride: usize = self.shape.iter().product();

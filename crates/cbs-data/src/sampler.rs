@@ -1,15 +1,14 @@
 //! Reproducible, resumable batch sampling.
 
+use cbs_core::rng::{stream, Purpose};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DataError, Result};
 
 /// Epoch-based sampler whose batch at a given global step is a pure function
 /// of `(n, batch_size, seed, step)`.
 ///
-/// Epoch `e` is a permutation drawn from `ChaCha8Rng::seed_from_u64(seed)` on
+/// Epoch `e` is a permutation drawn from `ChaCha8Rng::seed_from_u64(seed)` (`Purpose::DataOrder`) on
 /// stream `e`, so any epoch can be regenerated without replaying the earlier
 /// ones: a run resumed at step `s` sees exactly the batches of an
 /// uninterrupted run. Batches take consecutive positions of the concatenated
@@ -76,8 +75,7 @@ impl BatchSampler {
     fn permutation(&mut self, epoch: u64) -> &[usize] {
         let stale = !matches!(&self.cache, Some((e, _)) if *e == epoch);
         if stale {
-            let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-            rng.set_stream(epoch);
+            let mut rng = stream(self.seed, Purpose::DataOrder, epoch);
             let mut perm: Vec<usize> = (0..self.n).collect();
             perm.shuffle(&mut rng);
             self.cache = Some((epoch, perm));

@@ -342,10 +342,9 @@ pub fn save_stats(path: &Path, pool: &Stats, spatial: Option<&Stats>) -> Result<
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     }
-    let tmp = path.with_extension("npz.tmp");
     let refs: Vec<(&str, &NpyArray)> = arrays.iter().map(|(n, a)| (*n, a)).collect();
-    cbs_data::write_npz(&tmp, &refs)?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+    cbs_core::atomic::write_with_path(path, |tmp| cbs_data::write_npz(tmp, &refs))
+        .map_err(|e| file_err(path, format!("{}: {}", e.action, e.source)))
 }
 
 /// Reads statistics written by [`save_stats`] or pytorch-fid's `--save-stats` (`mu`, `sigma`,

@@ -3,6 +3,7 @@
 //! Inception Score, precision/recall and KID.
 
 pub mod error;
+pub mod extractors;
 pub mod features;
 pub mod fid;
 pub mod inception;

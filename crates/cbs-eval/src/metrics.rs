@@ -18,7 +18,6 @@
 //!   as torch-fidelity reports them. Subsets come from ChaCha8 seeded with `seed`.
 
 use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::features::Features;
@@ -256,7 +255,7 @@ pub fn kid(
              {subsets} subsets)"
         )));
     }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = cbs_core::rng::stream(seed, cbs_core::rng::Purpose::KidSubsets, 0);
     let mut pick = |x: &Tensor, n: usize| -> Result<Tensor> {
         let idx: Vec<u32> = rand::seq::index::sample(&mut rng, n, m)
             .into_iter()

@@ -11,14 +11,21 @@ use crate::VelocityField;
 /// Which fixed-step integrator to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Solver {
     /// First order: `x ← x + h·v(x, t)`.
     #[default]
+    #[cfg_attr(feature = "clap", value(help = None::<&str>))]
     Euler,
     /// Second order (explicit trapezoid): predictor Euler, corrector averages both slopes.
+    #[cfg_attr(feature = "clap", value(help = None::<&str>))]
     Heun,
     /// Heun on every step but the last, which is Euler (JiT's sampler: an x-predicting
     /// model's velocity is least reliable at t = 1, where the last Heun slope would be taken).
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Heun with a final Euler step (JiT's sampler)")
+    )]
     HeunEulerLast,
 }
 

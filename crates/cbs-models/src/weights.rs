@@ -15,32 +15,12 @@ fn err(path: &Path, reason: impl Into<String>) -> ModelError {
     }
 }
 
-/// Write `tensors` to `path` atomically: a temporary file in the same directory, fsync, rename.
+/// Write `tensors` to `path` crash-safe ([`cbs_core::atomic`]: a temporary file in the same
+/// directory, fsync, rename, directory fsync).
 pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&map, &tmp).map_err(|e| err(&tmp, e.to_string()))?;
-    sync_and_rename(&tmp, path)
-}
-
-/// fsync `tmp`, rename it over `path`, fsync the directory.
-pub fn sync_and_rename(tmp: &Path, path: &Path) -> Result<()> {
-    let io = |e: std::io::Error| err(path, e.to_string());
-    std::fs::File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        // Best effort: some filesystems refuse to open directories for syncing.
-        if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        }) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    cbs_core::atomic::write_with_path(path, |tmp| candle_core::safetensors::save(&map, tmp))
+        .map_err(|e| err(path, format!("{}: {}", e.action, e.source)))
 }
 
 /// Read every tensor of a safetensors file.

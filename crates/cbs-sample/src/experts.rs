@@ -1,12 +1,13 @@
 //! Expert-switching sampling: one network per time segment, a step edge on every knot, and
 //! each step integrated by the expert that owns it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 use cbs_flow::solver::segmented_grid;
-use cbs_split::SplitsFile;
-use cbs_train::checkpoint::{self, LoadedModel, WeightsKind};
+use cbs_run::checkpoint::{self, LoadedModel, WeightsKind};
+use cbs_run::experts::{expert_dir, expert_interval, read_splits, splits_path};
+use cbs_run::SplitsFile;
 
 use crate::{Result, SampleError};
 
@@ -43,26 +44,21 @@ impl<F> ExpertSet<F> {
     }
 }
 
-/// Directory layout written by `cbs train-experts`: `DIR/splits.toml`, `DIR/expert-<i>/`.
-pub fn expert_dir(root: &Path, i: usize) -> PathBuf {
-    root.join(format!("expert-{i}"))
-}
-
-/// Load every expert of a `train-experts` directory, checking that expert `i` was trained on
-/// segment `i` of the stored splits and that all experts share one sample shape.
+/// Load every expert of a `train-experts` directory (layout and training rule:
+/// [`cbs_run::experts`]), checking that expert `i` was trained on its interval of the stored
+/// splits and that all experts share one sample shape.
 pub fn load_experts(
     root: &Path,
     which: WeightsKind,
     device: &Device,
 ) -> Result<(SplitsFile, ExpertSet<LoadedModel>)> {
-    let splits_path = root.join("splits.toml");
-    let splits = SplitsFile::from_file(&splits_path).map_err(|e| SampleError::File {
-        path: splits_path.clone(),
+    let splits = read_splits(root).map_err(|e| SampleError::File {
+        path: splits_path(root),
         message: e.to_string(),
     })?;
-    let edges = splits.edges();
-    let mut experts = Vec::with_capacity(edges.len() - 1);
-    for i in 0..edges.len() - 1 {
+    let segments = splits.edges().len() - 1;
+    let mut experts = Vec::with_capacity(segments);
+    for i in 0..segments {
         let dir = expert_dir(root, i);
         let m =
             checkpoint::load_for_inference(&dir, which, device).map_err(|e| SampleError::File {
@@ -70,14 +66,13 @@ pub fn load_experts(
                 message: format!("expert {i}: {e}"),
             })?;
         let [a, b] = m.config.train.t_range;
-        if (a - edges[i]).abs() > 1e-12 || (b - edges[i + 1]).abs() > 1e-12 {
+        let [lo, hi] = expert_interval(&splits, i);
+        if (a - lo).abs() > 1e-12 || (b - hi).abs() > 1e-12 {
             return Err(SampleError::File {
                 path: dir,
                 message: format!(
                     "expert {i} was trained on [{a}, {b}] but splits.toml gives segment \
-                     [{}, {}]",
-                    edges[i],
-                    edges[i + 1]
+                     [{lo}, {hi}]"
                 ),
             });
         }

@@ -1,8 +1,12 @@
-//! Image outputs: uint8 conversion, PNG grid, individual PNGs, ADM-format `.npz`.
+//! Image outputs: uint8 conversion, PNG grid, individual PNGs, ADM-format `.npz`, and the
+//! whole output directory of `cbs sample` ([`write_outputs`]; names in
+//! [`cbs_run::outputs`]). Every file is written crash-safe ([`cbs_core::atomic`]).
 
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
+use cbs_core::atomic;
+use cbs_run::outputs::{GRID_PNG, IMAGES_DIR, LABELS_TXT, SAMPLES_NPZ, SCATTER_PNG};
 
 use crate::{Result, SampleError};
 
@@ -33,16 +37,29 @@ pub fn to_uint8_nhwc(x: &Tensor) -> Result<(Vec<u8>, [usize; 4])> {
 /// `samples.npz` with `arr_0` = uint8 `[N, H, W, C]` (the ADM evaluator's input format).
 pub fn write_npz(path: &Path, bytes: &[u8], dims: [usize; 4]) -> Result<()> {
     let a = cbs_data::NpyArray::from_u8(&dims, bytes.to_vec()).map_err(|e| file_err(path, e))?;
-    let tmp = path.with_extension("npz.tmp");
-    cbs_data::write_npz(&tmp, &[("arr_0", &a)]).map_err(|e| file_err(&tmp, e.reason()))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+    Ok(atomic::write_with_path(path, |tmp| {
+        cbs_data::write_npz(tmp, &[("arr_0", &a)])
+    })?)
+}
+
+/// A PNG written crash-safe (the temporary file has no `.png` extension, so the format is
+/// given explicitly).
+fn write_png<P, C>(path: &Path, img: &image::ImageBuffer<P, C>) -> Result<()>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+    C: std::ops::Deref<Target = [P::Subpixel]>,
+{
+    Ok(atomic::write_with_path(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)
+    })?)
 }
 
 fn save_png(path: &Path, data: Vec<u8>, w: usize, h: usize, c: usize) -> Result<()> {
     let (w, h) = (w as u32, h as u32);
     let res = match c {
-        1 => image::GrayImage::from_raw(w, h, data).map(|i| i.save(path)),
-        3 => image::RgbImage::from_raw(w, h, data).map(|i| i.save(path)),
+        1 => image::GrayImage::from_raw(w, h, data).map(|i| write_png(path, &i)),
+        3 => image::RgbImage::from_raw(w, h, data).map(|i| write_png(path, &i)),
         _ => {
             return Err(file_err(
                 path,
@@ -50,11 +67,7 @@ fn save_png(path: &Path, data: Vec<u8>, w: usize, h: usize, c: usize) -> Result<
             ))
         }
     };
-    match res {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(file_err(path, e)),
-        None => Err(file_err(path, "image buffer size mismatch")),
-    }
+    res.unwrap_or_else(|| Err(file_err(path, "image buffer size mismatch")))
 }
 
 /// A grid of `nrow` images per row with a 2-pixel border, like torchvision's `make_grid`.
@@ -99,9 +112,9 @@ pub fn write_individual(dir: &Path, bytes: &[u8], dims: [usize; 4]) -> Result<()
 pub fn write_points_npz(path: &Path, x: &Tensor) -> Result<()> {
     let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let a = cbs_data::NpyArray::from_f32(x.dims(), &v).map_err(|e| file_err(path, e))?;
-    let tmp = path.with_extension("npz.tmp");
-    cbs_data::write_npz(&tmp, &[("arr_0", &a)]).map_err(|e| file_err(&tmp, e.reason()))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+    Ok(atomic::write_with_path(path, |tmp| {
+        cbs_data::write_npz(tmp, &[("arr_0", &a)])
+    })?)
 }
 
 /// A 2-D scatter plot (first two coordinates) over `[-extent, extent]²`, 512×512 px.
@@ -132,5 +145,57 @@ pub fn write_scatter(path: &Path, x: &Tensor, extent: f32) -> Result<()> {
             }
         }
     }
-    img.save(path).map_err(|e| file_err(path, e))
+    write_png(path, &img)
+}
+
+/// How [`write_outputs`] lays out the image outputs.
+#[derive(Clone, Debug)]
+pub struct OutputOptions {
+    /// Images per grid row (default: √ of the images shown).
+    pub nrow: Option<usize>,
+    /// The grid shows the first this many images (all of them are in `samples.npz`).
+    pub grid_max: usize,
+    /// Also write every image as `images/NNNNNN.png`.
+    pub individual: bool,
+}
+
+/// The output directory of `cbs sample`: images `[N, C, H, W]` → `grid.png`, `samples.npz`
+/// (uint8 `[N, H, W, C]`), `labels.txt` (if labelled) and optionally `images/`; points
+/// `[N, D]` → `samples.npz` (float32) and, for `D ≥ 2`, `scatter.png`.
+pub fn write_outputs(
+    out: &Path,
+    x: &Tensor,
+    labels: Option<&[u32]>,
+    opts: &OutputOptions,
+) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    if x.rank() == 2 {
+        write_points_npz(&out.join(SAMPLES_NPZ), x)?;
+        if x.dim(1)? >= 2 {
+            write_scatter(&out.join(SCATTER_PNG), x, 5.0)?;
+        }
+        return Ok(());
+    }
+    let (bytes, dims) = to_uint8_nhwc(x)?;
+    let shown = dims[0].min(opts.grid_max.max(1));
+    let per_image = dims[1] * dims[2] * dims[3];
+    let nrow = opts
+        .nrow
+        .unwrap_or_else(|| (shown as f64).sqrt().ceil() as usize);
+    let grid_dims = [shown, dims[1], dims[2], dims[3]];
+    write_grid(
+        &out.join(GRID_PNG),
+        &bytes[..shown * per_image],
+        grid_dims,
+        nrow,
+    )?;
+    write_npz(&out.join(SAMPLES_NPZ), &bytes, dims)?;
+    if let Some(l) = labels {
+        let text: String = l.iter().map(|v| format!("{v}\n")).collect();
+        atomic::write_text(&out.join(LABELS_TXT), &text)?;
+    }
+    if opts.individual {
+        write_individual(&out.join(IMAGES_DIR), &bytes, dims)?;
+    }
+    Ok(())
 }

@@ -7,9 +7,9 @@ pub mod images;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use cbs_core::rng::{self, Purpose};
 use cbs_flow::solver::{integrate, Solver};
 use cbs_flow::VelocityField;
-use cbs_train::rng::{self, Purpose};
 use rand_distr::{Distribution, StandardNormal};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,8 @@ pub enum SampleError {
         option: &'static str,
         message: String,
     },
+    #[error(transparent)]
+    Write(#[from] cbs_core::AtomicError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -94,7 +96,7 @@ pub fn labels_for(opts: &SampleOptions, shape: &SampleShape) -> Result<Option<Ve
 
 /// Seeded standard-normal noise `[num, dims...]`, independent of the batch size.
 pub fn seeded_noise(num: usize, shape: &SampleShape, seed: u64, device: &Device) -> Result<Tensor> {
-    let mut rng = rng::stream(seed, Purpose::Sample, 0);
+    let mut rng = rng::stream(seed, Purpose::SampleNoise, 0);
     let dims = shape.batch(num);
     let n: usize = dims.iter().product();
     let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();

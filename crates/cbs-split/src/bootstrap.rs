@@ -4,8 +4,8 @@
 //! equidistributed again, and the interval of each knot is the central `confidence` percentile
 //! range of its resampled values (linear interpolation between order statistics).
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use cbs_core::rng::{stream, Purpose};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::equidistribute::{check_knots, cumulative, knots_from_cumulative, SplitMode};
@@ -108,7 +108,7 @@ pub fn bootstrap_knots(
         check_knots(grid, &knots, n_experts)?;
         knots
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = stream(seed, Purpose::Bootstrap, 0);
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(resamples); point.len()];
     let mut idx = vec![0usize; k];
     for _ in 0..resamples {

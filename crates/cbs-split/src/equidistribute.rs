@@ -15,11 +15,22 @@ use crate::error::{Result, SplitError};
 /// How knots are read off the cumulative mass.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum SplitMode {
     /// Closest grid point (knots on the grid).
     #[default]
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "The grid point whose cumulative mass is closest to i/N (the paper's rule)")
+    )]
     Grid,
     /// Piecewise-linear crossing (knots anywhere).
+    #[cfg_attr(
+        feature = "clap",
+        value(
+            help = "Where the piecewise-linear cumulative mass crosses i/N (knots off the grid)"
+        )
+    )]
     Linear,
 }
 

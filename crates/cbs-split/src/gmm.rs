@@ -17,9 +17,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
+use cbs_core::rng::{stream, Purpose};
 use cbs_flow::VelocityField;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
@@ -353,7 +353,7 @@ impl GmmOracle {
 
     /// `n` samples of the data distribution (`t = 1`), `n × d` row-major.
     pub fn sample(&self, n: usize, seed: u64) -> Vec<f64> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = stream(seed, Purpose::GmmSample, 0);
         let d = self.d;
         let mut out = Vec::with_capacity(n * d);
         for _ in 0..n {

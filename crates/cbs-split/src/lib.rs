@@ -23,7 +23,6 @@ pub mod equidistribute;
 pub mod error;
 pub mod gmm;
 pub mod monitor;
-pub mod splits_file;
 pub mod toy_metrics;
 
 pub use bootstrap::{bootstrap_knots, KnotInterval};
@@ -31,7 +30,6 @@ pub use equidistribute::{equidistribute, SplitMode};
 pub use error::{Result, SplitError};
 pub use gmm::{GmmOracle, GmmSpec};
 pub use monitor::{
-    frobenius_sq_estimate, monitor_curve, HutchinsonOptions, JvpMethod, MonitorCurve, MonitorKind,
-    MonitorOptions, ProbeKind,
+    frobenius_sq_estimate, monitor_curve, trajectory_labels, HutchinsonOptions, JvpMethod,
+    MonitorCurve, MonitorKind, MonitorOptions, ProbeKind,
 };
-pub use splits_file::{KnotIntervalEntry, SplitSettings, SplitsFile};

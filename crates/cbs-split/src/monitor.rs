@@ -13,13 +13,15 @@
 //!
 //! The curve keeps every trajectory's masses so that knots can be bootstrapped.
 //!
-//! Randomness: noises come from stream 0 of `ChaCha8Rng::seed_from_u64(seed)`, drawn trajectory
-//! after trajectory; the probes of trajectory `k` come from stream `k + 1` of the same seed.
+//! Randomness (`cbs_core::rng`): noises come from stream 0 of `ChaCha8Rng::seed_from_u64(seed)`
+//! (`Purpose::MonitorNoise`), drawn trajectory after trajectory; the probes of trajectory `k`
+//! come from stream `k + 1` of the same seed (`Purpose::MonitorProbe`).
 //! Results therefore do not depend on the chunk size (`batch`), up to floating-point rounding.
 
 use candle_core::{DType, Device, Tensor, Var};
+use cbs_core::rng::{stream, Purpose};
 use cbs_flow::VelocityField;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
@@ -31,33 +33,59 @@ use crate::error::{Result, SplitError};
 /// Which local-difficulty measure to equidistribute.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum MonitorKind {
     /// Path acceleration (the paper's default).
     #[default]
+    #[cfg_attr(
+        feature = "clap",
+        value(
+            help = "Path acceleration ||v_{j+1} − v_j|| along Euler trajectories (the paper's default)"
+        )
+    )]
     Acceleration,
     /// Dirichlet energy `½||∇_x v||_F²`.
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Dirichlet energy ½||∂v/∂x||_F², Hutchinson-estimated")
+    )]
     Dirichlet,
 }
 
 /// Distribution of the Hutchinson probes.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ProbeKind {
     /// `ε ~ N(0, I)`.
     #[default]
+    #[cfg_attr(feature = "clap", value(help = "ε ~ N(0, I)"))]
     Gaussian,
     /// Independent `±1` entries (lower variance).
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Independent ±1 entries (lower variance)")
+    )]
     Rademacher,
 }
 
 /// How the Jacobian–vector products of the Dirichlet monitor are computed.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum JvpMethod {
     /// `Jᵀε` by one backward pass of `(v·ε).sum()` with `x` as a variable.
     #[default]
+    #[cfg_attr(feature = "clap", value(help = "||Jᵀε||² by one backward pass"))]
     Vjp,
     /// Central difference `(v(x + hε) − v(x − hε)) / 2h` (two extra forwards per probe).
+    #[cfg_attr(
+        feature = "clap",
+        value(
+            name = "fd",
+            help = "Central finite difference (v(x + hε) − v(x − hε)) / 2h"
+        )
+    )]
     FiniteDifference,
 }
 
@@ -168,6 +196,19 @@ impl MonitorCurve {
         self.mass.len()
     }
 
+    /// Cumulative mass at the `G + 1` grid points, `C(t_0) = 0` (summed in order, unchecked:
+    /// what `monitor.csv` and its plot show, whatever the masses are).
+    pub fn cumulative(&self) -> Vec<f64> {
+        let mut c = Vec::with_capacity(self.mass.len() + 1);
+        c.push(0.0);
+        let mut acc = 0.0;
+        for m in &self.mass {
+            acc += m;
+            c.push(acc);
+        }
+        c
+    }
+
     /// The cell masses of trajectory `k`, if kept.
     pub fn trajectory(&self, k: usize) -> Option<&[f32]> {
         let g = self.cells();
@@ -218,13 +259,21 @@ impl MonitorCurve {
 
 /// The noise generator of [`monitor_curve`] (stream 0 of `ChaCha8Rng(seed)`).
 pub(crate) fn noise_rng(seed: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed)
+    stream(seed, Purpose::MonitorNoise, 0)
 }
 
 fn probe_rng(seed: u64, trajectory: usize) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(trajectory as u64 + 1);
-    rng
+    stream(seed, Purpose::MonitorProbe, trajectory as u64)
+}
+
+/// Uniform class labels of `k` monitor trajectories, drawn from
+/// [`Purpose::TrajectoryLabels`] of `seed` (stream `u64::MAX` of `ChaCha8Rng(seed)`, apart from
+/// the noise and probe streams).
+pub fn trajectory_labels(k: usize, num_classes: usize, seed: u64) -> Vec<u32> {
+    let mut rng = stream(seed, Purpose::TrajectoryLabels, 0);
+    (0..k)
+        .map(|_| rng.random_range(0..num_classes as u32))
+        .collect()
 }
 
 fn time(t: f64, b: usize, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

@@ -1,8 +1,7 @@
 //! Sample quality on toy mixtures: mean log-likelihood under the true mixture and the sliced
 //! Wasserstein-2 distance to true samples.
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use cbs_core::rng::{stream, Purpose};
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
@@ -23,7 +22,7 @@ pub struct ToyMetrics {
 /// `SW2(X, Y) = sqrt(mean_θ W2²(θᵀX, θᵀY))`, each 1-D W2 from sorted projections (equal sizes).
 pub fn sliced_w2(x: &[f64], y: &[f64], dim: usize, projections: usize, seed: u64) -> f64 {
     let n = x.len() / dim;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = stream(seed, Purpose::ToyMetrics, 0);
     let mut total = 0.0;
     for _ in 0..projections {
         let mut theta: Vec<f64> = (0..dim).map(|_| StandardNormal.sample(&mut rng)).collect();

@@ -19,11 +19,11 @@ use cbs_models::{sit::init, weights, ModelSpec};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::write_text;
 use crate::config::{DataConfig, TrainConfig, TrainSection};
 use crate::optim::{AdamW, AdamWParams};
-use crate::rng::{self, Purpose};
 use crate::{io_err, Result, TrainError};
+use cbs_core::atomic::write_text;
+use cbs_core::rng::{self, Purpose};
 
 /// `classifier.toml`: `[data]` (as in training configs) and `[classifier]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,7 +72,42 @@ impl Default for ClassifierSection {
     }
 }
 
+/// Settings given on the command line, applied over the config file.
+#[derive(Clone, Debug, Default)]
+pub struct ClassifierOverrides {
+    pub steps: Option<u64>,
+    pub seed: Option<u64>,
+    pub real_sample: Option<usize>,
+    pub data_dir: Option<PathBuf>,
+}
+
 impl ClassifierRunConfig {
+    /// The config of `path` (default: Fashion-MNIST with the default classifier), with
+    /// `overrides` applied.
+    pub fn resolve(path: Option<&Path>, overrides: &ClassifierOverrides) -> Result<Self> {
+        let mut cfg = match path {
+            Some(p) => Self::from_file(p)?,
+            None => Self {
+                data: DataConfig::default(),
+                classifier: ClassifierSection::default(),
+            },
+        };
+        let c = &mut cfg.classifier;
+        if let Some(s) = overrides.steps {
+            c.steps = s;
+        }
+        if let Some(s) = overrides.seed {
+            c.seed = s;
+        }
+        if let Some(n) = overrides.real_sample {
+            c.real_sample = n;
+        }
+        if let Some(d) = &overrides.data_dir {
+            cfg.data.dir = Some(d.clone());
+        }
+        Ok(cfg)
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
         let cfg: Self = toml::from_str(&text).map_err(|e| TrainError::Config {
@@ -151,13 +186,10 @@ pub struct ClassifierSummary {
     pub feature_dim: usize,
 }
 
-/// File names inside a classifier run directory.
-pub const CONFIG_FILE: &str = "classifier.toml";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const SUMMARY_FILE: &str = "summary.json";
-pub const REFERENCE_FILE: &str = "reference.npz";
-/// `real_sample` training images (seeded, unflipped): the real-data floor of FID.
-pub const TRAIN_SAMPLE_FILE: &str = "train-sample.npz";
+/// File names inside a classifier run directory (owned by `cbs-run`).
+pub use cbs_run::outputs::classifier::{
+    CONFIG_FILE, REFERENCE_FILE, SUMMARY_FILE, TRAIN_SAMPLE_FILE, WEIGHTS_FILE,
+};
 
 /// Train the classifier of `cfg` and write the run to `out`.
 pub fn train_classifier(
@@ -216,7 +248,7 @@ pub fn train_classifier(
     let b = cc.batch_size;
     let mut recent = std::collections::VecDeque::new();
     for s in 0..cc.steps {
-        let mut rng = rng::stream(cc.seed, Purpose::Classifier, s);
+        let mut rng = rng::stream(cc.seed, Purpose::ClassifierStep, s);
         let idx = sampler.indices(s);
         let flips: Vec<bool> = (0..b)
             .map(|_| {
@@ -262,7 +294,7 @@ pub fn train_classifier(
     write_images(&out.join(REFERENCE_FILE), test_data.as_ref(), &all)?;
     // A same-size draw of real training images: its FID against the reference is the floor
     // that samples of that size can reach in this feature space.
-    let mut rng = rng::stream(cc.seed, Purpose::Classifier, u64::MAX);
+    let mut rng = rng::stream(cc.seed, Purpose::ClassifierRealSample, 0);
     let k = cc.real_sample.min(train_data.len());
     let mut pick = rand::seq::index::sample(&mut rng, train_data.len(), k).into_vec();
     pick.sort_unstable();
@@ -327,14 +359,13 @@ fn write_images(path: &Path, data: &dyn Dataset, indices: &[usize]) -> Result<()
         .permute((0, 2, 3, 1))? // [N, H, W, C]
         .flatten_all()?
         .to_vec1::<u8>()?;
-    let tmp = path.with_extension("npz.tmp");
-    let checkpoint_err = |e: cbs_data::DataError| TrainError::Checkpoint {
-        path: tmp.clone(),
-        message: e.reason(),
-    };
-    let a = cbs_data::NpyArray::from_u8(&[indices.len(), h, w, c], t).map_err(checkpoint_err)?;
-    cbs_data::write_npz(&tmp, &[("arr_0", &a)]).map_err(checkpoint_err)?;
-    weights::sync_and_rename(&tmp, path)?;
+    let a = cbs_data::NpyArray::from_u8(&[indices.len(), h, w, c], t).map_err(|e| {
+        TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: e.reason(),
+        }
+    })?;
+    cbs_core::atomic::write_with_path(path, |tmp| cbs_data::write_npz(tmp, &[("arr_0", &a)]))?;
     Ok(())
 }
 

@@ -1,22 +1,22 @@
-//! Flow-matching training for `cbs`: configuration, AdamW with savable state, EMA, atomic
-//! checkpoints with exact resume, and the training loop itself ([`train`]).
+//! Flow-matching training for `cbs`: AdamW with savable state, EMA, exact resume from
+//! checkpoints, and the training loop itself ([`train`]).
 //!
 //! The same loop trains the auxiliary model, monolithic baselines and each time-specialised
 //! expert (an expert is a run whose `train.t_range` is its interval). All randomness comes from
-//! per-step counter-based generators ([`rng`]), so a run resumed from step `s` draws exactly the
-//! batches, times, noise and label drops that an uninterrupted run draws after step `s`.
+//! per-step counter-based generators (`cbs_core::rng`, `Purpose::TrainStep`), so a run resumed
+//! from step `s` draws exactly the batches, times, noise and label drops that an uninterrupted
+//! run draws after step `s`. The run configuration and the checkpoint format belong to
+//! `cbs-run` (re-exported here as [`config`] and [`checkpoint`]).
 
-pub mod checkpoint;
 pub mod classifier;
-pub mod config;
 pub mod ema;
 pub mod optim;
-pub mod rng;
 pub mod step;
 pub mod times;
 mod trainer;
 
-pub use config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
+pub use cbs_run::config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
+pub use cbs_run::{checkpoint, config};
 pub use trainer::{load_dataset, train, StepReport, TrainOptions, TrainSummary};
 
 use std::path::PathBuf;
@@ -32,6 +32,10 @@ pub enum TrainError {
         value: String,
         expected: String,
     },
+    #[error(transparent)]
+    Run(#[from] cbs_run::RunError),
+    #[error(transparent)]
+    Write(#[from] cbs_core::AtomicError),
     #[error(transparent)]
     Data(#[from] cbs_data::DataError),
     #[error(transparent)]

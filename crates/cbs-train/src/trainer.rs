@@ -10,11 +10,11 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
-use crate::checkpoint::{self, CheckpointData, CheckpointState};
+use crate::checkpoint::{self, CheckpointData, CheckpointState, RngState};
 use crate::config::{DataSource, TrainConfig};
-use crate::rng::{self, Purpose, RngState};
 use crate::step::{Batch, StepOutcome, Stepper};
 use crate::{io_err, Result, TrainError};
+use cbs_core::rng::{self, Purpose};
 
 /// How to run (as opposed to what to train, which is the config).
 #[derive(Clone, Debug)]
@@ -165,8 +165,8 @@ pub fn train(
     if start >= tc.steps {
         tracing::info!(start, total = tc.steps, "run already complete");
     }
-    checkpoint::write_text(&run_dir.join("config.toml"), &cfg.to_toml())?;
-    let metrics_path = run_dir.join("metrics.jsonl");
+    cfg.write(&run_dir.join(checkpoint::CONFIG_FILE))?;
+    let metrics_path = run_dir.join(checkpoint::METRICS_FILE);
     truncate_metrics(&metrics_path, start)?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -190,7 +190,7 @@ pub fn train(
         let t0 = Instant::now();
         // Draw order is part of the reproducibility contract: flips, label drops, times, noise,
         // dropout seed.
-        let mut rng = rng::stream(tc.seed, Purpose::Train, s);
+        let mut rng = rng::stream(tc.seed, Purpose::TrainStep, s);
         let idx = sampler.indices(s);
         let flips: Vec<bool> = (0..b)
             .map(|_| flip_draw(&mut rng, cfg.data.hflip))
@@ -377,5 +377,6 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    checkpoint::write_text(path, &kept)
+    cbs_core::atomic::write_text(path, &kept)?;
+    Ok(())
 }

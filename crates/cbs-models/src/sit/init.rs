@@ -5,8 +5,7 @@
 //! layer and the final linear (adaLN-Zero: each block starts as the identity).
 
 use candle_core::{Tensor, Var};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use cbs_core::rng::{stream, Purpose};
 use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::Result;
@@ -52,7 +51,7 @@ pub(crate) fn init_with(
     seed: u64,
     rule: impl Fn(&str) -> Rule,
 ) -> Result<()> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = stream(seed, Purpose::WeightInit, 0);
     let mut sorted: Vec<&(String, Var)> = vars.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, var) in sorted {
@@ -82,7 +81,7 @@ pub(crate) fn init_with(
 /// Small random values everywhere, adaLN and final layers included, so that every parameter
 /// influences the output (for gradient tests; the reference init zeroes whole branches).
 pub fn init_all_random(vars: &[(String, Var)], seed: u64, std: f64) -> Result<()> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = stream(seed, Purpose::WeightInit, 0);
     let mut sorted: Vec<&(String, Var)> = vars.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let d = Normal::new(0.0, std).expect("positive std");

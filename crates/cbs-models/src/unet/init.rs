@@ -15,8 +15,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use cbs_core::rng::{stream, Purpose};
 use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::{ModelError, Result};
@@ -74,7 +73,7 @@ pub fn init_unet(vars: &[(String, Var)], seed: u64) -> Result<()> {
         .iter()
         .map(|(n, v)| (n.as_str(), v.dims().to_vec()))
         .collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = stream(seed, Purpose::WeightInit, 0);
     let mut sorted: Vec<&(String, Var)> = vars.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, var) in sorted {

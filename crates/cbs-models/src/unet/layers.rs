@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use cbs_core::rng::Purpose;
+use rand::RngCore;
 
 use super::config::NORM_GROUPS;
 use super::conv::Conv3x3;
@@ -180,8 +180,7 @@ impl Dropout {
     ) -> Vec<T> {
         let mut out = vec![T::default(); n];
         cbs_kernels::par::chunks_mut(&mut out, Self::CHUNK, |j, chunk| {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(stream);
+            let mut rng = cbs_core::rng::stream(seed, Purpose::UnetDropout, stream);
             rng.set_word_pos((j * Self::CHUNK) as u128);
             for v in chunk.iter_mut() {
                 if rng.next_u32() as u64 >= threshold {

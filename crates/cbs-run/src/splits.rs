@@ -1,11 +1,21 @@
-//! `splits.toml`: the knots `estimate-splits` found, how it found them, and their confidence
-//! intervals. `train-experts` and `sample --experts` read it.
+//! What `cbs estimate-splits` writes: `splits.toml` (the knots it found, how it found them,
+//! and their confidence intervals; `train-experts` and `sample --experts` read it) and
+//! `monitor.csv` (the monitor curve).
 
+use std::fmt::Write as _;
 use std::path::Path;
 
+use cbs_split::{MonitorKind, ProbeKind, SplitMode};
 use serde::{Deserialize, Serialize};
 
-use crate::{MonitorKind, ProbeKind, SplitError, SplitMode};
+use crate::{io_err, Result, RunError};
+
+/// The knots file, in an `estimate-splits` output and in an experts directory.
+pub const SPLITS_FILE: &str = "splits.toml";
+/// `t,m,cumulative` of the monitor curve.
+pub const MONITOR_CSV: &str = "monitor.csv";
+/// The plot of the monitor curve (drawn by the CLI).
+pub const MONITOR_PNG: &str = "monitor.png";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,7 +82,7 @@ impl SplitsFile {
         e
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), String> {
         let e = self.edges();
         if !e.windows(2).all(|w| w[1] > w[0]) || self.knots.iter().any(|k| !k.is_finite()) {
             return Err(format!(
@@ -90,12 +100,12 @@ impl SplitsFile {
         Ok(())
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, SplitError> {
-        let err = |m: String| SplitError::File {
-            path: path.display().to_string(),
-            message: m,
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let err = |message: String| RunError::Config {
+            path: path.to_path_buf(),
+            message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
         let f: SplitsFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         f.validate().map_err(err)?;
         Ok(f)
@@ -104,4 +114,36 @@ impl SplitsFile {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("splits serialise")
     }
+
+    /// Write the file (crash-safe).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        Ok(cbs_core::atomic::write_text(path, &self.to_toml())?)
+    }
+}
+
+/// `monitor.csv`: a header `t,m,cumulative`, then per grid point `t_j`, the mass `m_j` of cell
+/// `[t_j, t_{j+1}]` (empty on the last row) and the cumulative mass `C(t_j)`.
+pub fn monitor_csv(grid: &[f64], mass: &[f64], cumulative: &[f64]) -> String {
+    let mut csv = String::from("t,m,cumulative\n");
+    for (j, (&t, cj)) in grid.iter().zip(cumulative).enumerate() {
+        match mass.get(j) {
+            Some(m) => writeln!(csv, "{t},{m},{cj}"),
+            None => writeln!(csv, "{t},,{cj}"),
+        }
+        .expect("writing to a String");
+    }
+    csv
+}
+
+/// Write [`monitor_csv`] to `path` (crash-safe).
+pub fn write_monitor_csv(
+    path: &Path,
+    grid: &[f64],
+    mass: &[f64],
+    cumulative: &[f64],
+) -> Result<()> {
+    Ok(cbs_core::atomic::write_text(
+        path,
+        &monitor_csv(grid, mass, cumulative),
+    )?)
 }

@@ -7,7 +7,7 @@ use cbs_data::{Resize, Split};
 use cbs_models::ModelSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::{io_err, Result, TrainError};
+use crate::{io_err, Result, RunError};
 
 /// A whole run: `[model]`, `[data]`, `[train]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -194,7 +194,7 @@ impl DataConfig {
     }
 
     /// `dir`, for the sources that have no default location.
-    pub(crate) fn required_dir(&self) -> Result<&Path> {
+    pub fn required_dir(&self) -> Result<&Path> {
         let expected = match self.source {
             DataSource::Cifar10 => {
                 "the folder of the CIFAR-10 binary batches (data_batch_1.bin … data_batch_5.bin, \
@@ -211,7 +211,7 @@ impl DataConfig {
             .map_or_else(|| invalid("data.dir", "(unset)".into(), expected), Ok)
     }
 
-    pub(crate) fn folder_image_size(&self) -> Result<usize> {
+    pub fn folder_image_size(&self) -> Result<usize> {
         match self.image_size {
             Some(s) if s > 0 => Ok(s),
             other => invalid(
@@ -223,14 +223,14 @@ impl DataConfig {
         }
     }
 
-    pub(crate) fn folder_channels(&self) -> Result<usize> {
+    pub fn folder_channels(&self) -> Result<usize> {
         match self.channels.unwrap_or(3) {
             c @ (1 | 3) => Ok(c),
             c => invalid("data.channels", c.to_string(), "1 (grayscale) or 3 (RGB)"),
         }
     }
 
-    pub(crate) fn npz_path(&self) -> Result<&Path> {
+    pub fn npz_path(&self) -> Result<&Path> {
         self.path.as_deref().map_or_else(
             || {
                 invalid(
@@ -246,7 +246,7 @@ impl DataConfig {
 }
 
 fn invalid<T>(field: &'static str, value: String, expected: &str) -> Result<T> {
-    Err(TrainError::Invalid {
+    Err(RunError::Invalid {
         field,
         value,
         expected: expected.to_string(),
@@ -326,7 +326,7 @@ impl Default for TrainSection {
 impl TrainConfig {
     /// Parse TOML text; `origin` names the source in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
-        let cfg: TrainConfig = toml::from_str(text).map_err(|e| TrainError::Config {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| RunError::Config {
             path: origin.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -343,11 +343,16 @@ impl TrainConfig {
         toml::to_string_pretty(self).expect("a TrainConfig always serialises")
     }
 
+    /// Write [`Self::to_toml`] to `path` (crash-safe).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        Ok(cbs_core::atomic::write_text(path, &self.to_toml())?)
+    }
+
     /// Range checks that serde cannot express.
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
         let bad = |field: &'static str, value: String, expected: &str| {
-            Err(TrainError::Invalid {
+            Err(RunError::Invalid {
                 field,
                 value,
                 expected: expected.to_string(),

@@ -9,24 +9,37 @@
 //!     config.toml            the resolved configuration of the run
 //! RUN_DIR/checkpoints/latest  name of the newest complete checkpoint
 //! ```
-//! A checkpoint is written as `step-N.tmp/`, fsynced, renamed to `step-N/`, and only then is
-//! `latest` replaced (temporary file + rename). A crash at any point leaves the previous
-//! checkpoint intact and `latest` pointing at it.
+//! A checkpoint is written as `step-N.tmp/` (every file crash-safe), committed as `step-N/`
+//! ([`cbs_core::atomic::commit_dir`]), and only then is `latest` replaced
+//! ([`cbs_core::atomic::write_text`]). A crash at any point leaves the previous checkpoint intact
+//! and `latest` pointing at it.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
+use cbs_core::atomic;
 use cbs_models::spec::Architecture;
-use cbs_models::weights::{load_safetensors, save_safetensors, sync_and_rename};
+use cbs_models::weights::{load_safetensors, save_safetensors};
 use cbs_models::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
-use crate::rng::RngState;
-use crate::{io_err, Result, TrainError};
+use crate::{io_err, Result, RunError};
 
 pub const FORMAT_VERSION: u32 = 1;
+
+/// What a checkpoint records of the generators: the run seed and the next step's stream
+/// (`cbs_core::rng::stream(seed, Purpose::TrainStep, step)`), so resuming needs no opaque
+/// generator dump and cannot drift.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngState {
+    pub algorithm: String,
+    pub seed: u64,
+    /// The next step's stream index.
+    pub next_stream: u64,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,12 +52,17 @@ pub struct CheckpointState {
     pub architecture: Architecture,
 }
 
-fn ckpt_err(path: &Path, message: impl Into<String>) -> TrainError {
-    TrainError::Checkpoint {
+fn ckpt_err(path: &Path, message: impl Into<String>) -> RunError {
+    RunError::Checkpoint {
         path: path.to_path_buf(),
         message: message.into(),
     }
 }
+
+/// The resolved configuration, in a run directory and in each of its checkpoints.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The training log of a run directory (one JSON object per logged step).
+pub const METRICS_FILE: &str = "metrics.jsonl";
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
@@ -77,26 +95,15 @@ pub fn write(run_dir: &Path, data: &CheckpointData, keep: usize) -> Result<PathB
     save_safetensors(&tmp_dir.join("model.safetensors"), data.model)?;
     save_safetensors(&tmp_dir.join("ema.safetensors"), data.ema)?;
     save_safetensors(&tmp_dir.join("optimizer.safetensors"), data.optimizer)?;
-    write_text(
+    atomic::write_text(
         &tmp_dir.join("state.json"),
         &serde_json::to_string_pretty(data.state).expect("state serialises"),
     )?;
-    write_text(&tmp_dir.join("config.toml"), &data.config.to_toml())?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(io_err(&final_dir))?;
-    }
-    std::fs::rename(&tmp_dir, &final_dir).map_err(io_err(&final_dir))?;
-    write_text(&root.join("latest"), &name)?;
+    atomic::write_text(&tmp_dir.join(CONFIG_FILE), &data.config.to_toml())?;
+    atomic::commit_dir(&tmp_dir, &final_dir)?;
+    atomic::write_text(&root.join("latest"), &name)?;
     prune(&root, keep)?;
     Ok(final_dir)
-}
-
-/// Atomic small-file write (temporary file, fsync, rename).
-pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-    sync_and_rename(&tmp, path)?;
-    Ok(())
 }
 
 fn prune(root: &Path, keep: usize) -> Result<()> {
@@ -173,15 +180,18 @@ pub fn read_state(ckpt: &Path) -> Result<CheckpointState> {
 }
 
 pub fn read_config(ckpt: &Path) -> Result<TrainConfig> {
-    TrainConfig::from_file(&ckpt.join("config.toml"))
+    TrainConfig::from_file(&ckpt.join(CONFIG_FILE))
 }
 
 /// Which weights of a checkpoint to use for inference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum WeightsKind {
+    /// The exponential moving average of the weights (what published results use).
     #[default]
     Ema,
+    /// The raw optimised weights.
     Model,
 }
 

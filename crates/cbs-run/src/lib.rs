@@ -1,0 +1,71 @@
+//! The files that pass between the stages of a `cbs` pipeline, and the one place that knows
+//! their names, formats and rules:
+//!
+//! - [`config`]: the resolved run configuration (`config.toml`: `[model]`, `[data]`, `[train]`);
+//! - [`checkpoint`]: a run's checkpoint directory (`checkpoints/step-N/`, `latest`), its state,
+//!   and loading a checkpoint for inference;
+//! - [`splits`]: `splits.toml` (knots, settings, bootstrap intervals) and `monitor.csv`;
+//! - [`experts`]: the `train-experts` directory (`splits.toml`, `expert-<i>/`) and the rule that
+//!   gives expert `i` its interval and seed;
+//! - [`outputs`]: the names of `cbs sample` outputs and of a classifier run's files.
+//!
+//! Every write that must survive a crash goes through [`cbs_core::atomic`]. The trainer
+//! (`cbs-train`) writes checkpoints; sampling and split estimation read them without depending
+//! on the trainer.
+
+pub mod checkpoint;
+pub mod config;
+pub mod experts;
+pub mod outputs;
+pub mod splits;
+
+pub use checkpoint::{LoadedModel, RngState, WeightsKind};
+pub use config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
+pub use splits::{KnotIntervalEntry, SplitSettings, SplitsFile};
+
+use std::path::PathBuf;
+
+/// Errors of reading, checking and writing run files.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A file is unreadable as what it should be (TOML syntax, unknown keys, …).
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("invalid setting `{field}` = {value}: {expected}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    #[error(
+        "{} already holds experts for knots {stored:?}; these splits have {given:?}. Use \
+         another --out",
+        dir.display()
+    )]
+    ExpertsMismatch {
+        dir: PathBuf,
+        stored: Vec<f64>,
+        given: Vec<f64>,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] cbs_core::AtomicError),
+    #[error(transparent)]
+    Model(#[from] cbs_models::ModelError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, RunError>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> RunError {
+    let path = path.into();
+    move |source| RunError::Io { path, source }
+}

@@ -1,0 +1,9 @@
+//! Integration tests for cbs-run: the experts rule and directory, splits files, and the
+//! checkpoint directory's visibility rules.
+
+#[path = "run/checkpoint.rs"]
+mod checkpoint;
+#[path = "run/experts.rs"]
+mod experts;
+#[path = "run/splits.rs"]
+mod splits;
