@@ -13,6 +13,7 @@
 //! [`ModelSpec`] is what configs name (`preset = "sit-b-2"` plus image geometry); [`Model`] is
 //! the built network behind the [`cbs_flow::VelocityField`] trait.
 
+pub mod backbone;
 pub mod classifier;
 pub mod common;
 pub mod jit;
@@ -24,9 +25,10 @@ pub mod spec;
 pub mod unet;
 pub mod weights;
 
+pub use backbone::{all_preset_names, Backbone};
 pub use cbs_kernels::Kernels;
 pub use sit::{Sit, SitConfig};
-pub use spec::{all_preset_names, Architecture, Model, ModelSpec, Trainable};
+pub use spec::{Architecture, Model, ModelSpec, Trainable};
 
 /// Errors of model construction and weight I/O.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@ use candle_nn::{VarBuilder, VarMap};
 use cbs_flow::VelocityField;
 use serde::{Deserialize, Serialize};
 
+use crate::backbone::{find_preset, Backbone};
 use crate::jit::{self, Jit, JitConfig};
 use crate::mlp::{MlpConfig, MlpNet};
 use crate::sit::{init, Sit, SitConfig};
@@ -47,13 +48,27 @@ pub enum Architecture {
 impl Architecture {
     /// The same architecture built on the `kernels` policy (which is not serialised).
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
-        match &mut self {
-            Architecture::Sit(c) => c.kernels = kernels,
-            Architecture::Jit(c) => c.kernels = kernels,
-            Architecture::Unet(c) => c.kernels = kernels,
-            Architecture::Mlp(c) => c.kernels = kernels,
-        }
+        self.backbone_mut().set_kernels(kernels);
         self
+    }
+
+    /// The backbone's configuration behind the registry's trait.
+    pub fn backbone(&self) -> &dyn Backbone {
+        match self {
+            Architecture::Sit(c) => c,
+            Architecture::Jit(c) => c,
+            Architecture::Unet(c) => c,
+            Architecture::Mlp(c) => c,
+        }
+    }
+
+    fn backbone_mut(&mut self) -> &mut dyn Backbone {
+        match self {
+            Architecture::Sit(c) => c,
+            Architecture::Jit(c) => c,
+            Architecture::Unet(c) => c,
+            Architecture::Mlp(c) => c,
+        }
     }
 }
 
@@ -72,77 +87,9 @@ impl ModelSpec {
     /// Resolve against the data: `sample_shape` is `[C, H, W]` for images, `[D]` for points;
     /// fields the spec leaves unset come from the data.
     pub fn resolve(&self, sample_shape: &[usize], num_classes: usize) -> Result<Architecture> {
-        let mismatch = |what: &str| {
-            Err(ModelError::Invalid(format!(
-                "preset `{}` is {what}, but the data samples have shape {sample_shape:?}",
-                self.preset
-            )))
-        };
-        if let Some(mut cfg) = MlpConfig::preset(&self.preset) {
-            let &[dim] = sample_shape else {
-                return mismatch("an MLP for points [D]");
-            };
-            cfg.dim = dim;
-            cfg.validate()?;
-            return Ok(Architecture::Mlp(cfg));
-        }
-        if self.preset.starts_with("jit-") {
-            let mut cfg = JitConfig::preset(&self.preset).map_err(|_| self.unknown())?;
-            let &[c, h, w] = sample_shape else {
-                return mismatch("a JiT for images [C, H, W]");
-            };
-            if h != w {
-                return mismatch("a JiT for square images");
-            }
-            if self.learn_sigma == Some(true) {
-                return Err(ModelError::Invalid(format!(
-                    "preset `{}`: JiT predicts the clean image and has no learn_sigma channels",
-                    self.preset
-                )));
-            }
-            cfg.input_size = self.image_size.unwrap_or(h);
-            cfg.in_channels = self.in_channels.unwrap_or(c);
-            cfg.num_classes = self.num_classes.unwrap_or(num_classes.max(1));
-            cfg.class_dropout_prob = self.class_dropout_prob.unwrap_or(0.1);
-            cfg.validate()?;
-            return Ok(Architecture::Jit(cfg));
-        }
-        if self.preset.starts_with("unet-") {
-            let mut cfg = UnetConfig::preset(&self.preset).map_err(|_| self.unknown())?;
-            let &[c, h, w] = sample_shape else {
-                return mismatch("a UNet for images [C, H, W]");
-            };
-            if h != w {
-                return mismatch("a UNet for square images");
-            }
-            cfg.image_size = self.image_size.unwrap_or(h);
-            cfg.in_channels = self.in_channels.unwrap_or(c);
-            // `num_classes = 0` makes it unconditional (the reference CIFAR-10 model).
-            cfg.num_classes = self.num_classes.unwrap_or(num_classes);
-            cfg.learn_sigma = self.learn_sigma.unwrap_or(false);
-            cfg.class_dropout_prob = if cfg.num_classes == 0 {
-                0.0
-            } else {
-                self.class_dropout_prob.unwrap_or(0.1)
-            };
-            cfg.validate()?;
-            return Ok(Architecture::Unet(cfg));
-        }
-        let mut cfg = SitConfig::preset(&self.preset).map_err(|_| self.unknown())?;
-        let &[c, h, w] = sample_shape else {
-            return mismatch("a SiT for images [C, H, W]");
-        };
-        if h != w {
-            return mismatch("a SiT for square images");
-        }
-        cfg.input_size = self.image_size.unwrap_or(h);
-        cfg.in_channels = self.in_channels.unwrap_or(c);
-        // SiT always embeds a label; unlabelled data use one class (plus the null row).
-        cfg.num_classes = self.num_classes.unwrap_or(num_classes.max(1));
-        cfg.learn_sigma = self.learn_sigma.unwrap_or(true);
-        cfg.class_dropout_prob = self.class_dropout_prob.unwrap_or(0.1);
-        cfg.validate()?;
-        Ok(Architecture::Sit(cfg))
+        let mut arch = find_preset(&self.preset).ok_or_else(|| self.unknown())?;
+        arch.backbone_mut().fit(self, sample_shape, num_classes)?;
+        Ok(arch)
     }
 }
 
@@ -151,88 +98,36 @@ impl ModelSpec {
     /// latents 4×32×32; JiT: its pixel size; MLP: 2-D points), used by `cbs inspect` when
     /// no geometry is given.
     pub fn default_geometry(&self) -> Result<(Vec<usize>, usize)> {
-        let name = self.preset.as_str();
-        if let Some(c) = MlpConfig::preset(name) {
-            return Ok((vec![c.dim], 0));
-        }
-        if name.starts_with("jit-") {
-            let c = JitConfig::preset(name).map_err(|_| self.unknown())?;
-            return Ok((
-                vec![c.in_channels, c.input_size, c.input_size],
-                c.num_classes,
-            ));
-        }
-        if name.starts_with("unet-") {
-            let c = UnetConfig::preset(name).map_err(|_| self.unknown())?;
-            return Ok((
-                vec![c.in_channels, c.image_size, c.image_size],
-                c.num_classes,
-            ));
-        }
-        let c = SitConfig::preset(name).map_err(|_| self.unknown())?;
-        Ok((
-            vec![c.in_channels, c.input_size, c.input_size],
-            c.num_classes,
-        ))
+        let arch = find_preset(&self.preset).ok_or_else(|| self.unknown())?;
+        Ok((arch.sample_shape(), arch.num_classes()))
     }
 
     fn unknown(&self) -> ModelError {
         ModelError::UnknownPreset {
             name: self.preset.clone(),
-            known: all_preset_names().join(", "),
+            known: crate::backbone::all_preset_names().join(", "),
         }
     }
-}
-
-/// Every preset name of every backbone.
-pub fn all_preset_names() -> Vec<String> {
-    let mut v = SitConfig::preset_names();
-    v.extend(JitConfig::preset_names());
-    v.extend(UnetConfig::preset_names());
-    v.extend(MlpConfig::preset_names());
-    v
 }
 
 impl Architecture {
     /// Shape of one sample: `[C, H, W]` or `[D]`.
     pub fn sample_shape(&self) -> Vec<usize> {
-        match self {
-            Architecture::Sit(c) => vec![c.in_channels, c.input_size, c.input_size],
-            Architecture::Jit(c) => vec![c.in_channels, c.input_size, c.input_size],
-            Architecture::Unet(c) => vec![c.in_channels, c.image_size, c.image_size],
-            Architecture::Mlp(c) => vec![c.dim],
-        }
+        self.backbone().sample_shape()
     }
     /// 0 for unconditional models.
     pub fn num_classes(&self) -> usize {
-        match self {
-            Architecture::Sit(c) => c.num_classes,
-            Architecture::Jit(c) => c.num_classes,
-            Architecture::Unet(c) => c.num_classes,
-            Architecture::Mlp(_) => 0,
-        }
+        self.backbone().num_classes()
     }
     /// Label of the null (unconditional) class, when the model has one.
     pub fn null_class(&self) -> Option<u32> {
-        match self {
-            Architecture::Sit(c) => (c.class_dropout_prob > 0.0).then_some(c.num_classes as u32),
-            Architecture::Jit(c) => (c.class_dropout_prob > 0.0).then_some(c.num_classes as u32),
-            Architecture::Unet(c) => c.null_class(),
-            Architecture::Mlp(_) => None,
-        }
+        self.backbone().null_class()
     }
     pub fn class_dropout_prob(&self) -> f64 {
-        match self {
-            Architecture::Sit(c) => c.class_dropout_prob,
-            Architecture::Jit(c) => c.class_dropout_prob,
-            Architecture::Unet(c) => c.class_dropout_prob,
-            Architecture::Mlp(_) => 0.0,
-        }
+        self.backbone().class_dropout_prob()
     }
 
-    /// The regression target of training for the sample `x_t` on the path from `x0` (noise)
-    /// to `x1` (data) at times `t` (`[B]`): the velocity `x1 − x0`; for JiT the reference's
-    /// `(x1 − x_t) / max(1 − t, 0.05)`, equal to it except for t > 0.95.
+    /// The regression target of training (see [`Backbone::training_target`]).
     pub fn training_target(
         &self,
         x0: &Tensor,
@@ -240,19 +135,13 @@ impl Architecture {
         xt: &Tensor,
         t: &Tensor,
     ) -> CResult<Tensor> {
-        match self {
-            Architecture::Jit(_) => jit::x_to_velocity(x1, xt, t, jit::JIT_T_CLAMP),
-            _ => x1 - x0,
-        }
+        self.backbone().training_target(x0, x1, xt, t)
     }
 
-    /// How training draws times when the config does not say: the backbone's reference
-    /// (logit-normal(−0.8, 0.8) for JiT, uniform otherwise).
+    /// How training draws times when the config does not say (see
+    /// [`Backbone::default_time_sampling`]).
     pub fn default_time_sampling(&self) -> Option<(f64, f64)> {
-        match self {
-            Architecture::Jit(_) => Some((-0.8, 0.8)),
-            _ => None,
-        }
+        self.backbone().default_time_sampling()
     }
 }
 
@@ -313,14 +202,8 @@ impl Model {
 
     fn null(&self) -> Option<u32> {
         match self {
-            Model::Sit(m) => {
-                let c = m.config();
-                (c.class_dropout_prob > 0.0).then_some(c.num_classes as u32)
-            }
-            Model::Jit(m) => {
-                let c = m.config();
-                (c.class_dropout_prob > 0.0).then_some(c.num_classes as u32)
-            }
+            Model::Sit(m) => m.config().null_class(),
+            Model::Jit(m) => Backbone::null_class(m.config()),
             Model::Unet(m) => m.config().null_class(),
             Model::Mlp(_) => None,
         }
