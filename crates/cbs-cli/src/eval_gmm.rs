@@ -7,7 +7,7 @@ use crate::cli::EvalGmmArgs;
 
 pub fn eval_gmm(a: EvalGmmArgs) -> Result<()> {
     let path = if a.samples.is_dir() {
-        a.samples.join("samples.npz")
+        a.samples.join(cbs_run::outputs::SAMPLES_NPZ)
     } else {
         a.samples.clone()
     };

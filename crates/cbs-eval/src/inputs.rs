@@ -138,7 +138,7 @@ fn file_err(path: &Path, message: impl std::fmt::Display) -> EvalError {
 /// Reads one side (see the module documentation for the accepted forms).
 pub fn read_input(path: &Path) -> Result<Input> {
     if path.is_dir() {
-        let npz = path.join("samples.npz");
+        let npz = path.join(cbs_run::outputs::SAMPLES_NPZ);
         if npz.is_file() {
             return read_npz_input(&npz);
         }
@@ -146,7 +146,7 @@ pub fn read_input(path: &Path) -> Result<Input> {
         if !files.is_empty() {
             return Ok(Input::Images(read_image_files(&files)?));
         }
-        let sub = path.join("images");
+        let sub = path.join(cbs_run::outputs::IMAGES_DIR);
         if sub.is_dir() {
             let files = list_images(&sub)?;
             if !files.is_empty() {

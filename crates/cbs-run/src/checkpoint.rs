@@ -29,6 +29,14 @@ use crate::{io_err, Result, RunError};
 
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The files of one checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const EMA_FILE: &str = "ema.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "state.json";
+/// In `RUN/checkpoints/`: the name of the newest complete checkpoint.
+pub const LATEST_FILE: &str = "latest";
+
 /// What a checkpoint records of the generators: the run seed and the next step's stream
 /// (`cbs_core::rng::stream(seed, Purpose::TrainStep, step)`), so resuming needs no opaque
 /// generator dump and cannot drift.
@@ -92,16 +100,16 @@ pub fn write(run_dir: &Path, data: &CheckpointData, keep: usize) -> Result<PathB
         std::fs::remove_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
     }
     std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-    save_safetensors(&tmp_dir.join("model.safetensors"), data.model)?;
-    save_safetensors(&tmp_dir.join("ema.safetensors"), data.ema)?;
-    save_safetensors(&tmp_dir.join("optimizer.safetensors"), data.optimizer)?;
+    save_safetensors(&tmp_dir.join(MODEL_FILE), data.model)?;
+    save_safetensors(&tmp_dir.join(EMA_FILE), data.ema)?;
+    save_safetensors(&tmp_dir.join(OPTIMIZER_FILE), data.optimizer)?;
     atomic::write_text(
-        &tmp_dir.join("state.json"),
+        &tmp_dir.join(STATE_FILE),
         &serde_json::to_string_pretty(data.state).expect("state serialises"),
     )?;
     atomic::write_text(&tmp_dir.join(CONFIG_FILE), &data.config.to_toml())?;
     atomic::commit_dir(&tmp_dir, &final_dir)?;
-    atomic::write_text(&root.join("latest"), &name)?;
+    atomic::write_text(&root.join(LATEST_FILE), &name)?;
     prune(&root, keep)?;
     Ok(final_dir)
 }
@@ -127,13 +135,13 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
 
 /// The newest complete checkpoint of a run, if any.
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
-    let pointer = checkpoints_dir(run_dir).join("latest");
+    let pointer = checkpoints_dir(run_dir).join(LATEST_FILE);
     if !pointer.exists() {
         return Ok(None);
     }
     let name = std::fs::read_to_string(&pointer).map_err(io_err(&pointer))?;
     let dir = checkpoints_dir(run_dir).join(name.trim());
-    if !dir.join("state.json").is_file() {
+    if !dir.join(STATE_FILE).is_file() {
         return Err(ckpt_err(
             &pointer,
             format!(
@@ -147,7 +155,7 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 
 /// Accept either a checkpoint directory or a run directory (its latest checkpoint).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if path.join("state.json").is_file() {
+    if path.join(STATE_FILE).is_file() {
         return Ok(path.to_path_buf());
     }
     if !path.exists() {
@@ -163,7 +171,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 }
 
 pub fn read_state(ckpt: &Path) -> Result<CheckpointState> {
-    let p = ckpt.join("state.json");
+    let p = ckpt.join(STATE_FILE);
     let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
     let state: CheckpointState =
         serde_json::from_str(&text).map_err(|e| ckpt_err(&p, e.to_string()))?;
@@ -198,8 +206,8 @@ pub enum WeightsKind {
 impl WeightsKind {
     pub fn file_name(self) -> &'static str {
         match self {
-            WeightsKind::Ema => "ema.safetensors",
-            WeightsKind::Model => "model.safetensors",
+            WeightsKind::Ema => EMA_FILE,
+            WeightsKind::Model => MODEL_FILE,
         }
     }
 }
@@ -213,7 +221,8 @@ pub struct LoadedModel {
     pub dir: PathBuf,
 }
 
-/// Load a checkpoint (or a run's latest) for inference, checking names and shapes first.
+/// Load a checkpoint (or a run's latest) for inference, checking names and shapes first; the
+/// network runs on the op implementations the run trained with (`train.kernels`).
 pub fn load_for_inference(path: &Path, which: WeightsKind, device: &Device) -> Result<LoadedModel> {
     let dir = resolve(path)?;
     let state = read_state(&dir)?;
@@ -223,7 +232,7 @@ pub fn load_for_inference(path: &Path, which: WeightsKind, device: &Device) -> R
     let expected = cbs_models::shapes::parameter_shapes(&state.architecture)?;
     cbs_models::weights::check_names_and_shapes(&file, &tensors, &expected)?;
     let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
-    let model = Model::new(&state.architecture, cbs_models::Kernels::Fused, vb)?;
+    let model = Model::new(&state.architecture, config.train.kernels, vb)?;
     Ok(LoadedModel {
         model,
         architecture: state.architecture.clone(),

@@ -340,8 +340,8 @@ fn restore(
     }
     let vars = net.named_vars();
     let buffers = net.model.buffers();
-    cbs_models::weights::load_into_vars(&dir.join("model.safetensors"), &vars, &buffers)?;
-    let ema_path = dir.join("ema.safetensors");
+    cbs_models::weights::load_into_vars(&dir.join(checkpoint::MODEL_FILE), &vars, &buffers)?;
+    let ema_path = dir.join(checkpoint::EMA_FILE);
     let ema_file = cbs_models::weights::load_safetensors(&ema_path, device)?;
     for (name, t) in ema.tensors.iter_mut() {
         let saved = ema_file.get(name).ok_or_else(|| TrainError::Checkpoint {
@@ -350,7 +350,7 @@ fn restore(
         })?;
         *t = saved.clone();
     }
-    let opt_path = dir.join("optimizer.safetensors");
+    let opt_path = dir.join(checkpoint::OPTIMIZER_FILE);
     let opt_file = cbs_models::weights::load_safetensors(&opt_path, device)?;
     opt.load_state(state.optimizer_step, &|k| opt_file.get(k).cloned())
         .map_err(|message| TrainError::Checkpoint {
