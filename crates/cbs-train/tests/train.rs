@@ -692,7 +692,10 @@ mod data_sources {
 
     fn config(data: &str) -> cbs_train::Result<TrainConfig> {
         let text = format!("[model]\npreset = \"sit-nano-4\"\n[data]\n{data}");
-        Ok(TrainConfig::from_toml(&text, Path::new("configs/data.toml"))?)
+        Ok(TrainConfig::from_toml(
+            &text,
+            Path::new("configs/data.toml"),
+        )?)
     }
 
     fn shape_classes_len(data: &str) -> (Vec<usize>, usize, usize) {

@@ -3,9 +3,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use cbs_models::spec::Trainable;
 use cbs_models::ModelSpec;
-use cbs_run::checkpoint::{
-    self, checkpoints_dir, CheckpointData, CheckpointState, FORMAT_VERSION,
-};
+use cbs_run::checkpoint::{self, checkpoints_dir, CheckpointData, CheckpointState, FORMAT_VERSION};
 use cbs_run::{RngState, TrainConfig, WeightsKind};
 
 fn config() -> TrainConfig {

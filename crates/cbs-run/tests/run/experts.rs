@@ -53,5 +53,9 @@ fn init_dir_stores_the_splits_once_and_refuses_other_knots() {
     let err = init_dir(&root, &splits(&[0.4, 0.6])).unwrap_err();
     assert!(matches!(err, RunError::ExpertsMismatch { .. }), "{err}");
     assert!(err.to_string().contains("already holds experts"), "{err}");
-    assert_eq!(read_splits(&root).unwrap(), s, "the stored splits are untouched");
+    assert_eq!(
+        read_splits(&root).unwrap(),
+        s,
+        "the stored splits are untouched"
+    );
 }

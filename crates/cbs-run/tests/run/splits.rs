@@ -27,7 +27,10 @@ fn invalid_splits_name_the_file() {
     s.knots = vec![0.8, 0.2];
     s.write(&p).unwrap();
     let err = SplitsFile::from_file(&p).unwrap_err().to_string();
-    assert!(err.contains("splits.toml") && err.contains("increasing"), "{err}");
+    assert!(
+        err.contains("splits.toml") && err.contains("increasing"),
+        "{err}"
+    );
 }
 
 #[test]
