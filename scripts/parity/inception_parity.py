@@ -12,7 +12,7 @@ What it does:
   1. creates the venv (default target/parity-venv) and installs the packages, then re-runs
      itself inside it;
   2. builds `cargo build --release -p cbs-eval --example inception_dump` (plus
-     `--features FEATURES` when given, e.g. `avx512`) and lets it write
+     `--features FEATURES` when given) and lets it write
      deterministic random weights for the whole FID-Inception state_dict (safetensors) and
      deterministic test images (two sets of N images at S×S, one small set at 400×320 to
      exercise downsampling), f32 NCHW in [0, 1];
@@ -150,7 +150,7 @@ def main():
     ap.add_argument("--n", type=int, default=8, help="images per set")
     ap.add_argument("--size", type=int, default=32, help="side of the test images")
     ap.add_argument("--seed", type=int, default=0, help="weights seed")
-    ap.add_argument("--features", default="", help="cargo features of cbs-eval (e.g. avx512)")
+    ap.add_argument("--features", default="", help="cargo features of cbs-eval to build the example with")
     args = ap.parse_args()
     ensure_venv(Path(args.venv))
 
