@@ -196,7 +196,7 @@ fn bench_sample(c: BenchCommon) -> Result<()> {
     let st = Stepper::new(&arch, &tc, &dev)?;
     // Random weights everywhere: the reference init zeroes whole branches, which a timing of
     // matrix products does not care about, but keep the arithmetic realistic anyway.
-    cbs_models::sit::init::init_all_random(&st.vars, 0, 0.02)?;
+    cbs_models::common::init::init_all_random(&st.vars, 0, 0.02)?;
     // Plain (untracked) tensors, as `cbs sample` loads a checkpoint: built from variables, the
     // forward would record its graph and keep every activation alive.
     let weights: std::collections::HashMap<String, Tensor> = st

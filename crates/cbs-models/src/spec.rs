@@ -253,7 +253,7 @@ impl Trainable {
             Architecture::Sit(_) => init::init_sit(&t.named_vars(), seed)?,
             Architecture::Jit(_) => jit::init::init_jit(&t.named_vars(), seed)?,
             Architecture::Unet(_) => crate::unet::init::init_unet(&t.named_vars(), seed)?,
-            Architecture::Mlp(_) => init::init_xavier(&t.named_vars(), seed)?,
+            Architecture::Mlp(_) => crate::common::init::init_xavier(&t.named_vars(), seed)?,
         }
         Ok(t)
     }

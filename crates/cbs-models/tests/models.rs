@@ -11,7 +11,6 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var, D};
 use cbs_flow::VelocityField;
 use cbs_models::common::pos_embed;
-use cbs_models::sit::init;
 use cbs_models::{shapes, weights, Architecture, Kernels, ModelError, SitConfig, Trainable};
 
 use common::{
@@ -137,7 +136,7 @@ fn fd_check(
     let arch = Architecture::Sit(cfg.clone());
     let tr = Trainable::new(&arch, Kernels::Fused, 7, DType::F64, &Device::Cpu)?;
     let vars = tr.named_vars();
-    init::init_all_random(&vars, 11, 0.3)?;
+    cbs_models::common::init::init_all_random(&vars, 11, 0.3)?;
     if zero_fc1 {
         for (n, v) in &vars {
             if n.contains("mlp.fc1") {
@@ -213,7 +212,7 @@ fn every_parameter_gets_a_gradient_f32() -> TestResult {
     let arch = Architecture::Sit(cfg);
     let tr = Trainable::new(&arch, Kernels::Fused, 3, DType::F32, &dev)?;
     let vars = tr.named_vars();
-    init::init_all_random(&vars, 5, 0.3)?;
+    cbs_models::common::init::init_all_random(&vars, 5, 0.3)?;
     let x = randn(&[2, 2, 8, 8], 1, DType::F32);
     let t = ts(&[0.2, 0.7], DType::F32);
     let y = labels(&[0, 3]);
@@ -633,7 +632,7 @@ fn parity_case(
     let arch = Architecture::Sit(cfg.clone());
     let tr = Trainable::new(&arch, Kernels::Fused, 1, dtype, &Device::Cpu)?;
     let vars = tr.named_vars();
-    init::init_all_random(&vars, 2, 0.1)?;
+    cbs_models::common::init::init_all_random(&vars, 2, 0.1)?;
     let w: HashMap<String, Tensor> = vars
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
@@ -882,7 +881,7 @@ fn weight_files() -> TestResult {
     let dir = tempfile::tempdir()?;
     let nano = Architecture::Sit(small("sit-nano-4", 8, 2, 3, true));
     let a = Trainable::new(&nano, Kernels::Fused, 1, DType::F32, &dev)?;
-    init::init_all_random(&a.named_vars(), 10, 0.3)?;
+    cbs_models::common::init::init_all_random(&a.named_vars(), 10, 0.3)?;
     let b = Trainable::new(&nano, Kernels::Fused, 2, DType::F32, &dev)?;
     assert_ne!(var_bits(&a.named_vars()), var_bits(&b.named_vars()));
 
@@ -1056,7 +1055,7 @@ fn velocity_field_uses_the_null_class() -> TestResult {
     let cfg = small("sit-nano-4", 8, 2, 3, true);
     let arch = Architecture::Sit(cfg.clone());
     let tr = Trainable::new(&arch, Kernels::Fused, 1, DType::F32, &dev)?;
-    init::init_all_random(&tr.named_vars(), 6, 0.3)?;
+    cbs_models::common::init::init_all_random(&tr.named_vars(), 6, 0.3)?;
     let model = &tr.model;
     let x = randn(&[2, 2, 8, 8], 7, DType::F32);
     let t = ts(&[0.25, 0.75], DType::F32);
@@ -1083,7 +1082,7 @@ fn velocity_field_uses_the_null_class() -> TestResult {
     no_null.class_dropout_prob = 0.0;
     let arch = Architecture::Sit(no_null);
     let tr = Trainable::new(&arch, Kernels::Fused, 1, DType::F32, &dev)?;
-    init::init_all_random(&tr.named_vars(), 6, 0.3)?;
+    cbs_models::common::init::init_all_random(&tr.named_vars(), 6, 0.3)?;
     assert_eq!(tr.model.null_class(), None);
     let table = tr
         .named_vars()

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use cbs_data::{BatchSampler, Dataset, Split};
 use cbs_models::classifier::{Classifier, ClassifierConfig};
-use cbs_models::{sit::init, weights, ModelSpec};
+use cbs_models::{common::init, weights, ModelSpec};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 

@@ -7,7 +7,7 @@
 
 use candle_core::{Tensor, Var};
 
-use crate::sit::init::{init_with, Rule};
+use crate::common::init::{init_with, Rule};
 use crate::Result;
 
 /// RMSNorm weights (`norm1`, `norm2`, `attn.q_norm`, `attn.k_norm`, `final_layer.norm_final`).

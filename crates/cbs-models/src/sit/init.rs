@@ -4,17 +4,10 @@
 //! linear), N(0, 0.02) label table and timestep-MLP weights, and zeros for every adaLN output
 //! layer and the final linear (adaLN-Zero: each block starts as the identity).
 
-use candle_core::{Tensor, Var};
-use cbs_core::rng::{stream, Purpose};
-use rand_distr::{Distribution, Normal, Uniform};
+use candle_core::Var;
 
+use crate::common::init::{init_with, Rule};
 use crate::Result;
-
-pub(crate) enum Rule {
-    Zero,
-    Normal(f64),
-    Xavier,
-}
 
 fn rule(name: &str) -> Rule {
     if name.ends_with(".bias") {
@@ -33,62 +26,4 @@ fn rule(name: &str) -> Rule {
 /// Variables are visited in sorted name order so the result depends on the seed alone.
 pub fn init_sit(vars: &[(String, Var)], seed: u64) -> Result<()> {
     init_with(vars, seed, rule)
-}
-
-/// Xavier-uniform weights and zero biases (the MLP's initialisation).
-pub fn init_xavier(vars: &[(String, Var)], seed: u64) -> Result<()> {
-    init_with(vars, seed, |name| {
-        if name.ends_with(".bias") {
-            Rule::Zero
-        } else {
-            Rule::Xavier
-        }
-    })
-}
-
-pub(crate) fn init_with(
-    vars: &[(String, Var)],
-    seed: u64,
-    rule: impl Fn(&str) -> Rule,
-) -> Result<()> {
-    let mut rng = stream(seed, Purpose::WeightInit, 0);
-    let mut sorted: Vec<&(String, Var)> = vars.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, var) in sorted {
-        let dims = var.dims().to_vec();
-        let n: usize = dims.iter().product();
-        let values: Vec<f64> = match rule(name) {
-            Rule::Zero => vec![0.0; n],
-            Rule::Normal(std) => {
-                let d = Normal::new(0.0, std).expect("positive std");
-                (0..n).map(|_| d.sample(&mut rng)).collect()
-            }
-            Rule::Xavier => {
-                // fan_out = dims[0], fan_in = the rest (conv weights flattened like a linear).
-                let fan_out = dims[0] as f64;
-                let fan_in = (n / dims[0].max(1)) as f64;
-                let bound = (6.0 / (fan_in + fan_out)).sqrt();
-                let d = Uniform::new_inclusive(-bound, bound).expect("finite bound");
-                (0..n).map(|_| d.sample(&mut rng)).collect()
-            }
-        };
-        let t = Tensor::from_vec(values, dims, var.device())?.to_dtype(var.dtype())?;
-        var.set(&t)?;
-    }
-    Ok(())
-}
-
-/// Small random values everywhere, adaLN and final layers included, so that every parameter
-/// influences the output (for gradient tests; the reference init zeroes whole branches).
-pub fn init_all_random(vars: &[(String, Var)], seed: u64, std: f64) -> Result<()> {
-    let mut rng = stream(seed, Purpose::WeightInit, 0);
-    let mut sorted: Vec<&(String, Var)> = vars.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let d = Normal::new(0.0, std).expect("positive std");
-    for (_, var) in sorted {
-        let n = var.elem_count();
-        let values: Vec<f64> = (0..n).map(|_| d.sample(&mut rng)).collect();
-        var.set(&Tensor::from_vec(values, var.dims(), var.device())?.to_dtype(var.dtype())?)?;
-    }
-    Ok(())
 }

@@ -725,7 +725,7 @@ fn random_sit(dtype: DType, std: f64, zero_fc1: bool) -> Trainable {
     )
     .unwrap();
     let vars = tr.named_vars();
-    cbs_models::sit::init::init_all_random(&vars, 8, std).unwrap();
+    cbs_models::common::init::init_all_random(&vars, 8, std).unwrap();
     if zero_fc1 {
         for (name, v) in &vars {
             if name.contains("mlp.fc1") {
@@ -777,7 +777,7 @@ fn random_jit(dtype: DType) -> Trainable {
         &Device::Cpu,
     )
     .unwrap();
-    cbs_models::sit::init::init_all_random(&tr.named_vars(), 9, 0.2).unwrap();
+    cbs_models::common::init::init_all_random(&tr.named_vars(), 9, 0.2).unwrap();
     tr
 }
 
@@ -814,7 +814,7 @@ fn random_unet(dtype: DType, scale_shift: bool) -> Trainable {
         &Device::Cpu,
     )
     .unwrap();
-    cbs_models::sit::init::init_all_random(&tr.named_vars(), 10, 0.1).unwrap();
+    cbs_models::common::init::init_all_random(&tr.named_vars(), 10, 0.1).unwrap();
     tr
 }
 

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
+use cbs_models::common::init::init_all_random;
 use cbs_models::jit::rope::{rope_angles, rope_tables, rotate_half, Rope};
 use cbs_models::jit::{init::init_jit, x_to_velocity, Jit, JitConfig, JIT_T_CLAMP};
-use cbs_models::sit::init::init_all_random;
 use cbs_models::ModelError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

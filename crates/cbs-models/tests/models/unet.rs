@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Result as CResult, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use cbs_models::sit::init::init_all_random;
+use cbs_models::common::init::init_all_random;
 use cbs_models::unet::init::init_unet;
 use cbs_models::unet::layers::{
     timestep_embedding, upsample_nearest_2x, AttentionBlock, Dropout, GroupNorm32,
