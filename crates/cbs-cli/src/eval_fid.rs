@@ -27,7 +27,7 @@ fn load_extractor(a: &EvalFidArgs, dev: &Device) -> Result<Box<dyn FeatureExtrac
             Box::new(InceptionFeatures(m))
         }
         FeatureSpace::Classifier(run) => {
-            let net = cbs_train::classifier::load_classifier(run, dev)
+            let net = cbs_run::classifier::load_classifier(run, dev)
                 .context("loading the classifier (--features classifier:RUN_DIR)")?;
             Box::new(ClassifierFeatures::new(net, run))
         }

@@ -7,13 +7,15 @@
 //! - [`splits`]: `splits.toml` (knots, settings, bootstrap intervals) and `monitor.csv`;
 //! - [`experts`]: the `train-experts` directory (`splits.toml`, `expert-<i>/`) and the rule that
 //!   gives expert `i` its interval and seed;
-//! - [`outputs`]: the names of `cbs sample` outputs and of a classifier run's files.
+//! - [`outputs`]: the names of `cbs sample` outputs and of a classifier run's files;
+//! - [`classifier`]: a `train-classifier` run's config and loading its network.
 //!
 //! Every write that must survive a crash goes through [`cbs_core::atomic`]. The trainer
 //! (`cbs-train`) writes checkpoints; sampling and split estimation read them without depending
 //! on the trainer.
 
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
 pub mod experts;
 pub mod outputs;
