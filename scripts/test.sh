@@ -11,3 +11,8 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets
+# The `cuda` feature must compile (nvcc included) though no GPU is here to run it.
+# CBS_SKIP_CUDA_BUILD=1 skips this step for a quick local run.
+if [ "${CBS_SKIP_CUDA_BUILD:-0}" != 1 ]; then
+  scripts/build-cuda.sh
+fi

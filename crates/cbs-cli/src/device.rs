@@ -20,10 +20,21 @@ impl DeviceArgs {
                 .with_context(|| format!("--device `{d}`: expected cpu, cuda or cuda:N"))?,
             None => bail!("--device `{d}`: expected cpu, cuda or cuda:N"),
         };
-        Device::new_cuda(ordinal).with_context(|| {
-            format!(
-                "--device {d}: CUDA is unavailable (this binary must be built with --features \
-                 cuda)"
+        if !cfg!(feature = "cuda") {
+            bail!(
+                "--device {d}: this binary was built without CUDA (build it with \
+                 scripts/build-cuda.sh, or cargo's --features cuda)"
+            );
+        }
+        Device::new_cuda(ordinal).map_err(|e| {
+            // The driver's error, without candle's backtrace.
+            let e = match e {
+                candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                e => e,
+            };
+            anyhow::anyhow!(
+                "--device {d}: no usable CUDA device {ordinal} ({e}); the NVIDIA driver \
+                 (libcuda.so.1) and a GPU are needed at run time"
             )
         })
     }
