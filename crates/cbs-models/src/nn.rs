@@ -245,7 +245,7 @@ pub fn rms_norm_modulate(
     scale: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    if k.fuses(&[x, w, shift, scale]) && x.elem_count() > 0 {
+    if k.fuses(&[x, w, shift, scale]) {
         // The per-sample multiplier w·(1 + scale) is [B, C]: cheap to compose.
         let a = scale.affine(1.0, 1.0)?.broadcast_mul(w)?;
         fused::rms_norm_modulate(x, &a, shift, eps)
@@ -266,7 +266,7 @@ pub fn qk_norm_rope(
     heads: usize,
     eps: f64,
 ) -> Result<Tensor> {
-    if k.fuses(&[qkv, wq, wk, rope.table()]) && qkv.elem_count() > 0 {
+    if k.fuses(&[qkv, wq, wk, rope.table()]) {
         let w = Tensor::stack(&[wq, wk], 0)?; // [2, d]
         fused::qk_norm_rope(qkv, &w, rope.table(), heads, eps)
     } else {
@@ -285,7 +285,7 @@ pub fn group_norm(
     eps: f64,
     act: bool,
 ) -> Result<Tensor> {
-    if k.fuses(&[x, w, b]) && x.elem_count() > 0 && x.rank() >= 2 {
+    if k.fuses(&[x, w, b]) && x.rank() >= 2 {
         fused::group_norm(x, w, b, groups, eps, act)
     } else {
         composed::group_norm(x, w, b, groups, eps, act)
@@ -294,7 +294,7 @@ pub fn group_norm(
 
 /// SwiGLU gate: `[…, 2m]` = `[a | b]` → `silu(a)·b` (`[…, m]`).
 pub fn swiglu(k: Kernels, x: &Tensor) -> Result<Tensor> {
-    if k.fuses(&[x]) && x.elem_count() > 0 {
+    if k.fuses(&[x]) {
         fused::swiglu(x)
     } else {
         composed::swiglu(x)
@@ -303,7 +303,7 @@ pub fn swiglu(k: Kernels, x: &Tensor) -> Result<Tensor> {
 
 /// Mean over all elements of `(a − b)²` (a scalar).
 pub fn mse(k: Kernels, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if k.fuses(&[a, b]) && a.elem_count() > 0 {
+    if k.fuses(&[a, b]) {
         fused::mse(a, b)
     } else {
         composed::mse(a, b)
@@ -323,7 +323,7 @@ pub fn bias_add(k: Kernels, y: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `candle_nn::Linear::forward`, as one graph node on the CPU.
 pub fn linear(k: Kernels, lin: &Linear, x: &Tensor) -> Result<Tensor> {
     match lin.bias() {
-        Some(b) if k.fuses(&[x, lin.weight(), b]) && x.rank() >= 2 && x.elem_count() > 0 => {
+        Some(b) if k.fuses(&[x, lin.weight(), b]) && x.rank() >= 2 => {
             fused::linear(x, lin.weight(), b)
         }
         _ => composed::linear(lin, x),
@@ -333,7 +333,7 @@ pub fn linear(k: Kernels, lin: &Linear, x: &Tensor) -> Result<Tensor> {
 /// Multi-head self-attention `softmax(scale·q·kᵀ)·v` from a fused qkv projection: `qkv`
 /// `[B, N, 3C]` with channels ordered (q|k|v, head, d) → `[B, N, C]` with channels (head, d).
 pub fn attention(k: Kernels, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-    if k.fuses(&[qkv]) && qkv.elem_count() > 0 {
+    if k.fuses(&[qkv]) {
         fused::attention(qkv, heads, scale)
     } else {
         composed::attention(qkv, heads, scale)
@@ -357,7 +357,7 @@ pub fn attention_half(
     eps: f64,
 ) -> Result<Tensor> {
     if let (Some(bq), Some(bp)) = (qkv.bias(), proj.bias()) {
-        if k.fuses(&[x, ada, qkv.weight(), bq, proj.weight(), bp]) && x.elem_count() > 0 {
+        if k.fuses(&[x, ada, qkv.weight(), bq, proj.weight(), bp]) {
             return fused::attention_half(
                 x,
                 ada,
@@ -388,7 +388,7 @@ pub fn mlp_half(
     eps: f64,
 ) -> Result<Tensor> {
     if let (Some(b1), Some(b2)) = (fc1.bias(), fc2.bias()) {
-        if k.fuses(&[x, ada, fc1.weight(), b1, fc2.weight(), b2]) && x.elem_count() > 0 {
+        if k.fuses(&[x, ada, fc1.weight(), b1, fc2.weight(), b2]) {
             return fused::mlp_half(x, ada, chunk, (fc1.weight(), b1), (fc2.weight(), b2), eps);
         }
     }
