@@ -53,8 +53,11 @@ class Attention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)
-        out = attn.softmax(-1) @ v
+        if x.is_cuda:  # what SiT's timm attention runs on a GPU: the fused kernel
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)
+            out = attn.softmax(-1) @ v
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -415,6 +418,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="f32", choices=["f32", "tf32", "bf16", "f16"],
+                    help="bf16/f16: autocast (f32 weights, optimizer and EMA), as cbs")
     ap.add_argument("--shape", default="2048,384,1536", help="matmul: M,K,N")
     ap.add_argument("--lhs-transposed", action="store_true", help="matmul: lhs = [K, M]ᵀ")
     a = ap.parse_args()
@@ -422,13 +428,22 @@ def main():
     torch.manual_seed(0)
     if a.what == "matmul":
         return bench_matmul(a)
-    model = build(a)
+    dev = torch.device(a.device)
+    torch.backends.cuda.matmul.allow_tf32 = a.precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = a.precision == "tf32"
+    half = {"bf16": torch.bfloat16, "f16": torch.float16}.get(a.precision)
+    model = build(a).to(dev)
     jit = isinstance(model, Jit)
     n_params = sum(t.numel() for t in model.state_dict().values())  # buffers included
     fwd = torch.compile(model) if a.compile else model
     b, shape = a.batch, (a.batch, a.in_channels, a.image_size, a.image_size)
-    x0, x1 = torch.randn(shape), torch.randn(shape)
-    t, y = torch.rand(b), torch.randint(0, a.num_classes, (b,))
+    x0, x1 = torch.randn(shape, device=dev), torch.randn(shape, device=dev)
+    t, y = torch.rand(b, device=dev), torch.randint(0, a.num_classes, (b,), device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=half, enabled=half is not None)
+
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     ema = copy.deepcopy(model).requires_grad_(False)
     times, phases = [], []
@@ -437,26 +452,33 @@ def main():
         if a.what == "train":
             tb = t[:, None, None, None]
             xt = tb * x1 + (1 - tb) * x0
+            with autocast():
+                pred = fwd(xt, t, y).float()  # the loss in f32, as cbs
             if jit:  # velocity through the predicted image, as cbs trains JiT
                 denom = (1 - tb).clamp_min(0.05)
-                loss = F.mse_loss((fwd(xt, t, y) - xt) / denom, (x1 - xt) / denom)
+                loss = F.mse_loss((pred - xt) / denom, (x1 - xt) / denom)
             else:
-                loss = F.mse_loss(fwd(xt, t, y), x1 - x0)
+                loss = F.mse_loss(pred, x1 - x0)
+            sync()
             t1 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            sync()
             t2 = time.perf_counter()
             opt.step()
+            sync()
             t3 = time.perf_counter()
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.mul_(0.9999).add_(pm, alpha=1 - 0.9999)
+            sync()
             t4 = time.perf_counter()
             if i >= a.warmup:
                 phases.append([(t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3])
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 fwd(x0, t, y)
+            sync()
         if i >= a.warmup:
             times.append((time.perf_counter() - t0) * 1e3)
     med = statistics.median(times)
@@ -465,9 +487,12 @@ def main():
         f, bw, o, e = (sum(p[k] for p in phases) / len(phases) for k in range(4))
         print(f"phase ms (mean): forward {f:.1f}, backward {bw:.1f}, optimizer {o:.1f}, ema {e:.1f}")
     print(f"pytorch {a.what}: model={a.model} params={n_params} batch={b} threads={a.threads} "
-          f"compile={a.compile} torch={torch.__version__}")
+          f"compile={a.compile} device={a.device} precision={a.precision} "
+          f"torch={torch.__version__}")
     print(f"images_per_s={b * 1000 / med:.2f}")
     print(f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    if dev.type == "cuda":
+        print(f"peak_device_mb={torch.cuda.max_memory_allocated() / 2**20:.1f}")
     print(f"median_step_ms={med:.3f}")
 
 

@@ -11,6 +11,9 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets
+# The GPU verification script's own logic, on tiny settings on the CPU, with the binary the
+# tests just built (so the script is tested before any GPU time is spent on it).
+scripts/gpu-check.sh --device cpu --bin target/debug/cbs --out target/gpu-check-cpu
 # The `cuda` feature must compile (nvcc included) though no GPU is here to run it.
 # CBS_SKIP_CUDA_BUILD=1 skips this step for a quick local run.
 if [ "${CBS_SKIP_CUDA_BUILD:-0}" != 1 ]; then

@@ -81,19 +81,8 @@ fn random_batch(c: &BenchCommon, shape: &[usize], classes: usize, dev: &Device) 
     })
 }
 
-fn check_precision(c: &BenchCommon) -> Result<()> {
-    if c.precision != "f32" {
-        bail!(
-            "--precision {}: only f32 is available in this version (tf32/bf16 come with the CUDA \
-             work)",
-            c.precision
-        );
-    }
-    Ok(())
-}
-
 fn setup(c: &BenchCommon) -> Result<(cbs_models::Architecture, Vec<usize>, Device)> {
-    check_precision(c)?;
+    c.precision.configure_products();
     if c.batch == 0 || c.steps == 0 {
         bail!("--batch and --steps must be positive");
     }
@@ -108,9 +97,21 @@ fn setup(c: &BenchCommon) -> Result<(cbs_models::Architecture, Vec<usize>, Devic
     Ok((arch, shape, dev))
 }
 
+/// Dense bf16 tensor-core peak of an H100/H200 SXM (FLOP/s), the denominator of MFU.
+const PEAK_BF16_FLOPS: f64 = 989e12;
+
 /// `params`: the model's element count, buffers included (as the PyTorch twin prints it, so
-/// that the two sides can be checked to build the same network).
-fn report(c: &BenchCommon, what: &str, params: usize, mut ms: Vec<f64>, images_per_step: usize) {
+/// that the two sides can be checked to build the same network). `flops_per_image`: the
+/// matrix-product FLOPs one image costs in this benchmark, when the backbone counts them.
+fn report(
+    c: &BenchCommon,
+    what: &str,
+    params: usize,
+    mut ms: Vec<f64>,
+    images_per_step: usize,
+    flops_per_image: Option<f64>,
+    dev: &Device,
+) {
     ms.sort_by(|a, b| a.total_cmp(b));
     let median = ms[ms.len() / 2];
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
@@ -138,7 +139,46 @@ fn report(c: &BenchCommon, what: &str, params: usize, mut ms: Vec<f64>, images_p
     if let Some(kb) = peak_rss_kb() {
         println!("peak_rss_mb={:.1}", kb as f64 / 1024.0);
     }
+    if let Some(bytes) = peak_device_bytes(dev) {
+        println!("peak_device_mb={:.1}", bytes as f64 / (1 << 20) as f64);
+    }
+    if let Some(f) = flops_per_image {
+        let per_s = f * images_per_step as f64 * 1000.0 / median;
+        println!("model_tflops_per_s={:.2}", per_s / 1e12);
+        // Only meaningful against a GPU's tensor cores.
+        if dev.is_cuda() {
+            println!("mfu={:.4}", per_s / PEAK_BF16_FLOPS);
+        }
+    }
     println!("median_step_ms={median:.3}");
+}
+
+/// High-water mark of the memory candle's CUDA allocations took from the device's default
+/// stream-ordered pool (candle allocates with `cuMemAllocAsync`), in bytes.
+#[cfg(feature = "cuda")]
+fn peak_device_bytes(dev: &Device) -> Option<u64> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let Device::Cuda(d) = dev else {
+        return None;
+    };
+    let cu = d.cuda_stream().context().cu_device();
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut high: u64 = 0;
+    // SAFETY: two driver queries with out-pointers valid for the duration of each call.
+    let ok = unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, cu) == sys::CUresult::CUDA_SUCCESS
+            && sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut high as *mut u64).cast(),
+            ) == sys::CUresult::CUDA_SUCCESS
+    };
+    ok.then_some(high)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn peak_device_bytes(_: &Device) -> Option<u64> {
+    None
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`).
@@ -153,6 +193,7 @@ fn bench_train(c: BenchCommon) -> Result<()> {
     let tc = TrainSection {
         lr: 1e-4,
         kernels: c.kernels,
+        precision: c.precision,
         ..Default::default()
     };
     let mut st = Stepper::new(&arch, &tc, &dev)?;
@@ -183,7 +224,17 @@ fn bench_train(c: BenchCommon) -> Result<()> {
         phases.optimizer_ms / n,
         phases.ema_ms / n
     );
-    report(&c, "train", parameter_count(&arch)?, ms, c.batch);
+    // Forward plus a backward of twice its products.
+    let flops = arch.backbone().forward_flops().map(|f| 3.0 * f);
+    report(
+        &c,
+        "train",
+        parameter_count(&arch)?,
+        ms,
+        c.batch,
+        flops,
+        &dev,
+    );
     Ok(())
 }
 
@@ -205,7 +256,7 @@ fn bench_sample(c: BenchCommon) -> Result<()> {
         .into_iter()
         .map(|(k, t)| (k, t.detach()))
         .collect();
-    let vb = candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &dev);
+    let vb = candle_nn::VarBuilder::from_tensors(weights, c.precision.compute_dtype(), &dev);
     let model = cbs_models::Model::new(&arch, c.kernels, vb)?;
     drop(st);
     let batch = random_batch(&c, &shape, arch.num_classes(), &dev)?;
@@ -220,6 +271,17 @@ fn bench_sample(c: BenchCommon) -> Result<()> {
             ms.push(t0.elapsed().as_secs_f64() * 1e3);
         }
     }
-    report(&c, "sample", parameter_count(&arch)?, ms, c.batch);
+    // Guidance evaluates each image twice (conditional and unconditional).
+    let passes = if c.cfg_scale != 1.0 { 2.0 } else { 1.0 };
+    let flops = arch.backbone().forward_flops().map(|f| passes * f);
+    report(
+        &c,
+        "sample",
+        parameter_count(&arch)?,
+        ms,
+        c.batch,
+        flops,
+        &dev,
+    );
     Ok(())
 }

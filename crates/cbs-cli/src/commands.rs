@@ -80,12 +80,12 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     // One model owning every step, or a set of experts each owning its segment's steps.
     let (models, grid, owner, source) = match (&a.checkpoint, &a.experts) {
         (Some(ck), None) => {
-            let m = checkpoint::load_for_inference(ck, which, &dev)?;
+            let m = checkpoint::load_for_inference(ck, which, a.precision, &dev)?;
             let source = format!("{} (step {})", m.dir.display(), m.state.step);
             (vec![m], uniform_grid(a.steps), vec![0; a.steps], source)
         }
         (None, Some(dir)) => {
-            let (splits, set) = cbs_sample::experts::load_experts(dir, which, &dev)?;
+            let (splits, set) = cbs_sample::experts::load_experts(dir, which, a.precision, &dev)?;
             let (grid, owner) = set.plan(a.steps);
             let source = format!("{} experts, knots {:?}", set.experts.len(), splits.knots);
             (set.experts, grid, owner, source)

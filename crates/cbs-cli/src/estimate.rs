@@ -56,8 +56,10 @@ pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
 
     let (curve, source) = match (&a.aux, &a.oracle_gmm) {
         (Some(aux), None) => {
-            let loaded = checkpoint::load_for_inference(aux, WeightsKind::Ema, &dev)
-                .with_context(|| format!("loading the auxiliary model --aux {}", aux.display()))?;
+            let loaded = checkpoint::load_for_inference(aux, WeightsKind::Ema, a.precision, &dev)
+                .with_context(|| {
+                format!("loading the auxiliary model --aux {}", aux.display())
+            })?;
             let arch = &loaded.architecture;
             let classes = arch.num_classes();
             if a.cfg_scale != 1.0 {

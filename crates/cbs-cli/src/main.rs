@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod commands;
 mod device;
+mod device_check;
 mod estimate;
 mod eval_fid;
 mod eval_gmm;
@@ -37,6 +38,7 @@ fn run(command: cli::Command) -> anyhow::Result<()> {
         Command::Sample(a) => commands::sample(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Bench(a) => bench::bench(a),
+        Command::DeviceCheck(a) => device_check::device_check(a),
         Command::EvalGmm(a) => eval_gmm::eval_gmm(a),
         Command::EstimateSplits(a) => estimate::estimate_splits(a),
         Command::TrainExperts(a) => experts::train_experts(a),

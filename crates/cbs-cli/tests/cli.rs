@@ -1003,16 +1003,39 @@ fn bench_prints_the_scriptable_line() {
             "{params}: {out}"
         );
     }
+    // Half precision runs (bf16 products on the CPU too) and reports the model's FLOP rate.
+    let o = cbs(&[
+        "bench",
+        "train",
+        "--model",
+        "sit-nano-4",
+        "--image-size",
+        "8",
+        "--in-channels",
+        "1",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(" precision=bf16 "), "{out}");
+    assert!(out.contains("model_tflops_per_s="), "{out}");
     let o = cbs(&[
         "bench",
         "train",
         "--model",
         "sit-nano-4",
         "--precision",
-        "bf16",
+        "fp8",
     ]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("only f32"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fp8"), "{}", stderr(&o));
     // The train step prints its phase split.
     let o = cbs(&[
         "bench",
@@ -1052,4 +1075,40 @@ fn bench_prints_the_scriptable_line() {
     let o = cbs(&["bench", "matmul", "--shape", "64,32"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("M,K,N"), "{}", stderr(&o));
+}
+
+#[test]
+fn device_check_on_the_cpu_passes_and_reports_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("check.json");
+    let o = cbs(&[
+        "device-check",
+        "--device",
+        "cpu",
+        "--models",
+        "sit-nano-4,mlp-64",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let checks = r["checks"].as_array().unwrap();
+    // 13 ops and 2 training steps, in f32 and bf16.
+    assert_eq!(checks.len(), 2 * (13 + 2));
+    assert_eq!(r["failed"], 0);
+    for c in checks {
+        let tol = c["tolerance"].as_f64().unwrap();
+        let (f, b) = (
+            c["forward"].as_f64().unwrap(),
+            c["backward"].as_f64().unwrap(),
+        );
+        assert!(f <= tol && b <= tol, "{c}");
+        // The device really was compared (an identical run would hide a skipped path).
+        assert!(b > 0.0, "{c}");
+    }
+    // A check that cannot run is a failure, named, with a non-zero exit.
+    let o = cbs(&["device-check", "--device", "cpu", "--models", "sit-nope-4"]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("FAIL train_step sit-nope-4"), "{out}");
 }

@@ -32,7 +32,8 @@ impl PointDataset {
 
 /// What the trainer needs of a data set: its size, the shape of one sample, its classes, and
 /// batches of float samples with their labels.
-pub trait Dataset {
+/// `Sync` so that a loader thread can prepare the next batches while a step runs.
+pub trait Dataset: Send + Sync {
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0

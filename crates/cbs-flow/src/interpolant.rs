@@ -27,8 +27,14 @@ pub fn velocity_mse(pred: &Tensor, target: &Tensor, kernels: Kernels) -> Result<
 }
 
 /// Mean over all elements of `(a − b)²`, op by op (any device; the reference for the fused one).
+/// Half-precision inputs reduce in f32 (the result is f32): a loss summed in bf16 keeps two or
+/// three digits.
 pub fn mse_composed(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    a.sub(b)?.sqr()?.mean_all()
+    let f32_if_half = |t: &Tensor| match t.dtype() {
+        candle_core::DType::BF16 | candle_core::DType::F16 => t.to_dtype(candle_core::DType::F32),
+        _ => Ok(t.clone()),
+    };
+    f32_if_half(a)?.sub(&f32_if_half(b)?)?.sqr()?.mean_all()
 }
 
 /// Reshape `[B]` times to `[B, 1, …, 1]` matching the rank of `like`.

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub mod gemm;
 pub mod ops;
 pub mod par;
+pub mod precision;
 mod simd;
 mod slices;
 
@@ -41,6 +42,7 @@ pub use ops::rms_norm::rms_norm_modulate;
 pub use ops::silu::silu;
 pub use ops::softmax::softmax_last;
 pub use ops::swiglu::swiglu;
+pub use precision::Precision;
 pub use simd::exp_f32;
 
 /// Which implementation of the ops a run uses. Recorded in the run's resolved config.

@@ -42,6 +42,30 @@ pub trait Backbone {
     fn default_time_sampling(&self) -> Option<(f64, f64)> {
         None
     }
+    /// Floating-point operations of the matrix products of one sample's forward pass (2 per
+    /// multiply-add: every linear layer and the two attention products), the count MFU
+    /// figures use (a training step is 3× it); `None` where not counted.
+    fn forward_flops(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// Matrix-product FLOPs of a transformer trunk: `depth` adaLN blocks over `tokens(i)` tokens
+/// of width `c` (attention qkv + scores + values + proj, an MLP of `mlp_in·c` multiply-adds
+/// per token), plus the per-sample adaLN projection `c → 6c` of each block.
+fn trunk_flops(depth: usize, c: f64, mlp_macs: f64, tokens: impl Fn(usize) -> f64) -> f64 {
+    (0..depth)
+        .map(|i| {
+            let n = tokens(i);
+            2.0 * (6.0 * c * c + n * (4.0 * c * c + mlp_macs) + 2.0 * n * n * c)
+        })
+        .sum()
+}
+
+/// The timestep MLP (256 frequencies → c → c) and the final layer (adaLN `c → 2c`, `c →
+/// out` per token) shared by SiT and JiT.
+fn head_flops(c: f64, n: f64, out: f64) -> f64 {
+    2.0 * (256.0 * c + c * c + 2.0 * c * c + n * c * out)
 }
 
 /// One registered backbone: its preset names and the resolved configuration of a preset.
@@ -117,6 +141,14 @@ impl Backbone for SitConfig {
     fn set_kernels(&mut self, kernels: Kernels) {
         self.kernels = kernels;
     }
+    fn forward_flops(&self) -> Option<f64> {
+        let (c, n) = (self.hidden_size as f64, self.num_patches() as f64);
+        let p2 = (self.patch_size * self.patch_size) as f64;
+        let mlp = 2.0 * c * self.mlp_hidden() as f64;
+        let embed = 2.0 * n * p2 * self.in_channels as f64 * c;
+        let out = p2 * self.out_channels() as f64;
+        Some(embed + trunk_flops(self.depth, c, mlp, |_| n) + head_flops(c, n, out))
+    }
 }
 
 impl Backbone for JitConfig {
@@ -162,6 +194,25 @@ impl Backbone for JitConfig {
     }
     fn default_time_sampling(&self) -> Option<(f64, f64)> {
         Some((-0.8, 0.8))
+    }
+    fn forward_flops(&self) -> Option<f64> {
+        let (c, n) = (self.hidden_size as f64, self.num_patches() as f64);
+        let p2 = (self.patch_size * self.patch_size) as f64;
+        let bn = self.bottleneck_dim as f64;
+        // SwiGLU: c → 2m, then m → c.
+        let mlp = 3.0 * c * self.mlp_hidden() as f64;
+        let embed = 2.0 * n * (p2 * self.in_channels as f64 * bn + bn * c);
+        let extra = self.in_context_len as f64;
+        let start = self.in_context_start;
+        let tokens = |i: usize| {
+            if i >= start && extra > 0.0 {
+                n + extra
+            } else {
+                n
+            }
+        };
+        let out = p2 * self.out_channels() as f64;
+        Some(embed + trunk_flops(self.depth, c, mlp, tokens) + head_flops(c, n, out))
     }
 }
 

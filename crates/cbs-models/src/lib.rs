@@ -26,7 +26,7 @@ pub mod unet;
 pub mod weights;
 
 pub use backbone::{all_preset_names, Backbone};
-pub use cbs_kernels::Kernels;
+pub use cbs_kernels::{Kernels, Precision};
 pub use sit::{Sit, SitConfig};
 pub use spec::{Architecture, Model, ModelSpec, Trainable};
 

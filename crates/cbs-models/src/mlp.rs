@@ -88,7 +88,9 @@ impl MlpNet {
 
     /// `x`: `[B, D]`, `t`: `[B]` → `[B, D]`.
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let xt = Tensor::cat(&[x, &Self::time_features(t)?], D::Minus1)?; // [B, D + 33]
+        // Time features in the caller's dtype (f32), then the network's.
+        let tf = Self::time_features(t)?.to_dtype(x.dtype())?;
+        let xt = Tensor::cat(&[x, &tf], D::Minus1)?; // [B, D + 33]
         let mut h = self.in_proj.forward(&xt)?.silu()?;
         for l in &self.layers {
             h = l.forward(&h)?.silu()?;

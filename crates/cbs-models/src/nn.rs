@@ -20,15 +20,26 @@ pub use cbs_kernels::Kernels;
 pub mod composed {
     use candle_core::{DType, Result, Tensor, D};
 
+    /// `f(x)` computed in f32 when `x` is half precision (f16/bf16), returned in `x`'s dtype:
+    /// statistics over a row (norms, softmax) reduce in f32, as under PyTorch's autocast.
+    pub fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        match x.dtype() {
+            DType::F16 | DType::BF16 => f(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
+            _ => f(x),
+        }
+    }
+
     pub fn layer_norm_no_affine(x: &Tensor, eps: f64) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        xc.broadcast_div(&(var + eps)?.sqrt()?)
+        in_f32(x, |x| {
+            let mean = x.mean_keepdim(D::Minus1)?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+            xc.broadcast_div(&(var + eps)?.sqrt()?)
+        })
     }
 
     pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::softmax(x, D::Minus1)
+        in_f32(x, |x| candle_nn::ops::softmax(x, D::Minus1))
     }
 
     /// candle's `gelu` is the tanh approximation (`gelu_erf` is the exact one).

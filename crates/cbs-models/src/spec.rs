@@ -145,8 +145,16 @@ impl Architecture {
     }
 }
 
-/// A built network of any backbone.
-pub enum Model {
+/// A built network of any backbone, computing in the dtype of the weights it was built from.
+/// Inputs and outputs keep the caller's dtype: [`Model::forward`] casts the noisy sample in
+/// and the velocity out, and times stay in the caller's dtype until the timestep embedders
+/// have formed their frequency features, so a bf16 network serves an f32 sampler or loss.
+pub struct Model {
+    net: Net,
+    dtype: DType,
+}
+
+enum Net {
     Sit(Sit),
     Jit(Jit),
     Unet(Unet),
@@ -156,23 +164,25 @@ pub enum Model {
 impl Model {
     pub fn new(arch: &Architecture, kernels: Kernels, vb: VarBuilder) -> CResult<Self> {
         let arch = arch.clone().with_kernels(kernels);
-        Ok(match &arch {
-            Architecture::Sit(cfg) => Model::Sit(Sit::new(cfg, vb)?),
-            Architecture::Jit(cfg) => Model::Jit(Jit::new(cfg, vb)?),
-            Architecture::Unet(cfg) => Model::Unet(Unet::new(cfg, vb)?),
-            Architecture::Mlp(cfg) => Model::Mlp(MlpNet::new(cfg, vb)?),
-        })
+        let dtype = vb.dtype();
+        let net = match &arch {
+            Architecture::Sit(cfg) => Net::Sit(Sit::new(cfg, vb)?),
+            Architecture::Jit(cfg) => Net::Jit(Jit::new(cfg, vb)?),
+            Architecture::Unet(cfg) => Net::Unet(Unet::new(cfg, vb)?),
+            Architecture::Mlp(cfg) => Net::Mlp(MlpNet::new(cfg, vb)?),
+        };
+        Ok(Self { net, dtype })
+    }
+
+    /// The dtype the network computes in (its weights' and activations').
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// `x`: `[B, C, H, W]` (or `[B, D]`), `t`: `[B]`, `y`: `[B]` u32 labels → velocity
-    /// (JiT's clean-image prediction converted with [`jit::x_to_velocity`]).
+    /// (JiT's clean-image prediction converted with [`jit::x_to_velocity`]), in `x`'s dtype.
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> CResult<Tensor> {
-        match self {
-            Model::Sit(m) => m.forward(x, t, y),
-            Model::Jit(m) => jit::x_to_velocity(&m.forward(x, t, y)?, x, t, jit::JIT_T_CLAMP),
-            Model::Unet(m) => m.forward(x, t, m.labels(y)),
-            Model::Mlp(m) => m.forward(x, t),
-        }
+        self.forward_impl(x, t, y, None)
     }
 
     /// As [`Model::forward`], in training mode: dropout (where the backbone has it) draws its
@@ -184,28 +194,49 @@ impl Model {
         y: &Tensor,
         dropout_seed: u64,
     ) -> CResult<Tensor> {
-        match self {
-            Model::Unet(m) => m.forward_train(x, t, m.labels(y), dropout_seed),
-            _ => self.forward(x, t, y),
-        }
+        self.forward_impl(x, t, y, Some(dropout_seed))
+    }
+
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        y: &Tensor,
+        dropout_seed: Option<u64>,
+    ) -> CResult<Tensor> {
+        let xc = x.to_dtype(self.dtype)?;
+        let out = match &self.net {
+            Net::Sit(m) => m.forward(&xc, t, y)?,
+            // The conversion to a velocity divides by 1 − t: done in the caller's dtype.
+            Net::Jit(m) => {
+                let x_hat = m.forward(&xc, t, y)?.to_dtype(x.dtype())?;
+                return jit::x_to_velocity(&x_hat, x, t, jit::JIT_T_CLAMP);
+            }
+            Net::Unet(m) => match dropout_seed {
+                Some(seed) => m.forward_train(&xc, t, m.labels(y), seed)?,
+                None => m.forward(&xc, t, m.labels(y))?,
+            },
+            Net::Mlp(m) => m.forward(&xc, t)?,
+        };
+        out.to_dtype(x.dtype())
     }
 
     /// Fixed buffers that belong in the reference `state_dict` (saved, never trained).
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
-        match self {
-            Model::Sit(m) => vec![("pos_embed".to_string(), m.pos_embed().clone())],
-            Model::Jit(m) => m.buffers(),
-            Model::Unet(_) => vec![],
-            Model::Mlp(_) => vec![],
+        match &self.net {
+            Net::Sit(m) => vec![("pos_embed".to_string(), m.pos_embed().clone())],
+            Net::Jit(m) => m.buffers(),
+            Net::Unet(_) => vec![],
+            Net::Mlp(_) => vec![],
         }
     }
 
     fn null(&self) -> Option<u32> {
-        match self {
-            Model::Sit(m) => m.config().null_class(),
-            Model::Jit(m) => Backbone::null_class(m.config()),
-            Model::Unet(m) => m.config().null_class(),
-            Model::Mlp(_) => None,
+        match &self.net {
+            Net::Sit(m) => m.config().null_class(),
+            Net::Jit(m) => Backbone::null_class(m.config()),
+            Net::Unet(m) => m.config().null_class(),
+            Net::Mlp(_) => None,
         }
     }
 }
@@ -229,6 +260,7 @@ pub struct Trainable {
     pub arch: Architecture,
     pub varmap: VarMap,
     pub model: Model,
+    kernels: Kernels,
 }
 
 impl Trainable {
@@ -248,6 +280,7 @@ impl Trainable {
             arch: arch.clone(),
             varmap,
             model,
+            kernels,
         };
         match arch {
             Architecture::Sit(_) => init::init_sit(&t.named_vars(), seed)?,
@@ -264,6 +297,30 @@ impl Trainable {
         let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The network reading the variables cast to `dtype` (mixed precision): each cast is a
+    /// graph node, so the gradients of a loss on its output reach the variables in their own
+    /// dtype. Built per step, like PyTorch's autocast casts weights per op; use
+    /// [`Trainable::model`] when `dtype` is the variables' own.
+    pub fn cast_model(&self, dtype: DType) -> CResult<Model> {
+        let device = self.model_device()?;
+        let tensors = self
+            .named_vars()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.as_tensor().to_dtype(dtype)?)))
+            .collect::<CResult<std::collections::HashMap<_, _>>>()?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, &device);
+        Model::new(&self.arch, self.kernels, vb)
+    }
+
+    fn model_device(&self) -> CResult<Device> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        Ok(data
+            .values()
+            .next()
+            .map(|v| v.device().clone())
+            .unwrap_or(Device::Cpu))
     }
 
     /// Every tensor of the reference `state_dict`: the variables and the fixed buffers.

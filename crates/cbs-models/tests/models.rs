@@ -24,6 +24,8 @@ mod common;
 mod fused_more;
 #[path = "models/jit.rs"]
 mod jit;
+#[path = "models/precision.rs"]
+mod precision;
 #[path = "models/unet.rs"]
 mod unet;
 
@@ -1185,4 +1187,38 @@ mod fused_ops {
             }
         }
     }
+}
+
+/// Forward FLOPs against the DiT paper's Table 4 (its "Gflops" count multiply-adds; ours count
+/// 2 per multiply-add), for the SiT/DiT sizes at ImageNet-256 latents (4×32×32).
+#[test]
+fn forward_flops_match_the_published_dit_figures() -> TestResult {
+    for (preset, gmacs) in [
+        ("sit-s-2", 6.06),
+        ("sit-b-2", 23.01),
+        ("sit-l-2", 80.71),
+        ("sit-xl-2", 118.64),
+        ("sit-xl-4", 29.05),
+        ("sit-xl-8", 7.39),
+    ] {
+        let arch = cbs_models::ModelSpec::new(preset).resolve(&[4, 32, 32], 1000)?;
+        let flops = arch
+            .backbone()
+            .forward_flops()
+            .expect("SiT counts its FLOPs");
+        let rel = (flops / 2e9 - gmacs).abs() / gmacs;
+        assert!(
+            rel < 0.01,
+            "{preset}: {:.2} GMACs, paper {gmacs}",
+            flops / 2e9
+        );
+    }
+    // JiT counts too; its in-context tokens make later blocks costlier.
+    let jit = cbs_models::ModelSpec::new("jit-b-16").resolve(&[3, 256, 256], 1000)?;
+    let f = jit
+        .backbone()
+        .forward_flops()
+        .expect("JiT counts its FLOPs");
+    assert!(f > 2.0 * 23.01e9 && f < 2.0 * 30e9, "jit-b-16: {f:e}");
+    Ok(())
 }

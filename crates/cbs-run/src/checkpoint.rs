@@ -21,7 +21,7 @@ use candle_nn::VarBuilder;
 use cbs_core::atomic;
 use cbs_models::spec::Architecture;
 use cbs_models::weights::{load_safetensors, save_safetensors};
-use cbs_models::Model;
+use cbs_models::{Model, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
@@ -222,8 +222,14 @@ pub struct LoadedModel {
 }
 
 /// Load a checkpoint (or a run's latest) for inference, checking names and shapes first; the
-/// network runs on the op implementations the run trained with (`train.kernels`).
-pub fn load_for_inference(path: &Path, which: WeightsKind, device: &Device) -> Result<LoadedModel> {
+/// network runs on the op implementations the run trained with (`train.kernels`), computing in
+/// `precision` (the weights are cast once, here; inputs and outputs keep the caller's dtype).
+pub fn load_for_inference(
+    path: &Path,
+    which: WeightsKind,
+    precision: Precision,
+    device: &Device,
+) -> Result<LoadedModel> {
     let dir = resolve(path)?;
     let state = read_state(&dir)?;
     let config = read_config(&dir)?;
@@ -231,7 +237,8 @@ pub fn load_for_inference(path: &Path, which: WeightsKind, device: &Device) -> R
     let tensors = cbs_models::weights::strip_wrapper_prefix(load_safetensors(&file, device)?);
     let expected = cbs_models::shapes::parameter_shapes(&state.architecture)?;
     cbs_models::weights::check_names_and_shapes(&file, &tensors, &expected)?;
-    let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
+    precision.configure_products();
+    let vb = VarBuilder::from_tensors(tensors, precision.compute_dtype(), device);
     let model = Model::new(&state.architecture, config.train.kernels, vb)?;
     Ok(LoadedModel {
         model,

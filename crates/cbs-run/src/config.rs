@@ -269,6 +269,10 @@ pub struct TrainSection {
     /// Op implementations: `fused` (the hand-written kernels where they apply: CPU f32/f64)
     /// or `composed` (candle's ops everywhere; the reference, and the baseline of timings).
     pub kernels: cbs_models::Kernels,
+    /// Numeric precision: `f32`, `tf32` (TensorFloat-32 products on CUDA), `bf16` or `f16`
+    /// (half-precision products and attention; f32 weights, optimizer state, EMA, norm
+    /// statistics and loss).
+    pub precision: cbs_models::Precision,
     pub batch_size: usize,
     pub lr: f64,
     /// AdamW decoupled weight decay (SiT trains with 0).
@@ -304,6 +308,7 @@ impl Default for TrainSection {
         Self {
             steps: 1000,
             kernels: cbs_models::Kernels::Fused,
+            precision: cbs_models::Precision::F32,
             batch_size: 64,
             lr: 1e-4,
             weight_decay: 0.0,

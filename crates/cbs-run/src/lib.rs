@@ -21,6 +21,7 @@ pub mod experts;
 pub mod outputs;
 pub mod splits;
 
+pub use cbs_models::Precision;
 pub use checkpoint::{LoadedModel, RngState, WeightsKind};
 pub use config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
 pub use splits::{KnotIntervalEntry, SplitSettings, SplitsFile};

@@ -7,6 +7,7 @@ use candle_core::Device;
 use cbs_flow::solver::segmented_grid;
 use cbs_run::checkpoint::{self, LoadedModel, WeightsKind};
 use cbs_run::experts::{expert_dir, expert_interval, read_splits, splits_path};
+use cbs_run::Precision;
 use cbs_run::SplitsFile;
 
 use crate::{Result, SampleError};
@@ -50,6 +51,7 @@ impl<F> ExpertSet<F> {
 pub fn load_experts(
     root: &Path,
     which: WeightsKind,
+    precision: Precision,
     device: &Device,
 ) -> Result<(SplitsFile, ExpertSet<LoadedModel>)> {
     let splits = read_splits(root).map_err(|e| SampleError::File {
@@ -60,11 +62,12 @@ pub fn load_experts(
     let mut experts = Vec::with_capacity(segments);
     for i in 0..segments {
         let dir = expert_dir(root, i);
-        let m =
-            checkpoint::load_for_inference(&dir, which, device).map_err(|e| SampleError::File {
+        let m = checkpoint::load_for_inference(&dir, which, precision, device).map_err(|e| {
+            SampleError::File {
                 path: dir.clone(),
                 message: format!("expert {i}: {e}"),
-            })?;
+            }
+        })?;
         let [a, b] = m.config.train.t_range;
         let [lo, hi] = expert_interval(&splits, i);
         if (a - lo).abs() > 1e-12 || (b - hi).abs() > 1e-12 {

@@ -8,6 +8,7 @@
 //! run draws after step `s`. The run configuration and the checkpoint format belong to
 //! `cbs-run` (re-exported here as [`config`] and [`checkpoint`]).
 
+pub mod batches;
 pub mod classifier;
 pub mod ema;
 pub mod optim;

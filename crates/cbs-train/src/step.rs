@@ -52,6 +52,9 @@ pub struct Stepper {
     pub grad_clip: f64,
     /// The run's op implementations (model, loss, optimizer passes).
     pub kernels: Kernels,
+    /// The dtype of the forward pass: the variables' own (f32), or half precision with the
+    /// variables cast per step.
+    pub compute_dtype: DType,
 }
 
 impl Stepper {
@@ -74,6 +77,7 @@ impl Stepper {
             ema,
             grad_clip: tc.grad_clip,
             kernels: tc.kernels,
+            compute_dtype: tc.precision.compute_dtype(),
         })
     }
 
@@ -103,10 +107,16 @@ impl Stepper {
             Ok(())
         };
         let xt = interpolate(&b.x0, &b.x1, &b.t)?;
-        let pred = self
-            .net
-            .model
-            .forward_train(&xt, &b.t, &b.y, b.dropout_seed)?;
+        // Mixed precision: a network reading the f32 variables cast to the compute dtype.
+        let cast;
+        let model = if self.compute_dtype == self.net.model.dtype() {
+            &self.net.model
+        } else {
+            cast = self.net.cast_model(self.compute_dtype)?;
+            &cast
+        };
+        // In the batch's dtype (f32) whatever the compute dtype, so the loss reduces in f32.
+        let pred = model.forward_train(&xt, &b.t, &b.y, b.dropout_seed)?;
         let target = self.net.arch.training_target(&b.x0, &b.x1, &xt, &b.t)?;
         let loss = velocity_mse(&pred, &target, self.kernels)?;
         let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;

@@ -4,17 +4,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use cbs_data::{BatchSampler, Dataset};
-use rand::Rng;
-use rand_distr::StandardNormal;
+use candle_core::Device;
+use cbs_data::Dataset;
 use serde::Serialize;
 
+use crate::batches::BatchPlan;
 use crate::checkpoint::{self, CheckpointData, CheckpointState, RngState};
 use crate::config::{DataSource, TrainConfig};
-use crate::step::{Batch, StepOutcome, Stepper};
+use crate::step::{StepOutcome, Stepper};
 use crate::{io_err, Result, TrainError};
-use cbs_core::rng::{self, Purpose};
 
 /// How to run (as opposed to what to train, which is the config).
 #[derive(Clone, Debug)]
@@ -135,6 +133,7 @@ pub fn train(
     cfg.validate()?;
     let tc = &cfg.train;
     let device = &opts.device;
+    tc.precision.configure_products();
     let arch = cfg
         .model
         .resolve(&data.sample_shape(), data.num_classes())?;
@@ -174,112 +173,90 @@ pub fn train(
         .open(&metrics_path)
         .map_err(io_err(&metrics_path))?;
 
-    let mut sampler = BatchSampler::new(data.len(), tc.batch_size, tc.seed)?;
     let b = tc.batch_size;
     let shape: Vec<usize> = std::iter::once(b).chain(data.sample_shape()).collect();
-    let per_sample: usize = data.sample_shape().iter().product();
-    let null = arch.null_class();
-    let drop_p = arch.class_dropout_prob();
-    let times_dist = crate::times::TimeDist::resolve(tc, &arch);
+    let plan = BatchPlan::new(cfg, &arch, data)?;
     let mut losses = Vec::new();
     let mut last_ckpt = existing;
     let started = Instant::now();
 
-    for s in start..tc.steps {
-        let step = s + 1;
-        let t0 = Instant::now();
-        // Draw order is part of the reproducibility contract: flips, label drops, times, noise,
-        // dropout seed.
-        let mut rng = rng::stream(tc.seed, Purpose::TrainStep, s);
-        let idx = sampler.indices(s);
-        let flips: Vec<bool> = (0..b)
-            .map(|_| flip_draw(&mut rng, cfg.data.hflip))
-            .collect();
-        let (pixels, mut labels) = data.batch(&idx, &flips)?;
-        for l in labels.iter_mut() {
-            let dropped = rng.random::<f64>() < drop_p;
-            if let (true, Some(n)) = (dropped, null) {
-                *l = n;
-            }
-        }
-        let times: Vec<f32> = (0..b)
-            .map(|_| times_dist.time(rng.random::<f64>()) as f32)
-            .collect();
-        let noise: Vec<f32> = (0..b * per_sample)
-            .map(|_| rng.sample::<f32, _>(StandardNormal))
-            .collect();
-
-        let batch = Batch {
-            x1: Tensor::from_vec(pixels, shape.as_slice(), device)?,
-            x0: Tensor::from_vec(noise, shape.as_slice(), device)?,
-            t: Tensor::from_vec(times, b, device)?,
-            y: Tensor::from_vec(labels, b, device)?,
-            dropout_seed: rng.random::<u64>(),
-        };
-        let lr = lr_at(cfg, s);
-        let (loss_val, gnorm) = match st.step(&batch, lr)? {
-            StepOutcome::Updated { loss, grad_norm } => (loss, grad_norm),
-            StepOutcome::NonFinite { loss } => {
-                return Err(TrainError::NonFinite {
-                    step,
-                    loss,
-                    last_checkpoint: last_ckpt,
-                })
-            }
-        };
-        let images_per_s = b as f64 / t0.elapsed().as_secs_f64();
-        losses.push((step, loss_val));
-
-        if step % tc.log_every == 0 || step == tc.steps {
-            let line = serde_json::json!({
-                "step": step, "loss": loss_val, "lr": lr,
-                "grad_norm": gnorm, "images_per_s": images_per_s,
-            });
-            writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
-            tracing::info!(step, loss = loss_val, lr, grad_norm = gnorm, images_per_s);
-        }
-        let mut report = StepReport {
-            step,
-            total: tc.steps,
-            loss: loss_val,
-            lr,
-            grad_norm: gnorm,
-            images_per_s,
-            checkpoint: None,
-        };
-        if step % tc.checkpoint_every == 0 || step == tc.steps {
-            let state = CheckpointState {
-                format_version: checkpoint::FORMAT_VERSION,
-                step,
-                rng: RngState {
-                    algorithm: "chacha8-stream-per-step".into(),
-                    seed: tc.seed,
-                    next_stream: step,
-                },
-                optimizer_step: st.opt.step,
-                last_loss: loss_val,
-                architecture: arch.clone(),
+    std::thread::scope(|scope| -> Result<()> {
+        let batches = plan.prefetch(scope, start..tc.steps);
+        for s in start..tc.steps {
+            let step = s + 1;
+            let t0 = Instant::now();
+            let host = batches.recv().map_err(|_| TrainError::Invalid {
+                field: "data",
+                value: format!("no batch for step {step}"),
+                expected: "the loader thread to prepare every step's batch".into(),
+            })??;
+            let batch = host.upload(&shape, device)?;
+            let lr = lr_at(cfg, s);
+            let (loss_val, gnorm) = match st.step(&batch, lr)? {
+                StepOutcome::Updated { loss, grad_norm } => (loss, grad_norm),
+                StepOutcome::NonFinite { loss } => {
+                    return Err(TrainError::NonFinite {
+                        step,
+                        loss,
+                        last_checkpoint: last_ckpt.clone(),
+                    })
+                }
             };
-            let model = st.net.state_dict();
-            let mut ema_sd = st.ema.tensors.clone();
-            ema_sd.extend(st.net.model.buffers());
-            let dir = checkpoint::write(
-                run_dir,
-                &CheckpointData {
-                    state: &state,
-                    config: cfg,
-                    model: &model,
-                    ema: &ema_sd,
-                    optimizer: &st.opt.state_tensors()?,
-                },
-                tc.keep_checkpoints,
-            )?;
-            metrics.flush().map_err(io_err(&metrics_path))?;
-            report.checkpoint = Some(dir.clone());
-            last_ckpt = Some(dir);
+            let images_per_s = b as f64 / t0.elapsed().as_secs_f64();
+            losses.push((step, loss_val));
+
+            if step % tc.log_every == 0 || step == tc.steps {
+                let line = serde_json::json!({
+                    "step": step, "loss": loss_val, "lr": lr,
+                    "grad_norm": gnorm, "images_per_s": images_per_s,
+                });
+                writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
+                tracing::info!(step, loss = loss_val, lr, grad_norm = gnorm, images_per_s);
+            }
+            let mut report = StepReport {
+                step,
+                total: tc.steps,
+                loss: loss_val,
+                lr,
+                grad_norm: gnorm,
+                images_per_s,
+                checkpoint: None,
+            };
+            if step % tc.checkpoint_every == 0 || step == tc.steps {
+                let state = CheckpointState {
+                    format_version: checkpoint::FORMAT_VERSION,
+                    step,
+                    rng: RngState {
+                        algorithm: "chacha8-stream-per-step".into(),
+                        seed: tc.seed,
+                        next_stream: step,
+                    },
+                    optimizer_step: st.opt.step,
+                    last_loss: loss_val,
+                    architecture: arch.clone(),
+                };
+                let model = st.net.state_dict();
+                let mut ema_sd = st.ema.tensors.clone();
+                ema_sd.extend(st.net.model.buffers());
+                let dir = checkpoint::write(
+                    run_dir,
+                    &CheckpointData {
+                        state: &state,
+                        config: cfg,
+                        model: &model,
+                        ema: &ema_sd,
+                        optimizer: &st.opt.state_tensors()?,
+                    },
+                    tc.keep_checkpoints,
+                )?;
+                metrics.flush().map_err(io_err(&metrics_path))?;
+                report.checkpoint = Some(dir.clone());
+                last_ckpt = Some(dir);
+            }
+            progress(&report);
         }
-        progress(&report);
-    }
+        Ok(())
+    })?;
     let checkpoint = match last_ckpt {
         Some(c) => c,
         None => checkpoint::latest(run_dir)?.ok_or_else(|| TrainError::Checkpoint {
@@ -294,12 +271,6 @@ pub fn train(
         checkpoint,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Always draws, so that turning flips off does not shift the other random streams.
-fn flip_draw(rng: &mut impl Rng, enabled: bool) -> bool {
-    let f = rng.random::<bool>();
-    enabled && f
 }
 
 fn check_geometry(arch: &cbs_models::Architecture, data: &dyn Dataset) -> Result<()> {

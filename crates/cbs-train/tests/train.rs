@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use cbs_data::ImageDataset;
-use cbs_models::ModelSpec;
+use cbs_models::{ModelSpec, Precision};
 use cbs_train::checkpoint::{self, WeightsKind};
 use cbs_train::optim::{AdamW, AdamWParams};
 use cbs_train::{train, TrainConfig, TrainError, TrainOptions};
@@ -157,6 +157,127 @@ fn loss_falls_on_toy_data() {
     let mean = |r: &[(u64, f64)]| r.iter().map(|x| x.1).sum::<f64>() / r.len() as f64;
     let (early, late) = (mean(&s.losses[..10]), mean(&s.losses[50..]));
     assert!(late < 0.8 * early, "loss did not fall: {early} → {late}");
+}
+
+/// Half precision through the whole trainer: f32 weights, optimizer state and EMA on disk,
+/// losses that track the f32 run and fall as it does, and a resume as exact as in f32.
+#[test]
+fn half_precision_training_keeps_f32_state_and_tracks_f32() {
+    let mut cfg = toy_config(30);
+    cfg.train.checkpoint_every = 15;
+    let f32_dir = tempfile::tempdir().unwrap();
+    let full = run(f32_dir.path(), &cfg, false).unwrap();
+    // bf16 for the transformer (no convolution); f16 stands in where the CPU lacks bf16.
+    for precision in [Precision::Bf16, Precision::F16] {
+        cfg.train.precision = precision;
+        let dir = tempfile::tempdir().unwrap();
+        let half = run(dir.path(), &cfg, false).unwrap();
+        // (Step 1 is identical: SiT's zero-initialised output layer predicts 0 in any dtype.)
+        let mut differs = false;
+        for (f, h) in full.losses.iter().zip(&half.losses).take(5) {
+            let rel = (f.1 - h.1).abs() / f.1;
+            assert!(
+                rel < 0.05,
+                "{precision}: step {} loss {} vs f32 {}",
+                h.0,
+                h.1,
+                f.1
+            );
+            differs |= rel > 0.0;
+        }
+        assert!(
+            differs,
+            "{precision}: losses identical to f32: the half path did not run"
+        );
+        let mean = |r: &[(u64, f64)]| r.iter().map(|x| x.1).sum::<f64>() / r.len() as f64;
+        assert!(mean(&half.losses[25..]) < 0.8 * mean(&half.losses[..5]));
+        let ck = checkpoint::latest(dir.path()).unwrap().unwrap();
+        for file in [
+            checkpoint::MODEL_FILE,
+            checkpoint::EMA_FILE,
+            checkpoint::OPTIMIZER_FILE,
+        ] {
+            let map = cbs_models::weights::load_safetensors(&ck.join(file), &Device::Cpu).unwrap();
+            for (name, t) in &map {
+                assert_eq!(t.dtype(), DType::F32, "{precision}: {file} `{name}`");
+            }
+        }
+        let text = std::fs::read_to_string(dir.path().join(checkpoint::CONFIG_FILE)).unwrap();
+        assert!(
+            text.contains(&format!("precision = \"{precision}\"")),
+            "{text}"
+        );
+        // Resume from the middle checkpoint: the same weights as the uninterrupted run.
+        let resumed = tempfile::tempdir().unwrap();
+        let mut first = cfg.clone();
+        first.train.steps = 15;
+        run(resumed.path(), &first, false).unwrap();
+        run(resumed.path(), &cfg, true).unwrap();
+        let last = |d: &Path| {
+            checkpoint::latest(d)
+                .unwrap()
+                .unwrap()
+                .join(checkpoint::MODEL_FILE)
+        };
+        assert_eq!(
+            bits(&last(dir.path())),
+            bits(&last(resumed.path())),
+            "{precision}"
+        );
+    }
+}
+
+/// A data set whose reads fail from the `fail_from`-th batch on.
+struct Failing {
+    inner: ImageDataset,
+    calls: std::sync::atomic::AtomicUsize,
+    fail_from: usize,
+}
+
+impl cbs_data::Dataset for Failing {
+    fn len(&self) -> usize {
+        cbs_data::Dataset::len(&self.inner)
+    }
+    fn sample_shape(&self) -> Vec<usize> {
+        self.inner.sample_shape()
+    }
+    fn num_classes(&self) -> usize {
+        cbs_data::Dataset::num_classes(&self.inner)
+    }
+    fn batch(&self, indices: &[usize], flips: &[bool]) -> cbs_data::Result<(Vec<f32>, Vec<u32>)> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n >= self.fail_from {
+            return Err(cbs_data::DataError::Invalid {
+                field: "batch",
+                reason: format!("read {n} failed on purpose"),
+            });
+        }
+        self.inner.batch(indices, flips)
+    }
+}
+
+/// The loader thread's error reaches the caller (no hang, no panic), after the steps whose
+/// batches were read, and the checkpoint written before it stays.
+#[test]
+fn a_failing_loader_stops_training_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Failing {
+        inner: toy_data(),
+        calls: Default::default(),
+        fail_from: 5,
+    };
+    let cfg = toy_config(20);
+    let err = train(
+        dir.path(),
+        &cfg,
+        &data,
+        &TrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("failed on purpose"), "{err}");
+    let ck = checkpoint::latest(dir.path()).unwrap().unwrap();
+    assert!(ck.ends_with("step-00000003"), "{}", ck.display());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -442,8 +563,20 @@ fn interrupted_checkpoint_write_leaves_the_previous_one_usable() {
 fn inference_loading_matches_the_trained_weights_and_checks_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let s = run(dir.path(), &toy_config(3), false).unwrap();
-    let a = checkpoint::load_for_inference(dir.path(), WeightsKind::Model, &Device::Cpu).unwrap();
-    let b = checkpoint::load_for_inference(&s.checkpoint, WeightsKind::Ema, &Device::Cpu).unwrap();
+    let a = checkpoint::load_for_inference(
+        dir.path(),
+        WeightsKind::Model,
+        Precision::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let b = checkpoint::load_for_inference(
+        &s.checkpoint,
+        WeightsKind::Ema,
+        Precision::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(a.state.step, 3);
     let x = Tensor::ones((2, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
     let t = Tensor::new(&[0.3f32, 0.8], &Device::Cpu).unwrap();
@@ -471,9 +604,10 @@ fn inference_loading_matches_the_trained_weights_and_checks_shapes() {
         s.checkpoint.join("ema.safetensors"),
     )
     .unwrap();
-    let e = checkpoint::load_for_inference(dir.path(), WeightsKind::Ema, &Device::Cpu)
-        .err()
-        .expect("mismatched weights must be refused");
+    let e =
+        checkpoint::load_for_inference(dir.path(), WeightsKind::Ema, Precision::F32, &Device::Cpu)
+            .err()
+            .expect("mismatched weights must be refused");
     let msg = e.to_string();
     assert!(msg.contains("`blocks.0.adaLN_modulation.1.bias`"), "{msg}");
     assert!(msg.contains("ema.safetensors"), "{msg}");

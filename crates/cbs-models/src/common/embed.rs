@@ -41,7 +41,9 @@ impl TimestepEmbedder {
 
 impl Module for TimestepEmbedder {
     fn forward(&self, t: &Tensor) -> Result<Tensor> {
-        let f = Self::frequency_features(t, self.freq_dim)?;
+        // Frequencies in the times' dtype (f32: bf16 would round t to 3 digits), then the
+        // weights' dtype.
+        let f = Self::frequency_features(t, self.freq_dim)?.to_dtype(self.fc0.weight().dtype())?;
         let k = self.k;
         nn::linear(k, &self.fc2, &nn::silu(k, &nn::linear(k, &self.fc0, &f)?)?)
     }

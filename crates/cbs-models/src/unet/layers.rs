@@ -135,7 +135,8 @@ impl TimestepEmbed {
 impl Module for TimestepEmbed {
     /// `[B]` → `[B, 4mc]`.
     fn forward(&self, t: &Tensor) -> Result<Tensor> {
-        let f = timestep_embedding(t, self.dim)?;
+        // See `TimestepEmbedder::forward`: frequencies in the times' dtype.
+        let f = timestep_embedding(t, self.dim)?.to_dtype(self.fc0.weight().dtype())?;
         self.fc2.forward(&self.fc0.forward(&f)?.silu()?)
     }
 }

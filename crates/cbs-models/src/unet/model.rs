@@ -181,8 +181,7 @@ impl Unet {
         drop: &mut Dropout,
     ) -> Result<Tensor> {
         let b = x.dim(0)?;
-        let t = t.to_dtype(x.dtype())?;
-        let mut emb = self.time_embed.forward(&t)?; // [B, 4mc]
+        let mut emb = self.time_embed.forward(t)?; // [B, 4mc]
         match (&self.label_emb, y) {
             (Some(table), y) => {
                 let y = match (y, self.cfg.null_class()) {

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use cbs_models::spec::Trainable;
-use cbs_models::ModelSpec;
+use cbs_models::{ModelSpec, Precision};
 use cbs_run::checkpoint::{self, checkpoints_dir, CheckpointData, CheckpointState, FORMAT_VERSION};
 use cbs_run::{RngState, TrainConfig, WeightsKind};
 
@@ -90,7 +90,8 @@ fn checkpoints_commit_whole_directories_and_latest_follows() {
     assert_eq!(checkpoint::read_config(&third).unwrap(), config());
     // A run directory resolves to its latest checkpoint, which loads for inference.
     assert_eq!(checkpoint::resolve(run).unwrap(), third);
-    let m = checkpoint::load_for_inference(run, WeightsKind::Model, &Device::Cpu).unwrap();
+    let m = checkpoint::load_for_inference(run, WeightsKind::Model, Precision::F32, &Device::Cpu)
+        .unwrap();
     assert_eq!(m.state.step, 3);
 }
 
