@@ -55,10 +55,7 @@ if [ ! -f "$STUB/libcuda.so" ]; then
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$STUB/libcuda.so" "$STUB/cuda_stub.c"
 fi
 
-export CUDA_HOME="$CUDA" CUDA_ROOT="$CUDA" CUDA_PATH="$CUDA"
-export PATH="$CUDA/bin:$PATH"
-export LIBRARY_PATH="$CUDA/lib:$(realpath "$STUB")${LIBRARY_PATH:+:$LIBRARY_PATH}"
-export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+. scripts/cuda-env.sh
 cargo build --release -p cbs-cli --features cuda --target-dir target/cuda
 strip target/cuda/release/cbs
 ls -l target/cuda/release/cbs

@@ -16,10 +16,10 @@ pub fn target_velocity(x0: &Tensor, x1: &Tensor) -> Result<Tensor> {
 }
 
 /// Mean squared error over all elements: the fused kernel ([`cbs_kernels::mse`], one pass with
-/// a hand-written backward) where `kernels` allows it and the tensors are CPU f32/f64,
-/// otherwise [`mse_composed`].
+/// a hand-written backward) where `kernels` allows it and the tensors are CPU f32/f64 (or, in
+/// builds with the `cuda` feature, CUDA f32/bf16), otherwise [`mse_composed`].
 pub fn velocity_mse(pred: &Tensor, target: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    if kernels.fuses(&[pred, target]) {
+    if kernels.fuses_op(cbs_kernels::Op::Mse, &[pred, target]) {
         cbs_kernels::mse(pred, target)
     } else {
         mse_composed(pred, target)

@@ -1,6 +1,7 @@
 //! The hand-written ops of `cbs`, below the models as candle keeps `candle-nn::ops` below
 //! `candle-transformers`: each op one graph node (a candle `CustomOp`) with its CPU kernel and
-//! hand-written backward in one file under [`ops`], where its CUDA kernel will sit beside it.
+//! hand-written backward in one file under [`ops`], its CUDA kernels (the `cuda` feature; f32 and
+//! bf16, see [`Op::has_cuda`]) beside it.
 //!
 //! - element-wise and row-wise: GELU (tanh), SiLU, softmax, LayerNorm, the MSE loss;
 //! - transformer blocks: LayerNorm + adaLN modulation, gated residual, linear layers and bias
@@ -17,6 +18,8 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod gemm;
 pub mod ops;
 pub mod par;
@@ -50,8 +53,8 @@ pub use simd::exp_f32;
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Kernels {
-    /// The hand-written kernels of this crate wherever they apply (CPU, f32/f64), composed
-    /// candle ops elsewhere.
+    /// The hand-written kernels of this crate wherever they apply (CPU, f32/f64; CUDA, f32/bf16,
+    /// for the ops with CUDA kernels), composed candle ops elsewhere.
     #[default]
     Fused,
     /// Composed candle ops everywhere: the reference the fused kernels are tested against,
@@ -60,9 +63,16 @@ pub enum Kernels {
 }
 
 impl Kernels {
-    /// Whether an op over `xs` takes the fused kernel: the policy allows it and [`applies`].
+    /// Whether an op with CPU kernels only over `xs` takes them: the policy allows it and
+    /// [`applies`]. The same as [`Kernels::fuses_op`] for an [`Op`] without CUDA kernels.
     pub fn fuses(self, xs: &[&Tensor]) -> bool {
         self == Kernels::Fused && applies(xs)
+    }
+
+    /// Whether `op` over `xs` takes its hand-written kernel: the policy allows it and
+    /// [`applies_op`] (the CPU kernels, or the op's CUDA kernels when it has them).
+    pub fn fuses_op(self, op: Op, xs: &[&Tensor]) -> bool {
+        self == Kernels::Fused && applies_op(op, xs)
     }
 
     /// The name used in configs and on the command line.
@@ -85,4 +95,81 @@ pub fn applies(xs: &[&Tensor]) -> bool {
         && xs
             .iter()
             .all(|x| x.device().is_cpu() && x.dtype() == dtype && x.elem_count() > 0)
+}
+
+/// The ops of this crate, for the per-op dispatch ([`Kernels::fuses_op`]): all have CPU kernels
+/// (f32/f64); [`Op::has_cuda`] says which also have CUDA kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    GeluTanh,
+    Silu,
+    SoftmaxLast,
+    LayerNorm,
+    LayerNormModulate,
+    GatedResidual,
+    RmsNormModulate,
+    QkNormRope,
+    SwiGlu,
+    GroupNorm,
+    Mse,
+    Linear,
+    BiasAdd,
+    Attention,
+    /// [`attention_half`] and [`mlp_half`].
+    BlockHalf,
+    Conv2d,
+    ConvInfer,
+    Pool,
+}
+
+impl Op {
+    /// Whether the op has CUDA kernels (forward and backward, f32 and bf16) in builds with the
+    /// `cuda` feature. The others take the composed ops on CUDA.
+    pub const fn has_cuda(self) -> bool {
+        match self {
+            Op::GeluTanh
+            | Op::Silu
+            | Op::SoftmaxLast
+            | Op::LayerNorm
+            | Op::LayerNormModulate
+            | Op::GatedResidual
+            | Op::RmsNormModulate
+            | Op::QkNormRope
+            | Op::SwiGlu
+            | Op::GroupNorm
+            | Op::Mse => true,
+            Op::Linear
+            | Op::BiasAdd
+            | Op::Attention
+            | Op::BlockHalf
+            | Op::Conv2d
+            | Op::ConvInfer
+            | Op::Pool => false,
+        }
+    }
+}
+
+/// Whether `op`'s kernels handle these tensors: the CPU ones ([`applies`]), or, in builds with
+/// the `cuda` feature and for an op that [`Op::has_cuda`], the CUDA ones: all on one CUDA
+/// device, f32 or bf16 (one dtype for all), none empty.
+pub fn applies_op(op: Op, xs: &[&Tensor]) -> bool {
+    applies(xs) || (op.has_cuda() && applies_cuda(xs))
+}
+
+#[cfg(feature = "cuda")]
+fn applies_cuda(xs: &[&Tensor]) -> bool {
+    let Some(first) = xs.first() else {
+        return false;
+    };
+    let (dtype, device) = (first.dtype(), first.device());
+    matches!(dtype, DType::F32 | DType::BF16)
+        && device.is_cuda()
+        && xs
+            .iter()
+            .all(|x| x.device().same_device(device) && x.dtype() == dtype && x.elem_count() > 0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn applies_cuda(_: &[&Tensor]) -> bool {
+    false
 }

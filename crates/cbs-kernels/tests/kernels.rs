@@ -1,9 +1,12 @@
 //! The kernels crate's integration tests: the inference convolution and the poolings against
-//! candle's ops, and the parallel loops. (The training ops are tested against their composed
-//! versions and finite differences through the models' layers: crates/cbs-models/tests.)
+//! candle's ops, the parallel loops, and the per-op CPU dispatch. (The training ops are tested
+//! against their composed versions and finite differences through the models' layers:
+//! crates/cbs-models/tests.)
 
 #[path = "kernels/conv_infer.rs"]
 mod conv_infer;
+#[path = "kernels/dispatch.rs"]
+mod dispatch;
 #[path = "kernels/par.rs"]
 mod par;
 #[path = "kernels/pool.rs"]

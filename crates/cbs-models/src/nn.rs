@@ -15,6 +15,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::Linear;
 use cbs_kernels as fused;
 pub use cbs_kernels::Kernels;
+use cbs_kernels::Op;
 
 /// Op-by-op versions (any device), kept as the reference the fused kernels are tested against.
 pub mod composed {
@@ -185,7 +186,7 @@ pub mod composed {
 
 /// LayerNorm over the last dimension without affine parameters.
 pub fn layer_norm_no_affine(k: Kernels, x: &Tensor, eps: f64) -> Result<Tensor> {
-    if k.fuses(&[x]) {
+    if k.fuses_op(Op::LayerNorm, &[x]) {
         fused::layer_norm_no_affine(x, eps)
     } else {
         composed::layer_norm_no_affine(x, eps)
@@ -194,7 +195,7 @@ pub fn layer_norm_no_affine(k: Kernels, x: &Tensor, eps: f64) -> Result<Tensor> 
 
 /// Softmax over the last dimension.
 pub fn softmax_last(k: Kernels, x: &Tensor) -> Result<Tensor> {
-    if k.fuses(&[x]) {
+    if k.fuses_op(Op::SoftmaxLast, &[x]) {
         fused::softmax_last(x)
     } else {
         composed::softmax_last(x)
@@ -203,7 +204,7 @@ pub fn softmax_last(k: Kernels, x: &Tensor) -> Result<Tensor> {
 
 /// GELU, tanh approximation.
 pub fn gelu_tanh(k: Kernels, x: &Tensor) -> Result<Tensor> {
-    if k.fuses(&[x]) {
+    if k.fuses_op(Op::GeluTanh, &[x]) {
         fused::gelu_tanh(x)
     } else {
         composed::gelu_tanh(x)
@@ -212,7 +213,7 @@ pub fn gelu_tanh(k: Kernels, x: &Tensor) -> Result<Tensor> {
 
 /// SiLU, `x·σ(x)`.
 pub fn silu(k: Kernels, x: &Tensor) -> Result<Tensor> {
-    if k.fuses(&[x]) {
+    if k.fuses_op(Op::Silu, &[x]) {
         fused::silu(x)
     } else {
         composed::silu(x)
@@ -229,7 +230,7 @@ pub fn layer_norm_modulate(
     scale: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    if k.fuses(&[x, shift, scale]) {
+    if k.fuses_op(Op::LayerNormModulate, &[x, shift, scale]) {
         fused::layer_norm_modulate(x, shift, scale, eps)
     } else {
         composed::layer_norm_modulate(x, shift, scale, eps)
@@ -239,7 +240,7 @@ pub fn layer_norm_modulate(
 /// The adaLN-Zero gated residual `x + gate·h`: `x`, `h`: `[B, N, C]`, `gate`: `[B, C]`
 /// broadcast over the tokens.
 pub fn gated_residual(k: Kernels, x: &Tensor, gate: &Tensor, h: &Tensor) -> Result<Tensor> {
-    if k.fuses(&[x, gate, h]) {
+    if k.fuses_op(Op::GatedResidual, &[x, gate, h]) {
         fused::gated_residual(x, gate, h)
     } else {
         composed::gated_residual(x, gate, h)
@@ -256,7 +257,7 @@ pub fn rms_norm_modulate(
     scale: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    if k.fuses(&[x, w, shift, scale]) {
+    if k.fuses_op(Op::RmsNormModulate, &[x, w, shift, scale]) {
         // The per-sample multiplier w·(1 + scale) is [B, C]: cheap to compose.
         let a = scale.affine(1.0, 1.0)?.broadcast_mul(w)?;
         fused::rms_norm_modulate(x, &a, shift, eps)
@@ -277,7 +278,7 @@ pub fn qk_norm_rope(
     heads: usize,
     eps: f64,
 ) -> Result<Tensor> {
-    if k.fuses(&[qkv, wq, wk, rope.table()]) {
+    if k.fuses_op(Op::QkNormRope, &[qkv, wq, wk, rope.table()]) {
         let w = Tensor::stack(&[wq, wk], 0)?; // [2, d]
         fused::qk_norm_rope(qkv, &w, rope.table(), heads, eps)
     } else {
@@ -296,7 +297,7 @@ pub fn group_norm(
     eps: f64,
     act: bool,
 ) -> Result<Tensor> {
-    if k.fuses(&[x, w, b]) && x.rank() >= 2 {
+    if k.fuses_op(Op::GroupNorm, &[x, w, b]) && x.rank() >= 2 {
         fused::group_norm(x, w, b, groups, eps, act)
     } else {
         composed::group_norm(x, w, b, groups, eps, act)
@@ -305,7 +306,7 @@ pub fn group_norm(
 
 /// SwiGLU gate: `[…, 2m]` = `[a | b]` → `silu(a)·b` (`[…, m]`).
 pub fn swiglu(k: Kernels, x: &Tensor) -> Result<Tensor> {
-    if k.fuses(&[x]) {
+    if k.fuses_op(Op::SwiGlu, &[x]) {
         fused::swiglu(x)
     } else {
         composed::swiglu(x)
@@ -314,7 +315,7 @@ pub fn swiglu(k: Kernels, x: &Tensor) -> Result<Tensor> {
 
 /// Mean over all elements of `(a − b)²` (a scalar).
 pub fn mse(k: Kernels, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if k.fuses(&[a, b]) {
+    if k.fuses_op(Op::Mse, &[a, b]) {
         fused::mse(a, b)
     } else {
         composed::mse(a, b)

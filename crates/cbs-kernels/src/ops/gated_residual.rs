@@ -5,6 +5,11 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::modulate::empty;
 use super::*;
+#[cfg(feature = "cuda")]
+use crate::cuda::{self, dispatch, launch, BackendStorage, CudaStorage};
+
+#[cfg(feature = "cuda")]
+const CUDA: cuda::Module = cuda::ptx_module!("gated_residual");
 
 /// `y = x + gate·h`.
 pub(crate) fn gated_fwd<T: F>(x: &[T], gate: &[T], h: &[T], n: usize, c: usize) -> Vec<T> {
@@ -76,6 +81,30 @@ impl CustomOp3 for GatedResidual {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (b, n, c) = bnc(op, l1, Some(l3), &[l2])?;
+        let (dev, len) = (&s1.device, b * n * c);
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let (x, gate) = (cuda::view::<T>(s1, l1, op)?, cuda::view::<T>(s2, l2, op)?);
+            let h = cuda::view::<T>(s3, l3, op)?;
+            let mut y = cuda::alloc::<T>(dev, len, op)?;
+            launch!(CUDA.func::<T>(dev, "gated_fwd")?, cuda::elementwise(len);
+                &x, &gate, &h, &mut y, &b, &n, &c);
+            cuda::wrap(y, dev)
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         _x: &Tensor,
@@ -111,6 +140,33 @@ impl CustomOp3 for GatedResidualBwd {
             gated_bwd(gate, h, g, n, c)
         });
         Ok((out, Shape::from(b * n * c + b * c)))
+    }
+
+    /// Two kernels: dh element-wise, then the per-sample sums of dgate.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (b, n, c) = bnc(op, l2, Some(l3), &[l1])?;
+        let (dev, len) = (&s1.device, b * n * c);
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let (gate, h) = (cuda::view::<T>(s1, l1, op)?, cuda::view::<T>(s2, l2, op)?);
+            let g = cuda::view::<T>(s3, l3, op)?;
+            let mut out = cuda::alloc::<T>(dev, len + b * c, op)?;
+            launch!(CUDA.func::<T>(dev, "gated_bwd_dh")?, cuda::elementwise(len);
+                &gate, &g, &mut out, &b, &n, &c);
+            launch!(CUDA.func::<T>(dev, "gated_bwd_cols")?, cuda::columns(c, b, op)?;
+                &h, &g, &mut out, &b, &n, &c);
+            cuda::wrap(out, dev)
+        });
+        Ok((out, Shape::from(len + b * c)))
     }
 }
 

@@ -24,7 +24,9 @@ fused_op!(
     "fused-gelu-tanh",
     gelu_fwd,
     gelu_bwd,
-    "arg"
+    "arg",
+    cuda: "gelu",
+    Elementwise
 );
 
 /// GELU, tanh approximation, with a one-pass backward.

@@ -13,6 +13,11 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::layer_norm::row_stats;
 use super::*;
+#[cfg(feature = "cuda")]
+use crate::cuda::{self, dispatch, launch, BackendStorage, CudaStorage};
+
+#[cfg(feature = "cuda")]
+const CUDA: cuda::Module = cuda::ptx_module!("group_norm");
 
 /// The op's parameters: group count, epsilon, and whether SiLU follows.
 #[derive(Clone, Copy)]
@@ -198,6 +203,33 @@ impl CustomOp3 for GroupNormAct {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let p = self.0;
+        let (bs, c, s) = bcs(op, l1, l2, l3, p.groups)?;
+        let (dev, groups, eps, silu) = (&s1.device, p.groups, p.eps as f32, p.silu as i32);
+        let len = bs * c * s;
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let (x, w) = (cuda::view::<T>(s1, l1, op)?, cuda::view::<T>(s2, l2, op)?);
+            let b = cuda::view::<T>(s3, l3, op)?;
+            let mut y = cuda::alloc::<T>(dev, len, op)?;
+            let cfg = cuda::rows(bs * groups, c / groups * s, op)?;
+            launch!(CUDA.func::<T>(dev, "gn_fwd")?, cfg;
+                &x, &w, &b, &mut y, &bs, &c, &s, &groups, &eps, &silu);
+            cuda::wrap(y, dev)
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -245,6 +277,43 @@ impl CustomOp3 for GroupNormActBwd {
             })?
         });
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * c)))
+    }
+
+    /// Two kernels: dx and per-sample weight and bias sums, then their sum over the samples
+    /// (fixed order: no atomics).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let p = self.0;
+        let (bs, c, s) = bcs(op, l1, l2, self.1.layout(), p.groups)?;
+        if l3.dims() != l1.dims() {
+            bail!("{op}: gradient {:?} vs input {:?}", l3.dims(), l1.dims());
+        }
+        let (dev, groups, eps, silu) = (&s1.device, p.groups, p.eps as f32, p.silu as i32);
+        let len = bs * c * s;
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let (x, w) = (cuda::view::<T>(s1, l1, op)?, cuda::view::<T>(s2, l2, op)?);
+            let g = cuda::view::<T>(s3, l3, op)?;
+            cuda::with_view::<T, _>(&self.1, op, |b| {
+                let mut out = cuda::alloc::<T>(dev, len + 2 * c, op)?;
+                let mut part = cuda::scratch(dev, bs * 2 * c, op)?;
+                let cfg = cuda::rows(bs * groups, c / groups * s, op)?;
+                launch!(CUDA.func::<T>(dev, "gn_bwd_groups")?, cfg;
+                    &x, &w, &b, &g, &mut out, &mut part, &bs, &c, &s, &groups, &eps, &silu);
+                launch!(CUDA.func::<T>(dev, "gn_bwd_sum")?, cuda::columns(2 * c, 1, op)?;
+                    &part, &mut out, &bs, &c, &s);
+                Ok(cuda::wrap(out, dev))
+            })?
+        });
+        Ok((out, Shape::from(len + 2 * c)))
     }
 }
 

@@ -48,7 +48,9 @@ fused_op!(
     "fused-layer-norm",
     layer_norm_fwd,
     layer_norm_bwd,
-    "arg"
+    "arg",
+    cuda: "layer_norm",
+    Rows
 );
 
 /// LayerNorm over the last dimension without affine parameters; the backward recomputes the

@@ -7,6 +7,11 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::layer_norm::row_stats;
 use super::*;
+#[cfg(feature = "cuda")]
+use crate::cuda::{self, dispatch, launch, BackendStorage, CudaStorage};
+
+#[cfg(feature = "cuda")]
+const CUDA: cuda::Module = cuda::ptx_module!("modulate");
 
 /// `y = x̂·(1 + scale) + shift`, `x̂ = (x − mean)·rstd` per token.
 pub(crate) fn ln_mod_fwd<T: F>(
@@ -120,6 +125,30 @@ impl CustomOp3 for LnModulate {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (b, n, c) = bnc(op, l1, None, &[l2, l3])?;
+        let (dev, rows, eps) = (&s1.device, b * n, self.0 as f32);
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let x = cuda::view::<T>(s1, l1, op)?;
+            let (shift, scale) = (cuda::view::<T>(s2, l2, op)?, cuda::view::<T>(s3, l3, op)?);
+            let mut y = cuda::alloc::<T>(dev, rows * c, op)?;
+            launch!(CUDA.func::<T>(dev, "ln_mod_fwd")?, cuda::rows(rows, c, op)?;
+                &x, &shift, &scale, &mut y, &rows, &n, &c, &eps);
+            cuda::wrap(y, dev)
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -154,6 +183,35 @@ impl CustomOp3 for LnModulateBwd {
             ln_mod_bwd(x, sc, g, &[], n, c, self.0)
         });
         Ok((out, Shape::from(b * n * c + 2 * b * c)))
+    }
+
+    /// Two kernels: dx and each token's statistics, then the per-sample sums from them.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (b, n, c) = bnc(op, l1, Some(l3), &[l2])?;
+        let (dev, rows, eps) = (&s1.device, b * n, self.0 as f32);
+        let len = rows * c + 2 * b * c;
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let x = cuda::view::<T>(s1, l1, op)?;
+            let (scale, g) = (cuda::view::<T>(s2, l2, op)?, cuda::view::<T>(s3, l3, op)?);
+            let mut out = cuda::alloc::<T>(dev, len, op)?;
+            let mut stats = cuda::scratch(dev, 2 * rows, op)?;
+            launch!(CUDA.func::<T>(dev, "ln_mod_bwd_rows")?, cuda::rows(rows, c, op)?;
+                &x, &scale, &g, &mut out, &mut stats, &rows, &n, &c, &eps);
+            launch!(CUDA.func::<T>(dev, "ln_mod_bwd_cols")?, cuda::columns(c, b, op)?;
+                &x, &g, &stats, &mut out, &b, &n, &c);
+            cuda::wrap(out, dev)
+        });
+        Ok((out, Shape::from(len)))
     }
 }
 

@@ -4,9 +4,15 @@
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use super::contiguous;
+#[cfg(feature = "cuda")]
+use crate::cuda::{self, dispatch, launch, BackendStorage, CudaStorage};
 
-/// Mean over all elements of `(a − b)²` as one CPU kernel (f32/f64, sums in f64) whose
-/// backward gives both inputs their gradient in one pass: `da = 2·g·(a − b)/n = −db`.
+#[cfg(feature = "cuda")]
+const CUDA: cuda::Module = cuda::ptx_module!("mse");
+
+/// Mean over all elements of `(a − b)²` as one CPU kernel (f32/f64, sums in f64; on CUDA
+/// f32/bf16, sums in f32) whose backward gives both inputs their gradient in one pass:
+/// `da = 2·g·(a − b)/n = −db`.
 /// No gradient of the gradient.
 pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
@@ -71,6 +77,38 @@ impl CustomOp2 for Mse {
         Ok((out, Shape::from(())))
     }
 
+    /// Per-block partial sums, then one block adds them in order: deterministic, no atomics.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        if l1.shape() != l2.shape() {
+            bail!("{op}: shape mismatch {:?} vs {:?}", l1.shape(), l2.shape());
+        }
+        let (dev, n) = (&s1.device, l1.shape().elem_count());
+        let cfg = cuda::elementwise(n);
+        let parts = cfg.grid_dim.0 as usize;
+        let one_block = cuda::LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let (a, b) = (cuda::view::<T>(s1, l1, op)?, cuda::view::<T>(s2, l2, op)?);
+            let mut part = cuda::scratch(dev, parts, op)?;
+            let mut out = cuda::alloc::<T>(dev, 1, op)?;
+            launch!(CUDA.func::<T>(dev, "mse_partial")?, cfg; &a, &b, &mut part, &n);
+            launch!(CUDA.func::<T>(dev, "mse_final")?, one_block; &part, &parts, &mut out, &n);
+            cuda::wrap(out, dev)
+        });
+        Ok((out, Shape::from(())))
+    }
+
     fn bwd(
         &self,
         a: &Tensor,
@@ -114,5 +152,28 @@ impl CustomOp2 for MseBwd {
             _ => bail!("fused-mse-bwd: only f32 and f64 (matching) are supported"),
         };
         Ok((out, Shape::from(2 * l1.shape().elem_count())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        if l1.shape() != l2.shape() {
+            bail!("{op}: shape mismatch {:?} vs {:?}", l1.shape(), l2.shape());
+        }
+        let (dev, n, k) = (&s1.device, l1.shape().elem_count(), self.0 as f32);
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let (a, b) = (cuda::view::<T>(s1, l1, op)?, cuda::view::<T>(s2, l2, op)?);
+            let mut out = cuda::alloc::<T>(dev, 2 * n, op)?;
+            launch!(CUDA.func::<T>(dev, "mse_bwd")?, cuda::elementwise(n);
+                &a, &b, &mut out, &n, &k);
+            cuda::wrap(out, dev)
+        });
+        Ok((out, Shape::from(2 * n)))
     }
 }

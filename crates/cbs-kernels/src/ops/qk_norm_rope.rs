@@ -5,6 +5,11 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 
 use super::rms_norm::rms_rstd;
 use super::*;
+#[cfg(feature = "cuda")]
+use crate::cuda::{self, dispatch, launch, BackendStorage, CudaStorage};
+
+#[cfg(feature = "cuda")]
+const CUDA: cuda::Module = cuda::ptx_module!("qk_norm_rope");
 
 /// Head width, token count and the `[2, N, d]` (cos, sin) table of a qk-norm + RoPE op after
 /// checking the shapes: `qkv` `[B, N, 3·H·d]`, `w` `[2, d]`.
@@ -159,6 +164,31 @@ impl CustomOp2 for QkNormRope {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (n, d) = qk_dims(op, l1, l2, self.rope.dims(), self.heads)?;
+        let (dev, heads, eps) = (&s1.device, self.heads, self.eps as f32);
+        let (len, c3) = (l1.shape().elem_count(), l1.dims()[2]);
+        let rows = len / c3;
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let (x, w) = (cuda::view::<T>(s1, l1, op)?, cuda::view::<T>(s2, l2, op)?);
+            cuda::with_view::<T, _>(&self.rope, op, |rope| {
+                let mut y = cuda::alloc::<T>(dev, len, op)?;
+                launch!(CUDA.func::<T>(dev, "qk_rope_fwd")?, cuda::rows(rows, c3, op)?;
+                    &x, &w, &rope, &mut y, &rows, &n, &heads, &d, &eps);
+                Ok(cuda::wrap(y, dev))
+            })?
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         qkv: &Tensor,
@@ -208,6 +238,48 @@ impl CustomOp3 for QkNormRopeBwd {
             })?
         });
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * d)))
+    }
+
+    /// Three kernels: dqkv and each head's rstd; partial weight gradients over chunks of
+    /// tokens; their sum (fixed order: no atomics).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (n, d) = qk_dims(op, l1, l2, self.rope.dims(), self.heads)?;
+        if l3.dims() != l1.dims() {
+            bail!("{op}: gradient {:?} vs input {:?}", l3.dims(), l1.dims());
+        }
+        let (dev, heads, eps) = (&s1.device, self.heads, self.eps as f32);
+        let (len, c3) = (l1.shape().elem_count(), l1.dims()[2]);
+        let rows = len / c3;
+        // About 256 chunks: enough blocks for the partial sums, few partials to add.
+        let chunk = rows.div_ceil(256).max(1);
+        let chunks = rows.div_ceil(chunk);
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let (x, w) = (cuda::view::<T>(s1, l1, op)?, cuda::view::<T>(s2, l2, op)?);
+            let g = cuda::view::<T>(s3, l3, op)?;
+            cuda::with_view::<T, _>(&self.rope, op, |rope| {
+                let mut out = cuda::alloc::<T>(dev, len + 2 * d, op)?;
+                let mut rstds = cuda::scratch(dev, rows * 2 * heads, op)?;
+                let mut part = cuda::scratch(dev, chunks * 2 * d, op)?;
+                launch!(CUDA.func::<T>(dev, "qk_rope_bwd_rows")?, cuda::rows(rows, c3, op)?;
+                    &x, &w, &rope, &g, &mut out, &mut rstds, &rows, &n, &heads, &d, &eps);
+                launch!(CUDA.func::<T>(dev, "qk_rope_bwd_dw")?, cuda::columns(2 * d, chunks, op)?;
+                    &x, &rope, &g, &rstds, &mut part, &rows, &n, &heads, &d, &chunk);
+                launch!(CUDA.func::<T>(dev, "qk_rope_bwd_sum")?, cuda::columns(2 * d, 1, op)?;
+                    &part, &mut out, &chunks, &rows, &heads, &d);
+                Ok(cuda::wrap(out, dev))
+            })?
+        });
+        Ok((out, Shape::from(len + 2 * d)))
     }
 }
 

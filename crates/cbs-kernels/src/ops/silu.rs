@@ -26,7 +26,16 @@ fn silu_bwd<T: F>(x: &[T], g: &[T], l: &Layout, _: f64) -> Vec<T> {
     out
 }
 
-fused_op!(Silu, SiluBwd, "fused-silu", silu_fwd, silu_bwd, "arg");
+fused_op!(
+    Silu,
+    SiluBwd,
+    "fused-silu",
+    silu_fwd,
+    silu_bwd,
+    "arg",
+    cuda: "silu",
+    Elementwise
+);
 
 /// SiLU (`x·σ(x)`), with a one-pass backward.
 pub fn silu(x: &Tensor) -> Result<Tensor> {

@@ -37,7 +37,9 @@ fused_op!(
     "fused-softmax-last",
     softmax_fwd,
     softmax_bwd,
-    "res"
+    "res",
+    cuda: "softmax",
+    Rows
 );
 
 /// Softmax over the last dimension, with a one-pass backward.

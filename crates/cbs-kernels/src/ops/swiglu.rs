@@ -3,6 +3,11 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::*;
+#[cfg(feature = "cuda")]
+use crate::cuda::{self, dispatch, launch, BackendStorage, CudaStorage};
+
+#[cfg(feature = "cuda")]
+const CUDA: cuda::Module = cuda::ptx_module!("swiglu");
 
 simd_kernel! {
     /// Rows of `[a | b]` (`2m`) → rows of `silu(a)·b` (`m`).
@@ -75,6 +80,22 @@ impl CustomOp1 for SwiGlu {
         Ok((out, shape))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (m, shape) = half_last(op, l)?;
+        let (dev, len) = (&s.device, l.shape().elem_count() / 2);
+        let rows = len / m;
+        let out = dispatch!(op, s.dtype(), |T| {
+            let x = cuda::view::<T>(s, l, op)?;
+            let mut y = cuda::alloc::<T>(dev, len, op)?;
+            launch!(CUDA.func::<T>(dev, "swiglu_fwd")?, cuda::elementwise(len);
+                &x, &mut y, &rows, &m);
+            cuda::wrap(y, dev)
+        });
+        Ok((out, shape))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &SwiGluBwd)?))
     }
@@ -107,6 +128,35 @@ impl CustomOp2 for SwiGluBwd {
                 swiglu_bwd_rows(o, &x[i * rows * 2 * m..], &g[i * rows * m..], m)
             })
             .0
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let (m, half) = half_last(op, l1)?;
+        if l2.shape() != &half {
+            bail!(
+                "{op}: gradient {:?} for an output of {:?}",
+                l2.dims(),
+                half.dims()
+            );
+        }
+        let (dev, len) = (&s1.device, l1.shape().elem_count());
+        let rows = len / (2 * m);
+        let out = dispatch!(op, s1.dtype(), |T| {
+            let (x, g) = (cuda::view::<T>(s1, l1, op)?, cuda::view::<T>(s2, l2, op)?);
+            let mut dx = cuda::alloc::<T>(dev, len, op)?;
+            launch!(CUDA.func::<T>(dev, "swiglu_bwd")?, cuda::elementwise(len / 2);
+                &x, &g, &mut dx, &rows, &m);
+            cuda::wrap(dx, dev)
         });
         Ok((out, l1.shape().clone()))
     }
