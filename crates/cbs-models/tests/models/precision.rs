@@ -7,6 +7,8 @@ use candle_core::{DType, Device, Tensor};
 use cbs_models::{Architecture, Kernels, ModelSpec, Trainable};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+/// The velocity and every variable's gradient.
+type Outputs = (Tensor, Vec<(String, Tensor)>);
 
 fn arch(preset: &str) -> Architecture {
     let sample: Vec<usize> = if preset.starts_with("mlp-") {
@@ -39,10 +41,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Loss `Σ v·c` of the network's velocity at a fixed input; its value, the velocity and the
 /// gradient of every variable.
-fn run(
-    tr: &Trainable,
-    dtype: DType,
-) -> Result<(Tensor, Vec<(String, Tensor)>), Box<dyn std::error::Error>> {
+fn run(tr: &Trainable, dtype: DType) -> Result<Outputs, Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
     let shape: Vec<usize> = std::iter::once(3).chain(tr.arch.sample_shape()).collect();
     let n: usize = shape.iter().product();
