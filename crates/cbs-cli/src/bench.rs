@@ -205,7 +205,7 @@ fn bench_train(c: BenchCommon) -> Result<()> {
         let mut step_phases = PhaseTimes::default();
         let out = st.step_timed(&batch, tc.lr, Some(&mut step_phases))?;
         dev.synchronize()?;
-        if let StepOutcome::NonFinite { loss } = out {
+        if let StepOutcome::NonFinite { loss, .. } = out {
             bail!("loss became {loss} during the benchmark");
         }
         if i >= c.warmup {

@@ -37,6 +37,7 @@ pub fn train_aux(a: TrainArgs) -> Result<()> {
     let opts = TrainOptions {
         resume: a.run.resume,
         device: a.run.device.open()?,
+        stop: Some(crate::signals::stop_after_step()),
     };
     let data = cbs_train::load_dataset(&cfg)?;
     eprintln!(

@@ -28,6 +28,7 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
     let opts = TrainOptions {
         resume: a.run.resume,
         device: a.run.device.open()?,
+        stop: Some(crate::signals::stop_after_step()),
     };
     let data = cbs_train::load_dataset(&base)?;
     for i in which {

@@ -13,6 +13,7 @@ mod eval_gmm;
 mod experts;
 mod plot;
 mod progress;
+mod signals;
 
 use clap::Parser;
 
@@ -25,7 +26,18 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // Interrupted training exits as an interrupted process does.
+            let interrupted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<cbs_train::TrainError>(),
+                    Some(cbs_train::TrainError::Interrupted { .. })
+                )
+            });
+            if interrupted {
+                std::process::ExitCode::from(130)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

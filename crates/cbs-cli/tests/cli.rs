@@ -1112,3 +1112,58 @@ fn device_check_on_the_cpu_passes_and_reports_failures() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("FAIL train_step sit-nope-4"), "{out}");
 }
+
+/// SIGINT during training: the step in flight finishes, its checkpoint is written, the process
+/// says how to resume and exits with 130; `--resume` then completes the run.
+#[test]
+fn sigint_checkpoints_and_exits_130_then_resume_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fashion");
+    std::fs::create_dir_all(&data).unwrap();
+    fake_fashion(&data);
+    let cfg = config(dir.path(), &data);
+    let run = dir.path().join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_cbs"))
+        .args(["train-aux", "--config", cfg.to_str().unwrap()])
+        .args(["--out", run.to_str().unwrap(), "--steps", "100000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training has logged a step, then interrupt.
+    let metrics = run.join("metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 2 {
+        assert!(t0.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted at step") && err.contains("--resume"),
+        "{err}"
+    );
+    let ck = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let stopped: u64 = ck.trim().trim_start_matches("step-").parse().unwrap();
+    assert!(stopped >= 2, "{ck}");
+    let leftovers: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "no half-written checkpoint left");
+    let steps = (stopped + 2).to_string();
+    let o = cbs(&[
+        "train-aux",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        &steps,
+        "--resume",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

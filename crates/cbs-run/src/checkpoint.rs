@@ -80,6 +80,53 @@ fn step_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
+/// Whether `name` is a checkpoint directory's name (`step-` and at least 8 digits): what
+/// `latest` may hold, so that it can never point outside `checkpoints/`.
+fn is_step_name(name: &str) -> bool {
+    name.strip_prefix("step-")
+        .is_some_and(|d| d.len() >= 8 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Every value of every tensor is finite; otherwise an error naming the file and the tensor.
+/// Checked before a checkpoint becomes visible: a run must never resume from, or sample,
+/// weights or optimizer state that have diverged.
+fn check_finite(file: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    for (name, t) in tensors {
+        let values = t
+            .flatten_all()
+            .and_then(|v| v.to_dtype(candle_core::DType::F64))
+            .and_then(|v| v.to_vec1::<f64>())
+            .map_err(|e| ckpt_err(file, format!("reading `{name}`: {e}")))?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ckpt_err(
+                file,
+                format!(
+                    "`{name}` holds a non-finite value ({} at flat index {i}); the checkpoint \
+                     was not written",
+                    values[i]
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Removes half-written checkpoints (`step-N.tmp/`) a crash left behind: they would otherwise
+/// take the space the next checkpoint needs.
+fn remove_stale_tmp(root: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(root).map_err(io_err(root))? {
+        let path = entry.map_err(io_err(root))?.path();
+        let stale = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".tmp") && is_step_name(n.trim_end_matches(".tmp")));
+        if stale && path.is_dir() {
+            std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
 /// Everything one checkpoint holds, borrowed from the trainer.
 pub struct CheckpointData<'a> {
     pub state: &'a CheckpointState,
@@ -96,9 +143,10 @@ pub fn write(run_dir: &Path, data: &CheckpointData, keep: usize) -> Result<PathB
     let name = step_name(data.state.step);
     let final_dir = root.join(&name);
     let tmp_dir = root.join(format!("{name}.tmp"));
-    if tmp_dir.exists() {
-        std::fs::remove_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-    }
+    check_finite(&final_dir.join(MODEL_FILE), data.model)?;
+    check_finite(&final_dir.join(EMA_FILE), data.ema)?;
+    check_finite(&final_dir.join(OPTIMIZER_FILE), data.optimizer)?;
+    remove_stale_tmp(&root)?;
     std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
     save_safetensors(&tmp_dir.join(MODEL_FILE), data.model)?;
     save_safetensors(&tmp_dir.join(EMA_FILE), data.ema)?;
@@ -139,7 +187,25 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     if !pointer.exists() {
         return Ok(None);
     }
-    let name = std::fs::read_to_string(&pointer).map_err(io_err(&pointer))?;
+    let mut name = String::new();
+    // A checkpoint name is a few bytes: read no more than a page of whatever the file is.
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(
+            std::fs::File::open(&pointer).map_err(io_err(&pointer))?,
+            4096,
+        ),
+        &mut name,
+    )
+    .map_err(io_err(&pointer))?;
+    if !is_step_name(name.trim()) {
+        return Err(ckpt_err(
+            &pointer,
+            format!(
+                "holds `{}`, which is not a checkpoint name (step-NNNNNNNN in this directory)",
+                name.trim().chars().take(80).collect::<String>()
+            ),
+        ));
+    }
     let dir = checkpoints_dir(run_dir).join(name.trim());
     if !dir.join(STATE_FILE).is_file() {
         return Err(ckpt_err(

@@ -18,12 +18,14 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod experts;
+pub mod lock;
 pub mod outputs;
 pub mod splits;
 
 pub use cbs_models::Precision;
 pub use checkpoint::{LoadedModel, RngState, WeightsKind};
 pub use config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
+pub use lock::RunLock;
 pub use splits::{KnotIntervalEntry, SplitSettings, SplitsFile};
 
 use std::path::PathBuf;
@@ -42,6 +44,12 @@ pub enum RunError {
     },
     #[error("checkpoint {}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
+    #[error(
+        "{} is in use by {holder} (one writer per run directory; wait for it, stop it, or use \
+         another --out)",
+        dir.display()
+    )]
+    Locked { dir: PathBuf, holder: String },
     #[error(
         "{} already holds experts for knots {stored:?}; these splits have {given:?}. Use \
          another --out",

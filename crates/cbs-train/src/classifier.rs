@@ -142,6 +142,7 @@ pub fn train_classifier(
             return Err(TrainError::NonFinite {
                 step: s + 1,
                 loss: loss_val,
+                grad_norm: None,
                 last_checkpoint: None,
             });
         }

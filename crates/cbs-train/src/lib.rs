@@ -44,7 +44,11 @@ pub enum TrainError {
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
     #[error(
-        "loss became {loss} at step {step}; training stopped. {}",
+        "{} at step {step}; training stopped before applying it. {}",
+        match .grad_norm {
+            Some(g) => format!("the gradient norm became {g} (loss {loss})"),
+            None => format!("loss became {loss}"),
+        },
         match .last_checkpoint {
             Some(p) => format!("The last good checkpoint is kept at {}.", p.display()),
             None => "No checkpoint had been written yet.".to_string(),
@@ -53,7 +57,23 @@ pub enum TrainError {
     NonFinite {
         step: u64,
         loss: f64,
+        /// Set when the loss was finite but the gradient norm was not.
+        grad_norm: Option<f64>,
         last_checkpoint: Option<PathBuf>,
+    },
+    #[error(
+        "interrupted at step {step}; {}",
+        match .checkpoint {
+            Some(p) => format!(
+                "its checkpoint is {}. Continue with the same command and --resume",
+                p.display()
+            ),
+            None => "no checkpoint had been written yet".to_string(),
+        }
+    )]
+    Interrupted {
+        step: u64,
+        checkpoint: Option<PathBuf>,
     },
     #[error("{path}: {source}")]
     Io {

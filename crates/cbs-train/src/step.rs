@@ -26,9 +26,11 @@ pub enum StepOutcome {
         loss: f64,
         grad_norm: f64,
     },
-    /// The loss was NaN or infinite; nothing was updated.
+    /// The loss or the gradient norm was NaN or infinite; nothing was updated.
     NonFinite {
         loss: f64,
+        /// Set when the loss was finite but the gradient norm was not.
+        grad_norm: Option<f64>,
     },
 }
 
@@ -121,12 +123,23 @@ impl Stepper {
         let loss = velocity_mse(&pred, &target, self.kernels)?;
         let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_val.is_finite() {
-            return Ok(StepOutcome::NonFinite { loss: loss_val });
+            return Ok(StepOutcome::NonFinite {
+                loss: loss_val,
+                grad_norm: None,
+            });
         }
         lap(|t| &mut t.forward_ms)?;
         let grads = loss.backward()?;
         lap(|t| &mut t.backward_ms)?;
         let gnorm = grad_norm(&self.vars, &grads, self.kernels)?;
+        // A finite loss can still have an overflowing gradient: never let it reach the weights
+        // or the optimizer state.
+        if !gnorm.is_finite() {
+            return Ok(StepOutcome::NonFinite {
+                loss: loss_val,
+                grad_norm: Some(gnorm),
+            });
+        }
         let scale = if self.grad_clip > 0.0 && gnorm > self.grad_clip {
             self.grad_clip / (gnorm + 1e-6)
         } else {

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::Device;
@@ -20,6 +21,9 @@ pub struct TrainOptions {
     /// Continue from the run directory's latest checkpoint.
     pub resume: bool,
     pub device: Device,
+    /// Set (by a signal handler, say) to stop after the current step: a checkpoint of that
+    /// step is written and [`train`] returns [`TrainError::Interrupted`].
+    pub stop: Option<&'static AtomicBool>,
 }
 
 impl Default for TrainOptions {
@@ -27,6 +31,7 @@ impl Default for TrainOptions {
         Self {
             resume: false,
             device: Device::Cpu,
+            stop: None,
         }
     }
 }
@@ -142,6 +147,8 @@ pub fn train(
     // Model, optimizer and EMA, fresh or from the latest checkpoint.
     let mut st = Stepper::new(&arch, tc, device)?;
     std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+    // One writer per run directory, for the whole call.
+    let _lock = cbs_run::RunLock::acquire(run_dir)?;
     let existing = checkpoint::latest(run_dir)?;
     let start = match (&existing, opts.resume) {
         (Some(dir), true) => restore(dir, &arch, &mut st, device)?,
@@ -194,10 +201,11 @@ pub fn train(
             let lr = lr_at(cfg, s);
             let (loss_val, gnorm) = match st.step(&batch, lr)? {
                 StepOutcome::Updated { loss, grad_norm } => (loss, grad_norm),
-                StepOutcome::NonFinite { loss } => {
+                StepOutcome::NonFinite { loss, grad_norm } => {
                     return Err(TrainError::NonFinite {
                         step,
                         loss,
+                        grad_norm,
                         last_checkpoint: last_ckpt.clone(),
                     })
                 }
@@ -222,38 +230,20 @@ pub fn train(
                 images_per_s,
                 checkpoint: None,
             };
-            if step % tc.checkpoint_every == 0 || step == tc.steps {
-                let state = CheckpointState {
-                    format_version: checkpoint::FORMAT_VERSION,
-                    step,
-                    rng: RngState {
-                        algorithm: "chacha8-stream-per-step".into(),
-                        seed: tc.seed,
-                        next_stream: step,
-                    },
-                    optimizer_step: st.opt.step,
-                    last_loss: loss_val,
-                    architecture: arch.clone(),
-                };
-                let model = st.net.state_dict();
-                let mut ema_sd = st.ema.tensors.clone();
-                ema_sd.extend(st.net.model.buffers());
-                let dir = checkpoint::write(
-                    run_dir,
-                    &CheckpointData {
-                        state: &state,
-                        config: cfg,
-                        model: &model,
-                        ema: &ema_sd,
-                        optimizer: &st.opt.state_tensors()?,
-                    },
-                    tc.keep_checkpoints,
-                )?;
+            let stop = opts.stop.is_some_and(|f| f.load(Ordering::SeqCst));
+            if step % tc.checkpoint_every == 0 || step == tc.steps || stop {
+                let dir = save_checkpoint(run_dir, cfg, &arch, &st, step, loss_val)?;
                 metrics.flush().map_err(io_err(&metrics_path))?;
                 report.checkpoint = Some(dir.clone());
                 last_ckpt = Some(dir);
             }
             progress(&report);
+            if stop && step < tc.steps {
+                return Err(TrainError::Interrupted {
+                    step,
+                    checkpoint: last_ckpt.clone(),
+                });
+            }
         }
         Ok(())
     })?;
@@ -271,6 +261,45 @@ pub fn train(
         checkpoint,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Writes the checkpoint of `step` (weights, EMA with the fixed buffers, optimizer state,
+/// generator state and the config) and returns its directory.
+fn save_checkpoint(
+    run_dir: &Path,
+    cfg: &TrainConfig,
+    arch: &cbs_models::Architecture,
+    st: &Stepper,
+    step: u64,
+    loss: f64,
+) -> Result<PathBuf> {
+    let tc = &cfg.train;
+    let state = CheckpointState {
+        format_version: checkpoint::FORMAT_VERSION,
+        step,
+        rng: RngState {
+            algorithm: "chacha8-stream-per-step".into(),
+            seed: tc.seed,
+            next_stream: step,
+        },
+        optimizer_step: st.opt.step,
+        last_loss: loss,
+        architecture: arch.clone(),
+    };
+    let model = st.net.state_dict();
+    let mut ema_sd = st.ema.tensors.clone();
+    ema_sd.extend(st.net.model.buffers());
+    Ok(checkpoint::write(
+        run_dir,
+        &CheckpointData {
+            state: &state,
+            config: cfg,
+            model: &model,
+            ema: &ema_sd,
+            optimizer: &st.opt.state_tensors()?,
+        },
+        tc.keep_checkpoints,
+    )?)
 }
 
 fn check_geometry(arch: &cbs_models::Architecture, data: &dyn Dataset) -> Result<()> {

@@ -67,6 +67,7 @@ fn run(dir: &Path, cfg: &TrainConfig, resume: bool) -> cbs_train::Result<cbs_tra
     let opts = TrainOptions {
         resume,
         device: Device::Cpu,
+        stop: None,
     };
     train(dir, cfg, &toy_data(), &opts, &mut |_| {})
 }
@@ -1046,4 +1047,144 @@ mod data_sources {
             .to_string();
         assert!(e.contains("labels"), "{e}");
     }
+}
+
+/// A stop request (what SIGINT/SIGTERM set) ends training after the current step with that
+/// step's checkpoint; resuming from it finishes with exactly the uninterrupted run's weights.
+#[test]
+fn a_stop_request_checkpoints_the_step_and_resumes_exactly() {
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let cfg = toy_config(8); // checkpoints every 3 steps: step 4 is not one of them
+    let full = tempfile::tempdir().unwrap();
+    run(full.path(), &cfg, false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TrainOptions {
+        stop: Some(&STOP),
+        ..TrainOptions::default()
+    };
+    let e = train(dir.path(), &cfg, &toy_data(), &opts, &mut |r| {
+        if r.step == 4 {
+            STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .unwrap_err();
+    let TrainError::Interrupted { step, checkpoint } = &e else {
+        panic!("expected Interrupted, got {e}");
+    };
+    assert_eq!(*step, 5, "the step running when the stop came is finished");
+    let ck = checkpoint.clone().expect("a checkpoint of the last step");
+    assert!(ck.ends_with("step-00000005"), "{}", ck.display());
+    assert!(e.to_string().contains("--resume"), "{e}");
+    STOP.store(false, std::sync::atomic::Ordering::SeqCst);
+    run(dir.path(), &cfg, true).unwrap();
+    let last = |d: &Path| checkpoint::latest(d).unwrap().unwrap();
+    for f in [
+        checkpoint::MODEL_FILE,
+        checkpoint::EMA_FILE,
+        checkpoint::OPTIMIZER_FILE,
+    ] {
+        assert_eq!(
+            bits(&last(full.path()).join(f)),
+            bits(&last(dir.path()).join(f)),
+            "{f}"
+        );
+    }
+}
+
+/// One writer per run directory: a second is refused with the holder named; the lock goes
+/// with its holder.
+#[test]
+fn a_second_writer_is_refused_while_the_first_holds_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = cbs_run::RunLock::acquire(dir.path()).unwrap();
+    let e = run(dir.path(), &toy_config(3), false).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("in use by process") && msg.contains(&std::process::id().to_string()),
+        "{msg}"
+    );
+    assert!(
+        checkpoint::latest(dir.path()).unwrap().is_none(),
+        "nothing written"
+    );
+    drop(held);
+    run(dir.path(), &toy_config(3), false).unwrap();
+}
+
+/// Diverging training never leaves non-finite weights or optimizer state in a checkpoint.
+#[test]
+fn checkpoints_after_a_divergence_hold_only_finite_values() {
+    for preset in ["sit-nano-4", "mlp-64"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = toy_config(20);
+        if preset == "mlp-64" {
+            cfg = backbone_config("mlp-64", 20);
+        }
+        cfg.train.lr = 1e6;
+        cfg.train.warmup_steps = 0;
+        cfg.train.grad_clip = 0.0;
+        cfg.train.checkpoint_every = 1;
+        let opts = TrainOptions::default();
+        let res = if preset == "mlp-64" {
+            let pts: Vec<f32> = (0..256)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+                .collect();
+            let data = cbs_data::PointDataset::new(pts, 2).unwrap();
+            train(dir.path(), &cfg, &data, &opts, &mut |_| {})
+        } else {
+            train(dir.path(), &cfg, &toy_data(), &opts, &mut |_| {})
+        };
+        // Either the run stops (non-finite loss, gradient or state) or it completes; what is
+        // on disk is finite either way.
+        if let Err(e) = &res {
+            let s = e.to_string();
+            assert!(
+                s.contains("non-finite") || s.contains("became"),
+                "{preset}: {s}"
+            );
+        }
+        if let Some(ck) = checkpoint::latest(dir.path()).unwrap() {
+            for f in [
+                checkpoint::MODEL_FILE,
+                checkpoint::EMA_FILE,
+                checkpoint::OPTIMIZER_FILE,
+            ] {
+                let map = cbs_models::weights::load_safetensors(&ck.join(f), &Device::Cpu).unwrap();
+                for (name, t) in map {
+                    let v = t
+                        .flatten_all()
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap();
+                    assert!(v.iter().all(|x| x.is_finite()), "{preset}: {f} `{name}`");
+                }
+            }
+        }
+    }
+}
+
+/// `latest` may only name a checkpoint directory of the run, and stale half-written
+/// checkpoints of any step are cleared before the next write.
+#[test]
+fn latest_stays_inside_the_run_and_stale_temporaries_are_cleared() {
+    let other = tempfile::tempdir().unwrap();
+    run(other.path(), &toy_config(3), false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), &toy_config(3), false).unwrap();
+    let pointer = checkpoint::checkpoints_dir(dir.path()).join(checkpoint::LATEST_FILE);
+    let escape = format!("../../{}/checkpoints/step-00000003", other.path().display());
+    std::fs::write(&pointer, &escape).unwrap();
+    let e = checkpoint::latest(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("not a checkpoint name"), "{e}");
+    std::fs::write(&pointer, "step-00000003").unwrap();
+    let stale = checkpoint::checkpoints_dir(dir.path()).join("step-00000001.tmp");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("model.safetensors"), vec![0u8; 1000]).unwrap();
+    run(dir.path(), &toy_config(6), true).unwrap();
+    assert!(
+        !stale.exists(),
+        "a stale temporary checkpoint of another step is removed"
+    );
 }
