@@ -1,6 +1,6 @@
 //! `cbs eval-gmm`: quality of point samples against the true Gaussian mixture.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use cbs_split::GmmOracle;
 
 use crate::cli::EvalGmmArgs;
@@ -33,7 +33,8 @@ pub fn eval_gmm(a: EvalGmmArgs) -> Result<()> {
             }
         );
     };
-    let oracle = GmmOracle::from_file(&a.gmm).with_context(|| format!("{}", a.gmm.display()))?;
+    // The error names the file already.
+    let oracle = GmmOracle::from_file(&a.gmm)?;
     let &[n, d] = x.header.shape.as_slice() else {
         bail!(
             "{}: arr_0 must be [N, D], found {:?}",

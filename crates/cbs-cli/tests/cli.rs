@@ -1167,3 +1167,33 @@ fn sigint_checkpoints_and_exits_130_then_resume_completes() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Text inputs that never end or are not files: a clear error at once, never unbounded memory
+/// or a hang.
+#[test]
+fn endless_or_non_file_text_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    for args in [
+        vec!["train-aux", "--config", "/dev/zero", "--out", out],
+        vec!["estimate-splits", "--oracle-gmm", "/dev/zero", "--out", out],
+    ] {
+        let o = cbs(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains("/dev/zero: larger than"), "{args:?}: {e}");
+    }
+    let o = cbs(&[
+        "train-aux",
+        "--config",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    assert!(
+        stderr(&o).contains("is a directory, not a file"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -238,7 +238,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 
 pub fn read_state(ckpt: &Path) -> Result<CheckpointState> {
     let p = ckpt.join(STATE_FILE);
-    let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+    let text = cbs_core::read_text(&p)?;
     let state: CheckpointState =
         serde_json::from_str(&text).map_err(|e| ckpt_err(&p, e.to_string()))?;
     if state.format_version != FORMAT_VERSION {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::DataConfig;
 use crate::outputs::classifier::{CONFIG_FILE, SUMMARY_FILE, WEIGHTS_FILE};
-use crate::{io_err, Result, RunError};
+use crate::{Result, RunError};
 
 /// `classifier.toml`: `[data]` (as in training configs) and `[classifier]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -100,7 +100,7 @@ impl ClassifierRunConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let text = cbs_core::read_text(path)?;
         let cfg: Self = toml::from_str(&text).map_err(|e| RunError::Config {
             path: path.to_path_buf(),
             message: e.to_string(),

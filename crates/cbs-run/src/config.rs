@@ -7,7 +7,7 @@ use cbs_data::{Resize, Split};
 use cbs_models::ModelSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::{io_err, Result, RunError};
+use crate::{Result, RunError};
 
 /// A whole run: `[model]`, `[data]`, `[train]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -340,7 +340,7 @@ impl TrainConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let text = cbs_core::read_text(path)?;
         Self::from_toml(&text, path)
     }
 

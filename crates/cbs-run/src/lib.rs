@@ -69,6 +69,8 @@ pub enum RunError {
     #[error(transparent)]
     Write(#[from] cbs_core::AtomicError),
     #[error(transparent)]
+    Text(#[from] cbs_core::TextError),
+    #[error(transparent)]
     Model(#[from] cbs_models::ModelError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -8,7 +8,7 @@ use std::path::Path;
 use cbs_split::{MonitorKind, ProbeKind, SplitMode};
 use serde::{Deserialize, Serialize};
 
-use crate::{io_err, Result, RunError};
+use crate::{Result, RunError};
 
 /// The knots file, in an `estimate-splits` output and in an experts directory.
 pub const SPLITS_FILE: &str = "splits.toml";
@@ -105,7 +105,7 @@ impl SplitsFile {
             path: path.to_path_buf(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let text = cbs_core::read_text(path)?;
         let f: SplitsFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         f.validate().map_err(err)?;
         Ok(f)

@@ -24,6 +24,10 @@ pub enum SplitError {
         source: std::io::Error,
     },
 
+    /// A text input is not a readable, reasonably sized text file.
+    #[error(transparent)]
+    Text(#[from] cbs_core::TextError),
+
     /// A file is not valid JSON of the expected shape.
     #[error("cannot parse {}: {source}", path.display())]
     Json {

@@ -75,10 +75,7 @@ impl GmmSpec {
     /// Read, parse and validate a JSON file; every error names the path.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SplitError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = cbs_core::read_text(path)?;
         let spec: Self = serde_json::from_str(&text).map_err(|source| SplitError::Json {
             path: path.to_path_buf(),
             source,
