@@ -12,6 +12,13 @@ use crate::sit::{init, Sit, SitConfig};
 use crate::unet::{Unet, UnetConfig};
 use crate::{Kernels, ModelError, Result};
 
+/// Largest image side a model may be built for (pixels or latent cells).
+pub const MAX_IMAGE_SIZE: usize = 4096;
+/// Largest channel count (or point dimension).
+pub const MAX_CHANNELS: usize = 4096;
+/// Largest number of classes (ImageNet-21k has 21,841).
+pub const MAX_CLASSES: usize = 1 << 20;
+
 /// The `[model]` table of a config: a named preset and the overrides the data set implies.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +96,32 @@ impl ModelSpec {
     pub fn resolve(&self, sample_shape: &[usize], num_classes: usize) -> Result<Architecture> {
         let mut arch = find_preset(&self.preset).ok_or_else(|| self.unknown())?;
         arch.backbone_mut().fit(self, sample_shape, num_classes)?;
+        let too_big = |what: &str, value: usize, max: usize| {
+            ModelError::Invalid(format!(
+                "{what} {value} is larger than {max} (the most this build accepts; a value this \
+                 large is almost certainly a typo, and its tables would not fit in memory)"
+            ))
+        };
+        let shape = arch.sample_shape();
+        if let [c, h, w] = shape[..] {
+            if h.max(w) > MAX_IMAGE_SIZE {
+                return Err(too_big("model.image_size", h.max(w), MAX_IMAGE_SIZE));
+            }
+            if c > MAX_CHANNELS {
+                return Err(too_big("model.in_channels", c, MAX_CHANNELS));
+            }
+        } else if let Some(&d) = shape.iter().max() {
+            if d > MAX_CHANNELS {
+                return Err(too_big("the data dimension", d, MAX_CHANNELS));
+            }
+        }
+        if arch.num_classes() > MAX_CLASSES {
+            return Err(too_big(
+                "model.num_classes",
+                arch.num_classes(),
+                MAX_CLASSES,
+            ));
+        }
         Ok(arch)
     }
 }

@@ -9,6 +9,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Result, RunError};
 
+/// `[f64; 2]` fields from arrays of exactly two numbers: serde's own fixed-size arrays read
+/// the first two elements and ignore the rest (`betas = [0.9, 0.99, 0.5]` would silently
+/// lose a value).
+mod pair {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    fn two<E: Error>(v: Vec<f64>) -> Result<[f64; 2], E> {
+        <[f64; 2]>::try_from(v.as_slice())
+            .map_err(|_| E::invalid_length(v.len(), &"an array of exactly 2 numbers"))
+    }
+
+    pub fn exact<'de, D: Deserializer<'de>>(d: D) -> Result<[f64; 2], D::Error> {
+        two(Vec::<f64>::deserialize(d)?)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[f64; 2]>, D::Error> {
+        Option::<Vec<f64>>::deserialize(d)?.map(two).transpose()
+    }
+}
+
+/// Largest batch a step may draw (SiT's global batch is 256).
+pub const MAX_BATCH: usize = 1 << 16;
+/// Largest point set drawn from a mixture (`source = "gmm"`).
+pub const MAX_POINTS: usize = 1 << 26;
+
 /// A whole run: `[model]`, `[data]`, `[train]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +154,22 @@ impl DataConfig {
         if !(f > 0.0 && f <= 1.0) {
             return invalid("data.data_fraction", f.to_string(), "a value in (0, 1]");
         }
+        if self.source == DataSource::Gmm && !(1..=MAX_POINTS).contains(&self.num_samples) {
+            return invalid(
+                "data.num_samples",
+                self.num_samples.to_string(),
+                &format!("from 1 to {MAX_POINTS} points"),
+            );
+        }
+        if let Some(n) = self.num_classes {
+            if n > cbs_models::spec::MAX_CLASSES {
+                return invalid(
+                    "data.num_classes",
+                    n.to_string(),
+                    &format!("at most {} classes", cbs_models::spec::MAX_CLASSES),
+                );
+            }
+        }
         let src = self.source;
         let only = |field: &'static str, value: String, users: &str| {
             invalid(
@@ -213,12 +254,12 @@ impl DataConfig {
 
     pub fn folder_image_size(&self) -> Result<usize> {
         match self.image_size {
-            Some(s) if s > 0 => Ok(s),
+            Some(s) if s > 0 && s <= cbs_models::spec::MAX_IMAGE_SIZE => Ok(s),
             other => invalid(
                 "data.image_size",
                 other.map_or("(unset)".into(), |s| s.to_string()),
-                "the side of the square centre crop in pixels (e.g. 32 or 64), required for \
-                 source = \"image_folder\"",
+                "the side of the square centre crop in pixels, from 1 to 4096 (e.g. 32 or 64), \
+                 required for source = \"image_folder\"",
             ),
         }
     }
@@ -277,6 +318,7 @@ pub struct TrainSection {
     pub lr: f64,
     /// AdamW decoupled weight decay (SiT trains with 0).
     pub weight_decay: f64,
+    #[serde(deserialize_with = "pair::exact")]
     pub betas: [f64; 2],
     pub eps: f64,
     /// Linear warm-up of the learning rate from 0 over this many steps.
@@ -286,6 +328,7 @@ pub struct TrainSection {
     pub ema_decay: f64,
     pub seed: u64,
     /// Training times lie in [t_range[0], t_range[1]]; experts train on their interval.
+    #[serde(deserialize_with = "pair::exact")]
     pub t_range: [f64; 2],
     /// How times are drawn within `t_range`: `uniform`, or `logit_normal` (t = sigmoid(n),
     /// n ~ N(mean, std), truncated to `t_range`). Default: the backbone's reference choice
@@ -293,7 +336,10 @@ pub struct TrainSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_sampling: Option<TimeSampling>,
     /// `[mean, std]` of the logit-normal. Default `[-0.8, 0.8]` (JiT's).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "pair::optional"
+    )]
     pub logit_normal: Option<[f64; 2]>,
     /// Log (metrics.jsonl, tracing) every this many steps.
     pub log_every: u64,
@@ -353,7 +399,9 @@ impl TrainConfig {
         Ok(cbs_core::atomic::write_text(path, &self.to_toml())?)
     }
 
-    /// Range checks that serde cannot express.
+    /// Range checks that serde cannot express, and upper bounds: a value far beyond any real
+    /// run (a typo such as `1e18`) is an error naming the field, never an allocation that
+    /// aborts the process.
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
         let bad = |field: &'static str, value: String, expected: &str| {
@@ -366,8 +414,12 @@ impl TrainConfig {
         if t.steps == 0 {
             return bad("train.steps", "0".into(), "a positive number of steps");
         }
-        if t.batch_size == 0 {
-            return bad("train.batch_size", "0".into(), "a positive batch size");
+        if t.batch_size == 0 || t.batch_size > MAX_BATCH {
+            return bad(
+                "train.batch_size",
+                t.batch_size.to_string(),
+                &format!("a batch size from 1 to {MAX_BATCH}"),
+            );
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {
             return bad("train.lr", t.lr.to_string(), "a positive learning rate");

@@ -1,6 +1,8 @@
 //! Integration tests for cbs-run: the experts rule and directory, splits files, and the
-//! checkpoint directory's visibility rules.
+//! checkpoint directory's visibility rules, config bounds.
 
+#[path = "run/bounds.rs"]
+mod bounds;
 #[path = "run/checkpoint.rs"]
 mod checkpoint;
 #[path = "run/experts.rs"]
