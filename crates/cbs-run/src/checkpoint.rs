@@ -90,7 +90,7 @@ fn is_step_name(name: &str) -> bool {
 /// Every value of every tensor is finite; otherwise an error naming the file and the tensor.
 /// Checked before a checkpoint becomes visible: a run must never resume from, or sample,
 /// weights or optimizer state that have diverged.
-fn check_finite(file: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+fn check_finite(file: &Path, tensors: &[(String, Tensor)], consequence: &str) -> Result<()> {
     for (name, t) in tensors {
         let values = t
             .flatten_all()
@@ -101,8 +101,7 @@ fn check_finite(file: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
             return Err(ckpt_err(
                 file,
                 format!(
-                    "`{name}` holds a non-finite value ({} at flat index {i}); the checkpoint \
-                     was not written",
+                    "`{name}` holds a non-finite value ({} at flat index {i}); {consequence}",
                     values[i]
                 ),
             ));
@@ -110,6 +109,8 @@ fn check_finite(file: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     }
     Ok(())
 }
+
+const NOT_WRITTEN: &str = "the checkpoint was not written";
 
 /// Removes half-written checkpoints (`step-N.tmp/`) a crash left behind: they would otherwise
 /// take the space the next checkpoint needs.
@@ -143,9 +144,9 @@ pub fn write(run_dir: &Path, data: &CheckpointData, keep: usize) -> Result<PathB
     let name = step_name(data.state.step);
     let final_dir = root.join(&name);
     let tmp_dir = root.join(format!("{name}.tmp"));
-    check_finite(&final_dir.join(MODEL_FILE), data.model)?;
-    check_finite(&final_dir.join(EMA_FILE), data.ema)?;
-    check_finite(&final_dir.join(OPTIMIZER_FILE), data.optimizer)?;
+    check_finite(&final_dir.join(MODEL_FILE), data.model, NOT_WRITTEN)?;
+    check_finite(&final_dir.join(EMA_FILE), data.ema, NOT_WRITTEN)?;
+    check_finite(&final_dir.join(OPTIMIZER_FILE), data.optimizer, NOT_WRITTEN)?;
     remove_stale_tmp(&root)?;
     std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
     save_safetensors(&tmp_dir.join(MODEL_FILE), data.model)?;
@@ -303,6 +304,13 @@ pub fn load_for_inference(
     let tensors = cbs_models::weights::strip_wrapper_prefix(load_safetensors(&file, device)?);
     let expected = cbs_models::shapes::parameter_shapes(&state.architecture)?;
     cbs_models::weights::check_names_and_shapes(&file, &tensors, &expected)?;
+    let mut sorted: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    // Diverged weights would make every sample NaN: refuse them, naming the tensor.
+    check_finite(&file, &sorted, "refusing to load it")?;
     precision.configure_products();
     let vb = VarBuilder::from_tensors(tensors, precision.compute_dtype(), device);
     let model = Model::new(&state.architecture, config.train.kernels, vb)?;

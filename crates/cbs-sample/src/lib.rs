@@ -134,6 +134,12 @@ pub fn read_noise(path: &Path, num: usize, shape: &SampleShape, device: &Device)
         ));
     }
     let v = a.to_f32().unwrap_or_default();
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(file_err(format!(
+            "noise holds a non-finite value ({} at flat index {i}); every sample would be NaN",
+            v[i]
+        )));
+    }
     Ok(Tensor::from_vec(v, want, device)?)
 }
 

@@ -207,3 +207,26 @@ fn grid_png_has_the_expected_layout() {
     assert_eq!(img.get_pixel(2 + 6, 2 + 6).0, [200, 200, 200]);
     assert_eq!(img.get_pixel(0, 0).0, [0, 0, 0]);
 }
+
+/// A noise file holding NaN or ∞ is refused, naming the position (every sample would be NaN).
+#[test]
+fn non_finite_noise_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("noise.npy");
+    let mut v = vec![0.5f32; 8];
+    v[5] = f32::INFINITY;
+    Tensor::from_vec(v, (4, 2), &Device::Cpu)
+        .unwrap()
+        .write_npy(&p)
+        .unwrap();
+    let e = cbs_sample::read_noise(&p, 4, &points(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("non-finite") && e.contains("index 5"), "{e}");
+    let ok = dir.path().join("ok.npy");
+    Tensor::ones((4, 2), DType::F32, &Device::Cpu)
+        .unwrap()
+        .write_npy(&ok)
+        .unwrap();
+    assert!(cbs_sample::read_noise(&ok, 4, &points(), &Device::Cpu).is_ok());
+}

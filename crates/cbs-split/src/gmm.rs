@@ -163,6 +163,14 @@ impl GmmSpec {
                 ));
             }
         }
+        let total: f64 = self.weights.iter().sum();
+        if !total.is_finite() {
+            return Err(spec_err(
+                "weights".into(),
+                format!("sum {total}"),
+                "must have a finite sum (they are normalised by it)",
+            ));
+        }
         Ok(())
     }
 }

@@ -297,6 +297,11 @@ fn spec_validation_names_field_and_value() {
             "stds",
         ),
         (r#"{"means": [], "stds": [], "weights": []}"#, "means"),
+        // Each weight finite, their sum not: normalising would give zeros (null metrics).
+        (
+            r#"{"means": [[0, 1], [2, 3]], "stds": [1, 2], "weights": [1e308, 1e308]}"#,
+            "finite sum",
+        ),
     ];
     for (json, needle) in cases {
         let err = GmmSpec::from_json_str(json).unwrap_err();

@@ -109,3 +109,52 @@ fn an_interrupted_checkpoint_is_invisible_and_replaced() {
     assert!(!tmp.exists());
     assert_eq!(checkpoint::latest(run).unwrap(), Some(fresh));
 }
+
+/// Non-finite weights are refused both ways: a checkpoint holding them is never written, and
+/// one that holds them anyway (written by something else) is not loaded for sampling.
+#[test]
+fn non_finite_weights_are_neither_written_nor_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let ck = write_step(run, 1, 3);
+    let ema = cbs_models::weights::load_safetensors(&ck.join(checkpoint::EMA_FILE), &Device::Cpu)
+        .unwrap();
+    let mut tensors: Vec<(String, Tensor)> = ema.into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let (name, t) = tensors[0].clone();
+    let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[1] = f32::NAN;
+    tensors[0].1 = Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
+    // Written behind the checkpoint writer's back:
+    cbs_models::weights::save_safetensors(&ck.join(checkpoint::EMA_FILE), &tensors).unwrap();
+    let e = checkpoint::load_for_inference(run, WeightsKind::Ema, Precision::F32, &Device::Cpu)
+        .err()
+        .expect("NaN weights must not load")
+        .to_string();
+    assert!(e.contains(&format!("`{name}`")) && e.contains("NaN"), "{e}");
+    assert!(e.contains("refusing to load"), "{e}");
+    // The raw weights are still fine.
+    checkpoint::load_for_inference(run, WeightsKind::Model, Precision::F32, &Device::Cpu).unwrap();
+    // And the writer refuses them.
+    let state = checkpoint::read_state(&ck).unwrap();
+    let cfg = config();
+    let e = checkpoint::write(
+        run,
+        &CheckpointData {
+            state: &CheckpointState { step: 2, ..state },
+            config: &cfg,
+            model: &tensors,
+            ema: &tensors,
+            optimizer: &[],
+        },
+        3,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("was not written"), "{e}");
+    assert_eq!(
+        checkpoint::latest(run).unwrap(),
+        Some(ck),
+        "latest unchanged"
+    );
+}
