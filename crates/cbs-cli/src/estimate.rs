@@ -189,7 +189,7 @@ fn fmt_list(v: &[f64]) -> String {
 }
 
 fn write_outputs(out: &Path, curve: &MonitorCurve, splits: &SplitsFile) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    cbs_core::atomic::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     splits.write(&out.join(SPLITS_FILE))?;
     let c = curve.cumulative();
     write_monitor_csv(&out.join(MONITOR_CSV), &curve.grid, &curve.mass, &c)?;

@@ -1197,3 +1197,26 @@ fn endless_or_non_file_text_inputs_are_refused() {
         stderr(&o)
     );
 }
+
+/// `--out` naming an existing file: the error says so (not "File exists (os error 17)").
+#[test]
+fn out_naming_a_file_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fashion");
+    std::fs::create_dir_all(&data).unwrap();
+    fake_fashion(&data);
+    let cfg = config(dir.path(), &data);
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let o = cbs(&[
+        "train-aux",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("a-file exists and is not a directory"), "{e}");
+    assert!(!e.contains("os error 17"), "{e}");
+}

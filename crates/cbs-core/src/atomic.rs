@@ -145,3 +145,20 @@ fn sync_dir(dir: &Path) {
         let _ = d.sync_all();
     }
 }
+
+/// `std::fs::create_dir_all`, with the error naming the culprit when a file sits where a
+/// directory is wanted (std says only "File exists").
+pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| {
+        match path.ancestors().find(|p| p.exists() && !p.is_dir()) {
+            Some(p) => std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{} exists and is not a directory; expected a directory there (or nothing)",
+                    p.display()
+                ),
+            ),
+            None => e,
+        }
+    })
+}

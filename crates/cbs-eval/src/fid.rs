@@ -340,7 +340,7 @@ pub fn save_stats(path: &Path, pool: &Stats, spatial: Option<&Stats>) -> Result<
         arrays.push(("sigma_s", sigma_s));
     }
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        cbs_core::atomic::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     }
     let refs: Vec<(&str, &NpyArray)> = arrays.iter().map(|(n, a)| (*n, a)).collect();
     cbs_core::atomic::write_with_path(path, |tmp| cbs_data::write_npz(tmp, &refs))

@@ -140,7 +140,7 @@ pub struct CheckpointData<'a> {
 /// Write a checkpoint atomically and prune old ones; returns its directory.
 pub fn write(run_dir: &Path, data: &CheckpointData, keep: usize) -> Result<PathBuf> {
     let root = checkpoints_dir(run_dir);
-    std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+    cbs_core::atomic::create_dir_all(&root).map_err(io_err(&root))?;
     let name = step_name(data.state.step);
     let final_dir = root.join(&name);
     let tmp_dir = root.join(format!("{name}.tmp"));

@@ -47,7 +47,7 @@ pub fn expert_config(base: &TrainConfig, splits: &SplitsFile, i: usize) -> Train
 /// Create the directory for `splits`: store its `splits.toml`, or, when one is there already,
 /// check that it has the same knots (a directory holds the experts of one split only).
 pub fn init_dir(root: &Path, splits: &SplitsFile) -> Result<()> {
-    std::fs::create_dir_all(root).map_err(io_err(root))?;
+    cbs_core::atomic::create_dir_all(root).map_err(io_err(root))?;
     let stored = splits_path(root);
     if stored.is_file() {
         let prev = SplitsFile::from_file(&stored)?;

@@ -25,7 +25,7 @@ impl RunLock {
     /// Takes the run directory's lock, creating the directory and the lock file if needed.
     /// Fails at once, naming the holder's pid, when another process holds it.
     pub fn acquire(run_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+        cbs_core::atomic::create_dir_all(run_dir).map_err(io_err(run_dir))?;
         let path = run_dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)

@@ -94,7 +94,7 @@ pub fn write_grid(path: &Path, bytes: &[u8], dims: [usize; 4], nrow: usize) -> R
 /// `DIR/000000.png`, … one file per sample.
 pub fn write_individual(dir: &Path, bytes: &[u8], dims: [usize; 4]) -> Result<()> {
     let [n, h, w, c] = dims;
-    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    cbs_core::atomic::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let per = h * w * c;
     for i in 0..n {
         save_png(
@@ -168,7 +168,7 @@ pub fn write_outputs(
     labels: Option<&[u32]>,
     opts: &OutputOptions,
 ) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+    cbs_core::atomic::create_dir_all(out).map_err(|e| file_err(out, e))?;
     if x.rank() == 2 {
         write_points_npz(&out.join(SAMPLES_NPZ), x)?;
         if x.dim(1)? >= 2 {

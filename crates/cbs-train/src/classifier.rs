@@ -166,7 +166,7 @@ pub fn train_classifier(
         feature_dim: arch.feature_dim,
     };
 
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    cbs_core::atomic::create_dir_all(out).map_err(io_err(out))?;
     let all: Vec<usize> = (0..test_data.len()).collect();
     write_images(&out.join(REFERENCE_FILE), test_data.as_ref(), &all)?;
     // A same-size draw of real training images: its FID against the reference is the floor

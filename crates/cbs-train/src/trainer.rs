@@ -146,7 +146,7 @@ pub fn train(
 
     // Model, optimizer and EMA, fresh or from the latest checkpoint.
     let mut st = Stepper::new(&arch, tc, device)?;
-    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+    cbs_core::atomic::create_dir_all(run_dir).map_err(io_err(run_dir))?;
     // One writer per run directory, for the whole call.
     let _lock = cbs_run::RunLock::acquire(run_dir)?;
     let existing = checkpoint::latest(run_dir)?;
