@@ -142,7 +142,7 @@ fn load(layout: &Layout, dir: &Path, split: Split) -> Result<ImageDataset> {
     };
     let paths: Vec<PathBuf> = names.iter().map(|n| base.join(n)).collect();
     if let Some(absent) = paths.iter().find(|p| !p.is_file()) {
-        return Err(missing(absent.clone()));
+        return Err(crate::error::not_a_file(absent).unwrap_or_else(|| missing(absent.clone())));
     }
 
     let record = layout.record();

@@ -47,5 +47,25 @@ impl DataError {
     }
 }
 
+/// Why `path` cannot be read as a file although something is there: a directory, a FIFO or
+/// device, or a link that cannot be followed. `None` when it is a regular file or absent (the
+/// caller's "not found" then is the truth).
+pub(crate) fn not_a_file(path: &std::path::Path) -> Option<DataError> {
+    let reason = match (std::fs::symlink_metadata(path), std::fs::metadata(path)) {
+        (Err(_), _) => return None,
+        (Ok(_), Err(_)) => {
+            "is a symbolic link that cannot be followed (a loop, or its target is \
+                            missing)"
+        }
+        (Ok(_), Ok(m)) if m.is_dir() => "is a directory, not a file",
+        (Ok(_), Ok(m)) if !m.is_file() => "is not a regular file (a FIFO, socket or device)",
+        _ => return None,
+    };
+    Some(DataError::Layout {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    })
+}
+
 /// Result alias used throughout the crate.
 pub type Result<T> = std::result::Result<T, DataError>;

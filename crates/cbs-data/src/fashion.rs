@@ -77,6 +77,10 @@ fn locate(dir: &Path, stem: &str) -> Result<PathBuf> {
     if raw.is_file() {
         return Ok(raw);
     }
+    // Something is there but cannot be read as a file: say what, not "install the package".
+    if let Some(e) = crate::error::not_a_file(&gz).or_else(|| crate::error::not_a_file(&raw)) {
+        return Err(e);
+    }
     Err(missing(gz))
 }
 

@@ -177,6 +177,32 @@ fn missing_dataset_mentions_install_command_and_path() {
     }
 }
 
+/// Something that is there but is not a readable file is named for what it is, without the
+/// install hint (installing the package would not help).
+#[test]
+fn a_directory_or_a_link_loop_where_a_file_belongs_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("train-images-idx3-ubyte.gz")).unwrap();
+    let msg = load_fashion_mnist(d, Split::Train, Resize::Pad)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("is a directory, not a file"), "{msg}");
+    assert!(!msg.contains("apt-get"), "{msg}");
+    std::fs::remove_dir(d.join("train-images-idx3-ubyte.gz")).unwrap();
+    #[cfg(unix)]
+    {
+        let a = d.join("train-images-idx3-ubyte.gz");
+        let b = d.join("loop-b");
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        let msg = load_fashion_mnist(d, Split::Train, Resize::Pad)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("cannot be followed"), "{msg}");
+    }
+}
+
 #[test]
 fn load_rejects_inconsistent_files() {
     let dir = tempfile::tempdir().unwrap();
