@@ -60,6 +60,14 @@ fn config(dir: &Path, data_dir: &Path) -> PathBuf {
     p
 }
 
+/// A small generated Fashion-MNIST directory under `dir` and a config for it.
+fn fake_setup(dir: &Path) -> PathBuf {
+    let data = dir.join("fashion");
+    std::fs::create_dir_all(&data).unwrap();
+    fake_fashion(&data);
+    config(dir, &data)
+}
+
 /// Generate a small Fashion-MNIST directory under `dir`, write a config for it and run
 /// `train-aux` (with `extra` arguments). Returns the config path and the run directory.
 fn trained_fake_run(dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
@@ -1118,10 +1126,7 @@ fn device_check_on_the_cpu_passes_and_reports_failures() {
 #[test]
 fn sigint_checkpoints_and_exits_130_then_resume_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("fashion");
-    std::fs::create_dir_all(&data).unwrap();
-    fake_fashion(&data);
-    let cfg = config(dir.path(), &data);
+    let cfg = fake_setup(dir.path());
     let run = dir.path().join("run");
     let child = Command::new(env!("CARGO_BIN_EXE_cbs"))
         .args(["train-aux", "--config", cfg.to_str().unwrap()])
@@ -1202,10 +1207,7 @@ fn endless_or_non_file_text_inputs_are_refused() {
 #[test]
 fn out_naming_a_file_is_named_as_such() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("fashion");
-    std::fs::create_dir_all(&data).unwrap();
-    fake_fashion(&data);
-    let cfg = config(dir.path(), &data);
+    let cfg = fake_setup(dir.path());
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     let o = cbs(&[
