@@ -846,6 +846,17 @@ mod metrics_tests {
         Tensor::write_npz(&[("mu", &mu), ("sigma", &sigma3)], &p3).unwrap();
         let e = fid::load_stats(&p3).unwrap_err().to_string();
         assert!(e.contains("bad.npz") && e.contains("sigma"), "{e}");
+        // A sigma that is no covariance (eigenvalues 3 and −1; or not symmetric) is refused.
+        for (m, why) in [
+            ([[1f64, 2.0], [2.0, 1.0]], "not positive semi-definite"),
+            ([[1f64, 0.5], [0.2, 1.0]], "not symmetric"),
+        ] {
+            let p4 = tmp.path().join("nocov.npz");
+            let s4 = Tensor::new(&m, &CPU).unwrap();
+            Tensor::write_npz(&[("mu", &mu), ("sigma", &s4)], &p4).unwrap();
+            let e = fid::load_stats(&p4).unwrap_err().to_string();
+            assert!(e.contains("nocov.npz") && e.contains(why), "{e}");
+        }
     }
 
     // ---- input readers ----
