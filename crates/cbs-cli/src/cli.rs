@@ -50,11 +50,12 @@ pub enum Command {
     /// the default is the number of physical cores.
     Bench(BenchArgs),
     /// Check a device against the CPU: every op's forward and gradients, and one training
-    /// step of each backbone (loss and every gradient), in f32 and half precision.
+    /// step of each backbone (loss and every gradient), in f32 and bf16.
     ///
     /// The reference is the composed ops on the CPU in f64. Tolerances: relative 1e-4 in f32,
-    /// 5e-2 in bf16/f16. Exits non-zero when a check fails. `--device cpu` checks the CPU
-    /// kernels (and f16, the CPU's half-precision stand-in) the same way.
+    /// 5e-2 in bf16. Exits non-zero when a check fails. `--device cpu` checks the CPU kernels
+    /// the same way (convolutional backbones skip bf16 there: candle's CPU backend has no bf16
+    /// convolution).
     DeviceCheck(DeviceCheckArgs),
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The reference is the composed ops on the CPU in f64; the device runs the run-time path a
 //! training run takes there (`Kernels::Fused`: hand-written kernels where the device has them,
-//! composed ops elsewhere) in f32 and in a half-precision dtype. Each op's forward and the
+//! composed ops elsewhere) in f32 and in bf16. Each op's forward and the
 //! gradient of every input (through `Σ out·c` with a fixed random cotangent `c`) are compared
 //! by normwise relative error `‖a − b‖ / ‖b‖`. On `--device cpu` the same logic compares the
 //! CPU kernels with the f64 reference, so the check itself is tested before any GPU time.
