@@ -51,6 +51,11 @@ impl RunLock {
                     holder: who,
                 });
             }
+            // A file system without locks (some network mounts) must not make runs impossible:
+            // the run proceeds unguarded, as it did before locks existed.
+            Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                return Ok(Self { _file: file, path });
+            }
             Err(TryLockError::Error(e)) => return Err(io_err(&path)(e)),
         }
         file.set_len(0).map_err(io_err(&path))?;
