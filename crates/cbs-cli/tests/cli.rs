@@ -1222,3 +1222,86 @@ fn out_naming_a_file_is_named_as_such() {
     assert!(e.contains("a-file exists and is not a directory"), "{e}");
     assert!(!e.contains("os error 17"), "{e}");
 }
+
+/// Crash consistency: a run SIGKILLed at pseudo-random moments (inside checkpoint writes too)
+/// and resumed each time ends with exactly the weights, EMA and optimizer state of a run that
+/// was never interrupted.
+#[test]
+fn killed_at_random_moments_and_resumed_equals_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fake_setup(dir.path());
+    let cfg = cfg.to_str().unwrap();
+    let steps = "200";
+    let whole = dir.path().join("whole");
+    let o = cbs(&[
+        "train-aux",
+        "--config",
+        cfg,
+        "--out",
+        whole.to_str().unwrap(),
+        "--steps",
+        steps,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let run = dir.path().join("killed");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let (mut kills, mut mid_run) = (0, 0);
+    let spawn = |run: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cbs"));
+        cmd.args(["train-aux", "--config", cfg, "--out", run.to_str().unwrap()])
+            .args(["--steps", steps])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if run.join("checkpoints/latest").is_file() {
+            cmd.arg("--resume");
+        }
+        cmd.spawn().unwrap()
+    };
+    // Eight runs killed at pseudo-random moments, then one left to finish.
+    for _ in 0..8 {
+        let mut child = spawn(&run);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(std::time::Duration::from_millis(10 + (seed >> 33) % 400));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+            let latest =
+                std::fs::read_to_string(run.join("checkpoints/latest")).unwrap_or_default();
+            if !latest.is_empty() && latest.trim() != "step-00000200" {
+                mid_run += 1;
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || out.status.code().is_none(),
+            "a run failed on its own (not killed): {err}"
+        );
+    }
+    assert!(
+        mid_run > 0,
+        "no run was killed between checkpoints ({kills} kills): the test proved nothing"
+    );
+    let out = spawn(&run).wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = |r: &Path| {
+        let name = std::fs::read_to_string(r.join("checkpoints/latest")).unwrap();
+        r.join("checkpoints").join(name.trim())
+    };
+    for f in [
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+    ] {
+        let a = std::fs::read(last(&whole).join(f)).unwrap();
+        let b = std::fs::read(last(&run).join(f)).unwrap();
+        assert!(a == b, "{f} differs after {kills} kills");
+    }
+}
