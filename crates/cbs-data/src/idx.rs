@@ -18,6 +18,11 @@ const TYPE_U8: u8 = 0x08;
 /// itself, and a corrupt header must not trigger a giant allocation.
 const MAX_PREALLOC: usize = 64 << 20;
 
+/// The largest payload an IDX file may declare (4 GiB; (Fashion-)MNIST is 47 MB, EMNIST under
+/// 1 GB). A gzip stream cannot be sized without inflating it, so a small "bomb" declaring
+/// gigabytes would otherwise be inflated into memory before anything failed.
+pub const MAX_IDX_BYTES: usize = 4 << 30;
+
 /// A decoded IDX array of unsigned bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdxArray {
@@ -112,6 +117,12 @@ fn parse<R: Read>(mut reader: R, path: &Path, gzip: bool) -> Result<IdxArray> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| malformed(format!("dimensions {dims:?} overflow usize")))?;
 
+    if expected > MAX_IDX_BYTES {
+        return Err(malformed(format!(
+            "dimensions {dims:?} declare {expected} bytes, more than the {MAX_IDX_BYTES} an IDX \
+             file may hold here"
+        )));
+    }
     let mut data = Vec::with_capacity(expected.min(MAX_PREALLOC));
     let limit = u64::try_from(expected).unwrap_or(u64::MAX);
     (&mut reader)

@@ -155,6 +155,24 @@ fn idx_corrupted_gzip_is_malformed() {
     assert_malformed(read_idx(&p), &p, "gzip");
 }
 
+/// A small gzip file declaring gigabytes is refused from its header, before inflating.
+#[test]
+fn idx_declaring_more_than_the_limit_is_refused_before_inflating() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bomb-idx3-ubyte.gz");
+    // 70000 × 256 × 256 bytes ≈ 4.6 GB declared; only a few bytes of payload present.
+    let mut raw = vec![0u8, 0, 0x08, 3];
+    for d in [70000u32, 256, 256] {
+        raw.extend_from_slice(&d.to_be_bytes());
+    }
+    raw.extend_from_slice(&[0u8; 64]);
+    std::fs::write(&p, gzip(&raw)).unwrap();
+    let t0 = std::time::Instant::now();
+    let e = read_idx(&p).unwrap_err().to_string();
+    assert!(e.contains("declare 4587520000 bytes"), "{e}");
+    println!("refused in {:?}", t0.elapsed());
+}
+
 #[test]
 fn idx_missing_file_is_missing() {
     let dir = tempfile::tempdir().unwrap();
