@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     --data) DATA=$2; shift 2 ;;
     --out) OUTDIR=$2; shift 2 ;;
     --skip-bench) SKIP_BENCH=1; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
