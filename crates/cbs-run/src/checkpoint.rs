@@ -90,7 +90,11 @@ fn is_step_name(name: &str) -> bool {
 /// Every value of every tensor is finite; otherwise an error naming the file and the tensor.
 /// Checked before a checkpoint becomes visible: a run must never resume from, or sample,
 /// weights or optimizer state that have diverged.
-fn check_finite(file: &Path, tensors: &[(String, Tensor)], consequence: &str) -> Result<()> {
+fn check_finite<'a>(
+    file: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+    consequence: &str,
+) -> Result<()> {
     for (name, t) in tensors {
         let values = t
             .flatten_all()
@@ -108,6 +112,10 @@ fn check_finite(file: &Path, tensors: &[(String, Tensor)], consequence: &str) ->
         }
     }
     Ok(())
+}
+
+fn named(tensors: &[(String, Tensor)]) -> impl Iterator<Item = (&str, &Tensor)> {
+    tensors.iter().map(|(k, t)| (k.as_str(), t))
 }
 
 const NOT_WRITTEN: &str = "the checkpoint was not written";
@@ -144,9 +152,13 @@ pub fn write(run_dir: &Path, data: &CheckpointData, keep: usize) -> Result<PathB
     let name = step_name(data.state.step);
     let final_dir = root.join(&name);
     let tmp_dir = root.join(format!("{name}.tmp"));
-    check_finite(&final_dir.join(MODEL_FILE), data.model, NOT_WRITTEN)?;
-    check_finite(&final_dir.join(EMA_FILE), data.ema, NOT_WRITTEN)?;
-    check_finite(&final_dir.join(OPTIMIZER_FILE), data.optimizer, NOT_WRITTEN)?;
+    check_finite(&final_dir.join(MODEL_FILE), named(data.model), NOT_WRITTEN)?;
+    check_finite(&final_dir.join(EMA_FILE), named(data.ema), NOT_WRITTEN)?;
+    check_finite(
+        &final_dir.join(OPTIMIZER_FILE),
+        named(data.optimizer),
+        NOT_WRITTEN,
+    )?;
     remove_stale_tmp(&root)?;
     std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
     save_safetensors(&tmp_dir.join(MODEL_FILE), data.model)?;
@@ -304,13 +316,11 @@ pub fn load_for_inference(
     let tensors = cbs_models::weights::strip_wrapper_prefix(load_safetensors(&file, device)?);
     let expected = cbs_models::shapes::parameter_shapes(&state.architecture)?;
     cbs_models::weights::check_names_and_shapes(&file, &tensors, &expected)?;
-    let mut sorted: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    // Diverged weights would make every sample NaN: refuse them, naming the tensor.
-    check_finite(&file, &sorted, "refusing to load it")?;
+    // Diverged weights would make every sample NaN: refuse them, naming the tensor (the first
+    // by name, so the message does not depend on hash order).
+    let mut named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    named.sort_by_key(|(k, _)| *k);
+    check_finite(&file, named, "refusing to load it")?;
     precision.configure_products();
     let vb = VarBuilder::from_tensors(tensors, precision.compute_dtype(), device);
     let model = Model::new(&state.architecture, config.train.kernels, vb)?;

@@ -16,14 +16,6 @@ pub enum SplitError {
         reason: String,
     },
 
-    /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
     /// A text input is not a readable, reasonably sized text file.
     #[error(transparent)]
     Text(#[from] cbs_core::TextError),
