@@ -9,6 +9,12 @@ pub enum EvalError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     /// A file the data crate's readers refused (its message names the file).
+    /// A PyTorch weights file the bounded reader refused (its message names the file).
+    #[error("{source}; {hint}")]
+    Weights {
+        source: cbs_torch::TorchError,
+        hint: String,
+    },
     #[error(transparent)]
     Data(#[from] cbs_data::DataError),
 }

@@ -33,9 +33,9 @@
 //!   vectors match ADM's element for element (the Fréchet distance itself does not depend on the
 //!   order, but ADM's reference `mu_s`/`sigma_s` statistics do).
 //!
-//! Weights load from pytorch-fid's `.pth` (both the zip format of PyTorch ≥ 1.6, read with
-//! `candle_core::pickle`, and the legacy pre-1.6 format, read by a small data-only reader here;
-//! no pickle code is ever executed) or from a `.safetensors` copy with the same key names.
+//! Weights load from pytorch-fid's `.pth` (the zip format of PyTorch ≥ 1.6 or the legacy
+//! pre-1.6 format, both read by `cbs_torch`'s bounded reader; no pickle code is ever executed)
+//! or from a `.safetensors` copy with the same key names.
 
 use cbs_kernels::{ConvInfer, Kernels};
 use std::collections::HashMap;
@@ -506,7 +506,8 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> EvalError {
 }
 
 /// Reads every tensor of a weights file (zip `.pth`, legacy `.pth` or `.safetensors`, told apart
-/// by their first bytes) onto the CPU.
+/// by their first bytes) onto the CPU. `.pth` files go through `cbs_torch`'s bounded reader,
+/// which never executes the pickle.
 pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
     let hint = format!(
         "expected the FID Inception weights ({WEIGHTS_FILE}, from {WEIGHTS_URL}) or a \
@@ -515,19 +516,25 @@ pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
         return Err(file_error(path, format!("weights file not found; {hint}")));
     }
-    let bytes =
-        std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}; {hint}")))?;
-    let tensors: HashMap<String, Tensor> = if bytes.starts_with(b"PK\x03\x04") {
-        candle_core::pickle::read_all(path)
-            .map_err(|e| file_error(path, format!("cannot read the zip .pth: {e}; {hint}")))?
-            .into_iter()
-            .collect()
-    } else if bytes.first() == Some(&0x80) {
-        legacy_pth::read(&bytes)
-            .map_err(|e| file_error(path, format!("cannot read the legacy .pth: {e}; {hint}")))?
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(|e| file_error(path, format!("cannot read: {e}; {hint}")))?;
+    let tensors: HashMap<String, Tensor> = if head[..n] == *b"PK\x03\x04" || head[0] == 0x80 {
+        // The message of a cbs_torch error already names the file.
+        let torch_err = |source| EvalError::Weights {
+            source,
+            hint: hint.clone(),
+        };
+        let file = cbs_torch::TorchFile::open(path).map_err(torch_err)?;
+        file.load_all(None)
+            .map_err(torch_err)?
+            .0
             .into_iter()
             .collect()
     } else {
+        let bytes = std::fs::read(path)
+            .map_err(|e| file_error(path, format!("cannot read: {e}; {hint}")))?;
         candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
             file_error(
                 path,
@@ -542,251 +549,6 @@ pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
         ));
     }
     Ok(tensors)
-}
-
-/// Reader for PyTorch's legacy (pre-1.6, non-zip) `torch.save` format, data only.
-///
-/// Layout: four pickles (magic number, protocol version 1001, system info, the saved object with
-/// storages as persistent ids `('storage', <type>, key, location, numel[, view])`), a pickled list
-/// of storage keys, then for each key in that order an i64 little-endian element count followed
-/// by the raw little-endian data. The pickles are decoded by `candle_core::pickle::Stack`, which
-/// only builds a data tree and calls nothing.
-mod legacy_pth {
-    use std::collections::HashMap;
-    use std::io::Cursor;
-
-    use candle_core::pickle::{Object, Stack};
-    use candle_core::{DType, Device, Tensor};
-
-    /// `pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2)`.
-    const MAGIC: [u8; 15] = [
-        0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e,
-    ];
-    const PROTOCOL_VERSION: i64 = 1001;
-
-    type R<T> = std::result::Result<T, String>;
-
-    struct Entry {
-        name: String,
-        key: String,
-        dtype: Option<DType>,
-        offset: usize,
-        size: Vec<usize>,
-        stride: Vec<usize>,
-    }
-
-    fn unpickle(r: &mut Cursor<&[u8]>) -> R<Object> {
-        let mut stack = Stack::empty();
-        stack.read_loop(r).map_err(|e| format!("bad pickle: {e}"))?;
-        stack.finalize().map_err(|e| format!("bad pickle: {e}"))
-    }
-
-    fn usizes(o: Object) -> R<Vec<usize>> {
-        match o {
-            Object::Tuple(v) | Object::List(v) => v
-                .into_iter()
-                .map(|x| match x.int_or_long() {
-                    Ok(i) if i >= 0 => Ok(i as usize),
-                    other => Err(format!("bad size/stride entry {other:?}")),
-                })
-                .collect(),
-            other => Err(format!("expected a tuple of ints, got {other:?}")),
-        }
-    }
-
-    /// Storage class name → (dtype, element size); the dtype is `None` for types candle lacks.
-    fn storage_type(class: &str) -> R<(Option<DType>, usize)> {
-        Ok(match class {
-            "FloatStorage" => (Some(DType::F32), 4),
-            "DoubleStorage" => (Some(DType::F64), 8),
-            "HalfStorage" => (Some(DType::F16), 2),
-            "BFloat16Storage" => (Some(DType::BF16), 2),
-            "ByteStorage" => (Some(DType::U8), 1),
-            "ShortStorage" => (Some(DType::I16), 2),
-            "IntStorage" => (Some(DType::I32), 4),
-            "LongStorage" => (Some(DType::I64), 8),
-            "CharStorage" | "BoolStorage" => (None, 1),
-            "ComplexFloatStorage" => (None, 8),
-            "ComplexDoubleStorage" => (None, 16),
-            other => return Err(format!("unsupported storage type {other}")),
-        })
-    }
-
-    /// Parses one state_dict value `_rebuild_tensor_v2(storage, offset, size, stride, ...)`
-    /// (possibly wrapped in `_rebuild_parameter`); `None` for values that are not tensors.
-    fn parse_tensor(
-        name: String,
-        value: Object,
-        elem_sizes: &mut HashMap<String, usize>,
-    ) -> R<Option<Entry>> {
-        let (callable, args) = match value {
-            Object::Reduce { callable, args } => (*callable, *args),
-            _ => return Ok(None),
-        };
-        let Object::Class {
-            module_name,
-            class_name,
-        } = callable
-        else {
-            return Ok(None);
-        };
-        let mut args = match args {
-            Object::Tuple(a) => a,
-            _ => return Ok(None),
-        };
-        match (module_name.as_str(), class_name.as_str()) {
-            ("torch._utils", "_rebuild_parameter") if !args.is_empty() => {
-                return parse_tensor(name, args.swap_remove(0), elem_sizes)
-            }
-            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {}
-            _ => return Ok(None),
-        }
-        if args.len() < 4 {
-            return Err(format!("{name}: short _rebuild_tensor arguments"));
-        }
-        let stride = usizes(args.remove(3))?;
-        let size = usizes(args.remove(2))?;
-        let offset =
-            args.remove(1)
-                .int_or_long()
-                .map_err(|o| format!("{name}: bad storage offset {o:?}"))? as usize;
-        let pid = match args.remove(0) {
-            Object::PersistentLoad(p) => *p,
-            other => return Err(format!("{name}: expected a storage, got {other:?}")),
-        };
-        let mut pid = match pid {
-            Object::Tuple(t) if t.len() >= 5 => t,
-            other => return Err(format!("{name}: bad storage id {other:?}")),
-        };
-        if pid.len() > 5 && pid[5] != Object::None {
-            return Err(format!("{name}: storage views are not supported"));
-        }
-        let key = pid
-            .remove(2)
-            .unicode()
-            .map_err(|o| format!("{name}: bad storage key {o:?}"))?;
-        let class = match pid.remove(1) {
-            Object::Class { class_name, .. } => class_name,
-            other => return Err(format!("{name}: bad storage type {other:?}")),
-        };
-        let (dtype, elem_size) = storage_type(&class)?;
-        elem_sizes.insert(key.clone(), elem_size);
-        if size.len() != stride.len() {
-            return Err(format!("{name}: size and stride ranks differ"));
-        }
-        Ok(Some(Entry {
-            name,
-            key,
-            dtype,
-            offset,
-            size,
-            stride,
-        }))
-    }
-
-    /// Copies the (possibly strided) elements of `e` out of its storage, C-contiguously.
-    fn gather(e: &Entry, storage: &[u8], esize: usize) -> R<Vec<u8>> {
-        let numel: usize = e.size.iter().product();
-        if numel == 0 {
-            return Ok(vec![]);
-        }
-        let last: usize = e.offset
-            + e.size
-                .iter()
-                .zip(&e.stride)
-                .map(|(s, st)| (s - 1) * st)
-                .sum::<usize>();
-        if (last + 1) * esize > storage.len() {
-            return Err(format!("{}: tensor extends past its storage", e.name));
-        }
-        let mut out = Vec::with_capacity(numel * esize);
-        let mut idx = vec![0usize; e.size.len()];
-        for _ in 0..numel {
-            let off = e.offset + idx.iter().zip(&e.stride).map(|(i, s)| i * s).sum::<usize>();
-            out.extend_from_slice(&storage[off * esize..(off + 1) * esize]);
-            for d in (0..idx.len()).rev() {
-                idx[d] += 1;
-                if idx[d] < e.size[d] {
-                    break;
-                }
-                idx[d] = 0;
-            }
-        }
-        Ok(out)
-    }
-
-    pub(super) fn read(bytes: &[u8]) -> R<Vec<(String, Tensor)>> {
-        if !bytes.starts_with(&MAGIC) {
-            return Err("not a PyTorch checkpoint (bad magic number)".into());
-        }
-        let mut r = Cursor::new(&bytes[MAGIC.len()..]);
-        match unpickle(&mut r)?.int_or_long() {
-            Ok(PROTOCOL_VERSION) => {}
-            other => return Err(format!("unsupported protocol version {other:?}")),
-        }
-        if let Object::Dict(info) = unpickle(&mut r)? {
-            let big_endian = info.iter().any(|(k, v)| {
-                *k == Object::Unicode("little_endian".into()) && *v == Object::Bool(false)
-            });
-            if big_endian {
-                return Err("big-endian checkpoints are not supported".into());
-            }
-        }
-        let obj = unpickle(&mut r)?;
-        let Object::Dict(items) = obj else {
-            return Err("the saved object is not a state_dict".into());
-        };
-        let mut elem_sizes = HashMap::new();
-        let mut entries = vec![];
-        for (name, value) in items {
-            let Object::Unicode(name) = name else {
-                continue;
-            };
-            if let Some(e) = parse_tensor(name, value, &mut elem_sizes)? {
-                entries.push(e);
-            }
-        }
-        let keys = match unpickle(&mut r)? {
-            Object::List(k) | Object::Tuple(k) => k
-                .into_iter()
-                .map(|k| k.unicode().map_err(|o| format!("bad storage key {o:?}")))
-                .collect::<R<Vec<String>>>()?,
-            other => return Err(format!("bad storage key list {other:?}")),
-        };
-        let mut pos = MAGIC.len() + r.position() as usize;
-        let mut storages: HashMap<String, &[u8]> = HashMap::new();
-        for key in keys {
-            let esize = *elem_sizes
-                .get(&key)
-                .ok_or_else(|| format!("storage {key} has no known element type"))?;
-            let header = bytes
-                .get(pos..pos + 8)
-                .ok_or_else(|| "truncated file (storage header)".to_string())?;
-            let numel = i64::from_le_bytes(header.try_into().expect("8 bytes"));
-            let nbytes = usize::try_from(numel)
-                .ok()
-                .and_then(|n| n.checked_mul(esize))
-                .ok_or_else(|| format!("bad element count {numel} for storage {key}"))?;
-            pos += 8;
-            let data = bytes
-                .get(pos..pos + nbytes)
-                .ok_or_else(|| format!("truncated file (storage {key})"))?;
-            storages.insert(key, data);
-            pos += nbytes;
-        }
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let Some(dtype) = e.dtype else { continue };
-            let storage = storages
-                .get(&e.key)
-                .ok_or_else(|| format!("{}: storage {} missing", e.name, e.key))?;
-            let data = gather(&e, storage, dtype.size_in_bytes())?;
-            let t = Tensor::from_raw_buffer(&data, dtype, &e.size, &Device::Cpu)
-                .map_err(|err| format!("{}: {err}", e.name))?;
-            out.push((e.name, t));
-        }
-        Ok(out)
-    }
 }
 
 /// Names and shapes of the tensors [`InceptionV3::from_varbuilder`] reads, in build order (the
