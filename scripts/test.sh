@@ -14,6 +14,8 @@ cargo test --workspace --all-targets
 # The GPU verification script's own logic, on tiny settings on the CPU, with the binary the
 # tests just built (so the script is tested before any GPU time is spent on it).
 scripts/gpu-check.sh --device cpu --bin target/debug/cbs --out target/gpu-check-cpu
+# The attention CUDA kernels' logic, emulated on the CPU (g++; no GPU, no CUDA toolkit).
+scripts/cuda-emu.sh
 # The `cuda` feature must compile (nvcc included) though no GPU is here to run it.
 # CBS_SKIP_CUDA_BUILD=1 skips this step for a quick local run.
 if [ "${CBS_SKIP_CUDA_BUILD:-0}" != 1 ]; then

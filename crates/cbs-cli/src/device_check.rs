@@ -232,9 +232,45 @@ const OPS: &[OpCase] = &[
     OpCase {
         name: "attention",
         inputs: &[&[B, N, 3 * C]],
-        forward: |k, x| nn::attention(k, &x[0], HEADS, 1.0 / ((C / HEADS) as f64).sqrt()),
+        forward: |k, x| attention(k, &x[0], HEADS),
+    },
+    // The CUDA attention kernels' head widths (SiT-XL's 72 included) and token counts that
+    // are not multiples of their tiles (32 for f32, 64 for bf16), one of them over several tiles.
+    OpCase {
+        name: "attention_d32_n130",
+        inputs: &[&[1, 130, 3 * 2 * 32]],
+        forward: |k, x| attention(k, &x[0], 2),
+    },
+    OpCase {
+        name: "attention_d64_n70",
+        inputs: &[&[2, 70, 3 * 2 * 64]],
+        forward: |k, x| attention(k, &x[0], 2),
+    },
+    OpCase {
+        name: "attention_d72_n50",
+        inputs: &[&[2, 50, 3 * 2 * 72]],
+        forward: |k, x| attention(k, &x[0], 2),
+    },
+    OpCase {
+        name: "attention_d128_n33",
+        inputs: &[&[1, 33, 3 * 2 * 128]],
+        forward: |k, x| attention(k, &x[0], 2),
     },
 ];
+
+/// Attention over `qkv` `[B, N, 3C]` with `heads` heads and scale `1/√d`, as the models run it
+/// (`nn::attention`), except that where [`Kernels::fuses_attention`] holds (on CUDA: the
+/// memory-efficient kernels) the hand-written op is called directly, so that the check covers
+/// it whatever `nn`'s dispatch.
+fn attention(k: Kernels, qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let d = qkv.dim(2)? / 3 / heads;
+    let scale = 1.0 / (d as f64).sqrt();
+    if k.fuses_attention(qkv, heads) {
+        cbs_kernels::attention(qkv, heads, scale)
+    } else {
+        nn::attention(k, qkv, heads, scale)
+    }
+}
 
 /// Seeded standard-normal values (the device and the reference see the same numbers).
 fn normal(shape: &[usize], stream: u64) -> Result<Tensor> {

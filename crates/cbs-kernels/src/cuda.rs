@@ -64,6 +64,17 @@ impl Kernel {
     pub(crate) fn builder(&self) -> LaunchArgs<'_> {
         self.stream.launch_builder(&self.func)
     }
+
+    /// Allow launches with `bytes` of dynamic shared memory (above the default 48 KiB a kernel
+    /// must opt in; the call fails where the device has less).
+    pub(crate) fn allow_dynamic_smem(&self, bytes: usize) -> Result<()> {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+        use candle_core::cuda_backend::WrapErr as _;
+        let bytes = i32::try_from(bytes).map_err(candle_core::Error::wrap)?;
+        self.func
+            .set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
+            .w()
+    }
 }
 
 /// Run `$body` with the type alias `$t` bound to the element type of `$dtype` (f32 or bf16).

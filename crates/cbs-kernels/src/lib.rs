@@ -75,6 +75,15 @@ impl Kernels {
         self == Kernels::Fused && applies_op(op, xs)
     }
 
+    /// Whether [`attention`] over `qkv` (`[B, N, 3C]`, `heads` heads) takes the hand-written
+    /// kernels: [`Kernels::fuses_op`] for [`Op::Attention`] and, on CUDA, a shape the kernels
+    /// take ([`ops::attention::cuda_supports`]: head width at most 128). On the CPU the same as
+    /// [`Kernels::fuses`]. Otherwise the caller runs its composed attention.
+    pub fn fuses_attention(self, qkv: &Tensor, heads: usize) -> bool {
+        self.fuses_op(Op::Attention, &[qkv])
+            && (qkv.device().is_cpu() || ops::attention::cuda_supports(qkv.dims(), heads).is_ok())
+    }
+
     /// The name used in configs and on the command line.
     pub fn name(self) -> &'static str {
         match self {
@@ -137,14 +146,11 @@ impl Op {
             | Op::QkNormRope
             | Op::SwiGlu
             | Op::GroupNorm
-            | Op::Mse => true,
-            Op::Linear
-            | Op::BiasAdd
-            | Op::Attention
-            | Op::BlockHalf
-            | Op::Conv2d
-            | Op::ConvInfer
-            | Op::Pool => false,
+            | Op::Mse
+            | Op::Attention => true,
+            Op::Linear | Op::BiasAdd | Op::BlockHalf | Op::Conv2d | Op::ConvInfer | Op::Pool => {
+                false
+            }
         }
     }
 }

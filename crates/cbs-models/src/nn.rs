@@ -345,7 +345,8 @@ pub fn linear(k: Kernels, lin: &Linear, x: &Tensor) -> Result<Tensor> {
 /// Multi-head self-attention `softmax(scale·q·kᵀ)·v` from a fused qkv projection: `qkv`
 /// `[B, N, 3C]` with channels ordered (q|k|v, head, d) → `[B, N, C]` with channels (head, d).
 pub fn attention(k: Kernels, qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-    if k.fuses(&[qkv]) {
+    // On CUDA the memory-efficient kernel takes head widths up to 128; others run composed.
+    if k.fuses_attention(qkv, heads) {
         fused::attention(qkv, heads, scale)
     } else {
         composed::attention(qkv, heads, scale)

@@ -11,6 +11,14 @@
 //! the output and the qkv gradient straight into their `[N, C]` / `[N, 3C]` layouts. The
 //! forward keeps the attention weights `P` (`[B, H, N, N]`, as the composed graph does); the
 //! backward is four products and one softmax-backward pass per head.
+//!
+//! On CUDA (the `cuda` feature; f32 and bf16, head width 1…128, see [`cuda_supports`]) the same
+//! node runs the memory-efficient kernels of `attention.cu` (launch code in
+//! `attention_cuda.rs`): FlashAttention-2 tiles with an online softmax, no `N×N` matrix; the
+//! forward keeps the per-row log-sum-exp (`[B, H, N]`, f32) instead of `P`, and the backward
+//! recomputes `P` tile by tile. **Those kernels are compiled but unverified until
+//! `scripts/gpu-check.sh` runs on a GPU** (their logic passed a CPU emulation,
+//! `tests/cuda_emu/`).
 
 use std::sync::Mutex;
 
@@ -18,6 +26,38 @@ use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Ten
 
 use super::gemm::{gemm_into, Threads, View};
 use super::{contiguous, lane_sum, lane_sum3, simd_kernel, with_slice, with_tensors3, F, LANES};
+
+/// The largest head width the CUDA kernels take.
+pub const CUDA_MAX_HEAD_DIM: usize = 128;
+
+/// Whether the CUDA kernels take a qkv of shape `dims` (`[B, N, 3·H·d]`) with `heads` heads:
+/// `1 ≤ d ≤` [`CUDA_MAX_HEAD_DIM`], B and H at most 65535 (grid limits), N ≥ 1 and below 2³¹.
+/// `Err` says why not; callers then take the composed attention
+/// ([`crate::Kernels::fuses_attention`] checks this).
+pub fn cuda_supports(dims: &[usize], heads: usize) -> std::result::Result<(), String> {
+    let &[b, n, c3] = dims else {
+        return Err(format!("qkv must be [B, N, 3C], got {dims:?}"));
+    };
+    if heads == 0 || c3 == 0 || !c3.is_multiple_of(3 * heads) {
+        return Err(format!("{c3} channels are not 3 × {heads} heads"));
+    }
+    let d = c3 / (3 * heads);
+    if d > CUDA_MAX_HEAD_DIM {
+        return Err(format!(
+            "head width {d}: the CUDA kernel takes 1..={CUDA_MAX_HEAD_DIM} (use the composed \
+             attention)"
+        ));
+    }
+    if b == 0 || n == 0 {
+        return Err("empty input".into());
+    }
+    if b > 65535 || heads > 65535 || n > i32::MAX as usize {
+        return Err(format!(
+            "{b} images, {heads} heads, {n} tokens exceed the launch limits"
+        ));
+    }
+    Ok(())
+}
 
 /// Sizes: batch, tokens, heads, head width (`C = H·d`).
 #[derive(Clone, Copy, Debug)]
@@ -174,7 +214,8 @@ pub(super) fn bwd<T: F>(qkv: &[T], p: &[T], go: &[T], dm: Dims, scale: f64) -> V
     dqkv
 }
 
-/// The attention node over `qkv` `[B, N, 3C]`; its forward keeps `P` for the backward.
+/// The attention node over `qkv` `[B, N, 3C]`; its forward keeps `P` for the backward (on
+/// CUDA: the log-sum-exp `[B, H, N]`).
 struct Attention {
     heads: usize,
     scale: f64,
@@ -229,11 +270,36 @@ impl CustomOp1 for Attention {
         Ok((out, Shape::from((dm.b, dm.n, dm.c()))))
     }
 
-    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dm = self.dims(l.dims())?;
+        let (out, lse) = super::attention_cuda::fwd(s, l, dm, self.scale)?;
+        *self.p.lock().expect("attention weights lock") = Some(lse);
+        Ok((out, Shape::from((dm.b, dm.n, dm.c()))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dm = self.dims(qkv.dims())?;
         let Some(p) = self.p.lock().expect("attention weights lock").clone() else {
             bail!("fused-attention: backward before forward");
         };
+        #[cfg(feature = "cuda")]
+        if qkv.device().is_cuda() {
+            // `p` is the log-sum-exp; the kernels recompute P from it and q, k.
+            let op = super::attention_cuda::AttentionBwd {
+                dm,
+                scale: self.scale,
+                lse: p,
+            };
+            let (qkv, out, go) = (qkv.contiguous()?, res.contiguous()?, grad.contiguous()?);
+            return Ok(Some(qkv.apply_op3_no_bwd(&out, &go, &op)?));
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = res;
         let (qkv, go) = (qkv.contiguous()?, grad.contiguous()?);
         let dev = qkv.device().clone();
         let dqkv = with_tensors3!("fused-attention", (&qkv, &p, &go), |x, p, g| {
@@ -245,7 +311,8 @@ impl CustomOp1 for Attention {
 
 /// `softmax(scale·q·kᵀ)·v` over `heads` heads, from `qkv` `[B, N, 3C]` (channels ordered
 /// (q|k|v, head, d), as PyTorch's `qkv.reshape(B, N, 3, H, d)`) to `[B, N, C]` (channels
-/// (head, d)). One graph node; CPU, f32/f64.
+/// (head, d)). One graph node; CPU, f32/f64; with the `cuda` feature also CUDA, f32/bf16, for
+/// the shapes [`cuda_supports`] accepts.
 pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     qkv.contiguous()?.apply_op1(Attention {
         heads,

@@ -96,6 +96,7 @@ macro_rules! fused_op {
 }
 
 pub mod attention;
+mod attention_cuda;
 pub mod block;
 pub mod conv2d;
 pub mod conv_infer;

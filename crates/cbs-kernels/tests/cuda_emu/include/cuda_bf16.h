@@ -1,0 +1,2 @@
+// Host emulation stub: see emu.h.
+#pragma once
