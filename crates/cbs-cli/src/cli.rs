@@ -34,6 +34,9 @@ pub enum Command {
     TrainExperts(TrainExpertsArgs),
     /// Sample images from a checkpoint (or a set of experts) and write a grid and samples.npz.
     Sample(SampleArgs),
+    /// Evaluate the network once on given x, t, y (safetensors in and out): its raw output and
+    /// the velocity, for parity checks against PyTorch and for debugging.
+    Forward(ForwardArgs),
     /// FID, sFID, Inception Score, precision/recall and KID of samples against reference
     /// images or statistics (Inception-v3 features, as pytorch-fid).
     EvalFid(EvalFidArgs),
@@ -142,12 +145,23 @@ pub struct RunArgs {
     /// statistics and loss stay f32). Recorded in the run's config.toml.
     #[arg(long, value_enum)]
     pub precision: Option<cbs_kernels::Precision>,
+    /// Override data.max_memory_gib: the most memory (GiB) a data reader may allocate for
+    /// what a file declares (default: half the physical memory).
+    #[arg(long, value_name = "GIB", value_parser = parse_memory_limit)]
+    pub max_memory_gib: Option<cbs_data::MemoryLimit>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
+fn parse_memory_limit(s: &str) -> Result<cbs_data::MemoryLimit, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(cbs_data::MemoryLimit::from_gib)
+        .ok_or_else(|| format!("{s:?}: expected a positive number of GiB"))
+}
+
 impl RunArgs {
-    /// Apply --steps, --seed, --kernels and --precision to a configuration.
+    /// Apply --steps, --seed, --kernels, --precision and --max-memory-gib to a configuration.
     pub fn apply(&self, cfg: &mut cbs_run::TrainConfig) {
         if let Some(s) = self.steps {
             cfg.train.steps = s;
@@ -160,6 +174,9 @@ impl RunArgs {
         }
         if let Some(p) = self.precision {
             cfg.train.precision = p;
+        }
+        if let Some(m) = self.max_memory_gib {
+            cfg.data.max_memory_gib = Some(m);
         }
     }
 }
@@ -188,9 +205,12 @@ pub struct TrainExpertsArgs {
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// A run directory (its latest checkpoint) or a checkpoint directory.
+    /// A run directory (its latest checkpoint), a checkpoint directory, or a PyTorch
+    /// checkpoint file of the reference code (with --model).
     #[arg(long, required_unless_present = "experts", conflicts_with = "experts")]
     pub checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub torch: TorchModelArgs,
     /// A `cbs train-experts` directory: each step uses the expert that owns it, and every
     /// knot is a step edge (steps shared in proportion to segment length).
     #[arg(long)]
@@ -337,6 +357,65 @@ pub struct BenchCommon {
     pub device: DeviceArgs,
 }
 
+/// The architecture of a PyTorch checkpoint file, which carries none.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TorchModelArgs {
+    /// For a PyTorch checkpoint file (`.pt`/`.pth` saved by SiT, DiT, JiT or torchcfm code):
+    /// the preset it was trained as, e.g. sit-xl-2 (`cbs inspect --list`). Not needed for cbs
+    /// run or checkpoint directories, which record their architecture.
+    #[arg(long = "model", value_name = "PRESET")]
+    pub preset: Option<String>,
+    /// With --model: image side (latent side for latent models) [default: the preset's
+    /// published one, e.g. 32 for SiT's ImageNet-256 latents].
+    #[arg(long, requires = "preset")]
+    pub image_size: Option<usize>,
+    /// With --model: input channels [default: the preset's, 4 for SiT latents].
+    #[arg(long, requires = "preset")]
+    pub in_channels: Option<usize>,
+    /// With --model: classes [default: the preset's, 1000 for the ImageNet presets].
+    #[arg(long, requires = "preset")]
+    pub num_classes: Option<usize>,
+}
+
+impl TorchModelArgs {
+    pub fn spec(&self) -> Option<cbs_models::ModelSpec> {
+        self.preset.as_ref().map(|p| {
+            let mut spec = cbs_models::ModelSpec::new(p);
+            spec.image_size = self.image_size;
+            spec.in_channels = self.in_channels;
+            spec.num_classes = self.num_classes;
+            spec
+        })
+    }
+}
+
+/// `cbs forward`: one network evaluation on given inputs, for parity checks and debugging.
+#[derive(Args, Debug)]
+pub struct ForwardArgs {
+    /// A cbs run or checkpoint directory, or a PyTorch checkpoint file (with --model).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub torch: TorchModelArgs,
+    /// Safetensors file with `x` ([B, C, H, W] or [B, D], float), `t` ([B], float, the time the
+    /// network receives: 0 = noise, 1 = data) and optionally `y` ([B], integer labels; default:
+    /// the null class, or 0 without one).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub inputs: PathBuf,
+    /// Output safetensors: `output` (the network's own output: SiT's whole final layer, the
+    /// velocity then the learn_sigma variance channels; JiT's clean-image prediction) and
+    /// `velocity` (what the sampler integrates), both float32.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+    /// Which weights of the checkpoint.
+    #[arg(long, value_enum, default_value = "ema")]
+    pub weights: WeightsKind,
+    #[arg(long, value_enum, default_value_t = cbs_kernels::Precision::F32)]
+    pub precision: cbs_kernels::Precision,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     /// Preset name, e.g. sit-xl-2 (see --list).
@@ -381,10 +460,13 @@ Stdout: `knots = [..]` and `intervals = [[lo, hi], ..]`.";
     after_help = ESTIMATE_OUTPUTS
 )]
 pub struct EstimateArgs {
-    /// Auxiliary model: a run directory (its latest checkpoint) or a checkpoint directory
-    /// (EMA weights). Exclusive with --oracle-gmm.
+    /// Auxiliary model: a run directory (its latest checkpoint), a checkpoint directory, or a
+    /// PyTorch checkpoint file of the reference code (with --model); EMA weights. Exclusive
+    /// with --oracle-gmm.
     #[arg(long, value_name = "RUN_DIR")]
     pub aux: Option<PathBuf>,
+    #[command(flatten)]
+    pub torch: TorchModelArgs,
     /// Use the exact velocity field of a Gaussian mixture (JSON: means, stds, weights) instead
     /// of a model. Exclusive with --aux.
     #[arg(long, value_name = "FILE.json")]

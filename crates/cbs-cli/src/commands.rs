@@ -26,6 +26,8 @@ pub fn train_aux(a: TrainArgs) -> Result<()> {
         // Only the step budget may change when continuing a run.
         let mut prev = TrainConfig::from_file(&stored)?;
         prev.train.steps = cfg.train.steps;
+        // The memory limit belongs to the machine, not the run.
+        prev.data.max_memory_gib = cfg.data.max_memory_gib;
         if prev != cfg {
             bail!(
                 "the configuration differs from {} in more than train.steps; a resumed run \
@@ -81,8 +83,13 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     // One model owning every step, or a set of experts each owning its segment's steps.
     let (models, grid, owner, source) = match (&a.checkpoint, &a.experts) {
         (Some(ck), None) => {
-            let m = checkpoint::load_for_inference(ck, which, a.precision, &dev)?;
-            let source = format!("{} (step {})", m.dir.display(), m.state.step);
+            let spec = a.torch.spec();
+            let (m, entry) =
+                cbs_run::torch_checkpoint::load_any(ck, which, spec.as_ref(), a.precision, &dev)?;
+            let source = match entry {
+                Some(e) => format!("{} (PyTorch file, entry `{e}`)", m.dir.display()),
+                None => format!("{} (step {})", m.dir.display(), m.state.step),
+            };
             (vec![m], uniform_grid(a.steps), vec![0; a.steps], source)
         }
         (None, Some(dir)) => {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use cbs_flow::guidance::Guided;
 use cbs_flow::VelocityField;
-use cbs_run::checkpoint::{self, WeightsKind};
+use cbs_run::checkpoint::WeightsKind;
 use cbs_run::splits::{write_monitor_csv, MONITOR_CSV, MONITOR_PNG, SPLITS_FILE};
 use cbs_run::{KnotIntervalEntry, SplitSettings, SplitsFile};
 use cbs_split::{GmmOracle, MonitorCurve, MonitorOptions};
@@ -56,10 +56,18 @@ pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
 
     let (curve, source) = match (&a.aux, &a.oracle_gmm) {
         (Some(aux), None) => {
-            let loaded = checkpoint::load_for_inference(aux, WeightsKind::Ema, a.precision, &dev)
-                .with_context(|| {
-                format!("loading the auxiliary model --aux {}", aux.display())
-            })?;
+            let spec = a.torch.spec();
+            let (loaded, entry) = cbs_run::torch_checkpoint::load_any(
+                aux,
+                WeightsKind::Ema,
+                spec.as_ref(),
+                a.precision,
+                &dev,
+            )
+            .with_context(|| format!("loading the auxiliary model --aux {}", aux.display()))?;
+            if let Some(e) = &entry {
+                eprintln!("--aux {}: PyTorch file, entry `{e}`", aux.display());
+            }
             let arch = &loaded.architecture;
             let classes = arch.num_classes();
             if a.cfg_scale != 1.0 {

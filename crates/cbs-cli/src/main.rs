@@ -11,8 +11,10 @@ mod estimate;
 mod eval_fid;
 mod eval_gmm;
 mod experts;
+mod forward;
 mod plot;
 mod progress;
+mod report;
 mod signals;
 
 use clap::Parser;
@@ -22,10 +24,12 @@ fn main() -> std::process::ExitCode {
     restore_sigpipe();
     let args = cli::Cli::parse();
     init_tracing(args.verbose);
+    let verbose = args.verbose > 0;
     match run(args.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once; candle's backtraces only with -v.
+            eprintln!("error: {}", report::render(&e, verbose));
             // Interrupted training exits as an interrupted process does.
             let interrupted = e.chain().any(|c| {
                 matches!(
@@ -48,6 +52,7 @@ fn run(command: cli::Command) -> anyhow::Result<()> {
     match command {
         Command::TrainAux(a) => commands::train_aux(a),
         Command::Sample(a) => commands::sample(a),
+        Command::Forward(a) => forward::forward(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Bench(a) => bench::bench(a),
         Command::DeviceCheck(a) => device_check::device_check(a),

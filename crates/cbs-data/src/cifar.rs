@@ -13,12 +13,16 @@
 //! CIFAR-100 is labelled with its 100 fine classes. `dir` may be the folder holding the files or
 //! the folder the archive was extracted into (holding `cifar-10-batches-bin` /
 //! `cifar-100-binary`).
+//!
+//! The batches' total size (what the data set will hold) is checked against the
+//! [`MemoryLimit`] before any of them is read.
 
 use std::path::{Path, PathBuf};
 
 use crate::dataset::ImageDataset;
 use crate::error::{DataError, Result};
 use crate::fashion::Split;
+use crate::limit::{read_declared, MemoryLimit};
 
 /// CIFAR-10 class names, indexed by label (as in `batches.meta.txt`).
 pub const CIFAR10_CLASSES: [&str; 10] = [
@@ -77,13 +81,23 @@ const CIFAR100: Layout = Layout {
 
 /// Loads one split of CIFAR-10 (10 classes, 3×32×32) from its binary batches in `dir`.
 pub fn load_cifar10(dir: &Path, split: Split) -> Result<ImageDataset> {
-    load(&CIFAR10, dir, split)
+    load(&CIFAR10, dir, split, MemoryLimit::default())
+}
+
+/// [`load_cifar10`] under an explicit memory limit.
+pub fn load_cifar10_limited(dir: &Path, split: Split, limit: MemoryLimit) -> Result<ImageDataset> {
+    load(&CIFAR10, dir, split, limit)
 }
 
 /// Loads one split of CIFAR-100 (100 fine classes, 3×32×32) from `train.bin` / `test.bin` in
 /// `dir`.
 pub fn load_cifar100(dir: &Path, split: Split) -> Result<ImageDataset> {
-    load(&CIFAR100, dir, split)
+    load(&CIFAR100, dir, split, MemoryLimit::default())
+}
+
+/// [`load_cifar100`] under an explicit memory limit.
+pub fn load_cifar100_limited(dir: &Path, split: Split, limit: MemoryLimit) -> Result<ImageDataset> {
+    load(&CIFAR100, dir, split, limit)
 }
 
 impl Layout {
@@ -124,7 +138,7 @@ impl Layout {
     }
 }
 
-fn load(layout: &Layout, dir: &Path, split: Split) -> Result<ImageDataset> {
+fn load(layout: &Layout, dir: &Path, split: Split, limit: MemoryLimit) -> Result<ImageDataset> {
     let names = layout.files(split);
     let missing = |path: PathBuf| DataError::Missing {
         path,
@@ -145,20 +159,50 @@ fn load(layout: &Layout, dir: &Path, split: Split) -> Result<ImageDataset> {
         return Err(crate::error::not_a_file(absent).unwrap_or_else(|| missing(absent.clone())));
     }
 
+    let io = |path: &PathBuf, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            missing(path.clone())
+        } else {
+            DataError::Io {
+                path: path.clone(),
+                source: e,
+            }
+        }
+    };
+    // The data set holds about what the files do (less the label bytes); each file is read
+    // whole while the data set grows, so the check covers both before any byte is read.
+    let mut sizes = Vec::with_capacity(paths.len());
+    for path in &paths {
+        sizes.push(std::fs::metadata(path).map_err(|e| io(path, e))?.len());
+    }
+    let total = sizes.iter().fold(0u64, |a, &b| a.saturating_add(b));
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    limit.check(
+        &base,
+        || {
+            format!(
+                "the {} {} split ({} file(s))",
+                layout.name,
+                match split {
+                    Split::Train => "train",
+                    Split::Test => "test",
+                },
+                paths.len()
+            )
+        },
+        total.saturating_add(largest),
+    )?;
+
     let record = layout.record();
     let mut images = Vec::new();
     let mut labels = Vec::new();
-    for path in &paths {
-        let bytes = std::fs::read(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                missing(path.clone())
-            } else {
-                DataError::Io {
-                    path: path.clone(),
-                    source: e,
-                }
-            }
-        })?;
+    for (path, &size) in paths.iter().zip(&sizes) {
+        // At most one byte past the size checked above: a file that grew since is an error
+        // below (not a multiple of the record), not an unbounded read.
+        let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+        let len = usize::try_from(size.saturating_add(1)).unwrap_or(usize::MAX);
+        let bytes = read_declared(&mut std::io::Read::take(file, len as u64), len)
+            .map_err(|e| io(path, e))?;
         let malformed = |reason: String| DataError::Malformed {
             path: path.clone(),
             reason,

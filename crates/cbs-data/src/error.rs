@@ -28,6 +28,17 @@ pub enum DataError {
         source: std::io::Error,
     },
 
+    /// What the file declares (an array, a payload, a data set) is larger than the memory
+    /// limit; found before anything of that size was allocated or inflated.
+    #[error("{}: {}", path.display(), too_large_reason(what, *declared, limit))]
+    TooLarge {
+        path: PathBuf,
+        /// The array or part of the file (`array arr_0 (uint8 [1099511627776])`).
+        what: String,
+        declared: u64,
+        limit: crate::MemoryLimit,
+    },
+
     /// A caller-supplied argument is out of range.
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -42,9 +53,25 @@ impl DataError {
             DataError::Malformed { reason, .. } => format!("malformed data file: {reason}"),
             DataError::Layout { reason, .. } => reason.clone(),
             DataError::Io { source, .. } => format!("I/O error: {source}"),
+            DataError::TooLarge {
+                what,
+                declared,
+                limit,
+                ..
+            } => too_large_reason(what, *declared, limit),
             DataError::Invalid { .. } => self.to_string(),
         }
     }
+}
+
+fn too_large_reason(what: &str, declared: u64, limit: &crate::MemoryLimit) -> String {
+    format!(
+        "{what} declares {}, more than the memory limit of {limit}; if the file is right and \
+         the machine has the memory, raise `{}` (a number of GiB; default: half the physical \
+         memory)",
+        crate::limit::human(declared),
+        crate::MemoryLimit::CONFIG_KEY
+    )
 }
 
 /// Why `path` cannot be read as a file although something is there: a directory, a FIFO or

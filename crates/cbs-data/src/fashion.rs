@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{ImageDataset, Resize};
 use crate::error::{DataError, Result};
-use crate::idx::{read_idx, IdxArray};
+use crate::idx::{read_idx_limited, IdxArray};
+use crate::limit::MemoryLimit;
 
 /// Where the Debian `dataset-fashion-mnist` package installs the files.
 pub const FASHION_MNIST_DEFAULT_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -56,14 +57,24 @@ impl Split {
 /// some mirrors ship the files already decompressed. Only the requested
 /// split's two files need to be present.
 pub fn load_fashion_mnist(dir: &Path, split: Split, resize: Resize) -> Result<ImageDataset> {
+    load_fashion_mnist_limited(dir, split, resize, MemoryLimit::default())
+}
+
+/// [`load_fashion_mnist`] with each IDX payload checked against `limit`.
+pub fn load_fashion_mnist_limited(
+    dir: &Path,
+    split: Split,
+    resize: Resize,
+    limit: MemoryLimit,
+) -> Result<ImageDataset> {
     if !dir.is_dir() {
         return Err(missing(dir.to_path_buf()));
     }
     let (image_stem, label_stem) = split.file_stems();
     let image_path = locate(dir, image_stem)?;
     let label_path = locate(dir, label_stem)?;
-    let images = read_idx(&image_path).map_err(with_hint)?;
-    let labels = read_idx(&label_path).map_err(with_hint)?;
+    let images = read_idx_limited(&image_path, limit).map_err(with_hint)?;
+    let labels = read_idx_limited(&label_path, limit).map_err(with_hint)?;
     let dataset = assemble(&image_path, images, &label_path, labels, 10)?;
     dataset.padded(resize.border())
 }

@@ -19,13 +19,19 @@
 //!
 //! The data set keeps uint8 pixels, `channels × image_size²` bytes per image: ImageNet's 1.28M
 //! training images take 15.7 GB at 64×64 and 3.9 GB at 32×32 (RGB); use `data_fraction` (which
-//! subsamples before decoding) for less.
+//! subsamples before decoding) for less. That total is checked against the [`MemoryLimit`]
+//! before anything is decoded, and each image's decoder may allocate at most the smaller of
+//! 512 MiB and that limit (a PNG header may claim 2^31 × 2^31 pixels).
 
 use std::path::{Path, PathBuf};
 
 use crate::crop::center_crop_arr;
 use crate::dataset::{subset_indices, ImageDataset};
 use crate::error::{DataError, Result};
+use crate::limit::MemoryLimit;
+
+/// The `image` crate's own default cap on one decoder's allocations.
+const MAX_DECODE_ALLOC: u64 = 512 << 20;
 
 /// Deeper nesting than this below a class folder is taken for a symbolic-link loop.
 const MAX_DEPTH: usize = 32;
@@ -152,8 +158,27 @@ pub fn load_image_folder(root: &Path, opts: &FolderOptions) -> Result<ImageDatas
 }
 
 /// Decodes the images of an index (for instance a [`FolderIndex::subset`]) into a data set
-/// whose `num_classes` is the number of classes of the whole folder.
+/// whose `num_classes` is the number of classes of the whole folder, under the machine's
+/// default [`MemoryLimit`].
 pub fn load_image_index(index: &FolderIndex, opts: &FolderOptions) -> Result<ImageDataset> {
+    load_image_index_limited(index, opts, MemoryLimit::default())
+}
+
+/// [`load_image_folder`] under an explicit memory limit.
+pub fn load_image_folder_limited(
+    root: &Path,
+    opts: &FolderOptions,
+    limit: MemoryLimit,
+) -> Result<ImageDataset> {
+    load_image_index_limited(&scan_image_folder(root)?, opts, limit)
+}
+
+/// [`load_image_index`] under an explicit memory limit.
+pub fn load_image_index_limited(
+    index: &FolderIndex,
+    opts: &FolderOptions,
+    limit: MemoryLimit,
+) -> Result<ImageDataset> {
     if opts.channels != 1 && opts.channels != 3 {
         return Err(DataError::Invalid {
             field: "channels",
@@ -193,6 +218,20 @@ pub fn load_image_index(index: &FolderIndex, opts: &FolderOptions) -> Result<Ima
                 index.files.len()
             ),
         })?;
+    limit.check(
+        &index.root,
+        || {
+            format!(
+                "the data set of {} images of {} × {} × {}",
+                index.files.len(),
+                opts.channels,
+                opts.image_size,
+                opts.image_size
+            )
+        },
+        total as u64,
+    )?;
+    let decode_limit = limit.bytes.min(MAX_DECODE_ALLOC);
     let mut images = vec![0u8; total];
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -207,7 +246,7 @@ pub fn load_image_index(index: &FolderIndex, opts: &FolderOptions) -> Result<Ima
             .map(|(files, out)| {
                 scope.spawn(move || {
                     for (path, dst) in files.iter().zip(out.chunks_exact_mut(stride)) {
-                        dst.copy_from_slice(&decode_guarded(path, opts)?);
+                        dst.copy_from_slice(&decode_guarded(path, opts, decode_limit)?);
                     }
                     Ok(())
                 })
@@ -236,8 +275,8 @@ pub fn load_image_index(index: &FolderIndex, opts: &FolderOptions) -> Result<Ima
 
 /// [`decode`], with a decoder panic (a bug on some malformed input) turned into an error
 /// naming the file.
-fn decode_guarded(path: &Path, opts: &FolderOptions) -> Result<Vec<u8>> {
-    std::panic::catch_unwind(|| decode(path, opts)).unwrap_or_else(|_| {
+fn decode_guarded(path: &Path, opts: &FolderOptions, max_alloc: u64) -> Result<Vec<u8>> {
+    std::panic::catch_unwind(|| decode(path, opts, max_alloc)).unwrap_or_else(|_| {
         Err(malformed(
             path,
             "the image decoder failed on this file (corrupt image?)".to_string(),
@@ -246,11 +285,14 @@ fn decode_guarded(path: &Path, opts: &FolderOptions) -> Result<Vec<u8>> {
 }
 
 /// One file → `channels × size × size` uint8, CHW.
-fn decode(path: &Path, opts: &FolderOptions) -> Result<Vec<u8>> {
-    let reader = image::ImageReader::open(path)
+fn decode(path: &Path, opts: &FolderOptions, max_alloc: u64) -> Result<Vec<u8>> {
+    let mut reader = image::ImageReader::open(path)
         .map_err(|e| io_error(path, e))?
         .with_guessed_format()
         .map_err(|e| io_error(path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_alloc);
+    reader.limits(limits);
     let img = reader.decode().map_err(|e| {
         malformed(
             path,

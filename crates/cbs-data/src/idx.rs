@@ -2,6 +2,10 @@
 //!
 //! Layout, all big-endian: two zero bytes, a type code, the number of
 //! dimensions, one `u32` per dimension, then the row-major payload.
+//!
+//! The payload size the dimensions declare is checked against the [`MemoryLimit`] before
+//! anything is allocated or inflated, and inflation stops at that size: a gzip stream cannot be
+//! sized without inflating it, so a small "bomb" would otherwise fill memory first.
 
 use std::fs::File;
 use std::io::{self, BufReader, Cursor, ErrorKind, Read};
@@ -10,18 +14,10 @@ use std::path::Path;
 use flate2::read::MultiGzDecoder;
 
 use crate::error::{DataError, Result};
+use crate::limit::{read_declared, MemoryLimit};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const TYPE_U8: u8 = 0x08;
-
-/// Never reserve more than this up front: the dimensions come from the file
-/// itself, and a corrupt header must not trigger a giant allocation.
-const MAX_PREALLOC: usize = 64 << 20;
-
-/// The largest payload an IDX file may declare (4 GiB; (Fashion-)MNIST is 47 MB, EMNIST under
-/// 1 GB). A gzip stream cannot be sized without inflating it, so a small "bomb" declaring
-/// gigabytes would otherwise be inflated into memory before anything failed.
-pub const MAX_IDX_BYTES: usize = 4 << 30;
 
 /// A decoded IDX array of unsigned bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,8 +31,14 @@ pub struct IdxArray {
 /// Reads an unsigned-byte (type `0x08`) IDX file.
 ///
 /// Gzip is detected by its `1f 8b` magic rather than the extension, so a
-/// decompressed file that kept its `.gz` name (or the reverse) still loads.
+/// decompressed file that kept its `.gz` name (or the reverse) still loads. The payload must
+/// fit the machine's default [`MemoryLimit`].
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
+    read_idx_limited(path, MemoryLimit::default())
+}
+
+/// [`read_idx`] under an explicit memory limit on the declared payload.
+pub fn read_idx_limited(path: &Path, limit: MemoryLimit) -> Result<IdxArray> {
     let mut file = File::open(path).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             DataError::Missing {
@@ -57,13 +59,13 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
     // The sniffed bytes are put back in front so the parser sees the whole file.
     let raw = Cursor::new(prefix).chain(BufReader::new(file));
     if gzip {
-        parse(MultiGzDecoder::new(raw), path, true)
+        parse(MultiGzDecoder::new(raw), path, true, limit)
     } else {
-        parse(raw, path, false)
+        parse(raw, path, false, limit)
     }
 }
 
-fn parse<R: Read>(mut reader: R, path: &Path, gzip: bool) -> Result<IdxArray> {
+fn parse<R: Read>(mut reader: R, path: &Path, gzip: bool, limit: MemoryLimit) -> Result<IdxArray> {
     let malformed = |reason: String| DataError::Malformed {
         path: path.to_path_buf(),
         reason,
@@ -117,18 +119,12 @@ fn parse<R: Read>(mut reader: R, path: &Path, gzip: bool) -> Result<IdxArray> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| malformed(format!("dimensions {dims:?} overflow usize")))?;
 
-    if expected > MAX_IDX_BYTES {
-        return Err(malformed(format!(
-            "dimensions {dims:?} declare {expected} bytes, more than the {MAX_IDX_BYTES} an IDX \
-             file may hold here"
-        )));
-    }
-    let mut data = Vec::with_capacity(expected.min(MAX_PREALLOC));
-    let limit = u64::try_from(expected).unwrap_or(u64::MAX);
-    (&mut reader)
-        .take(limit)
-        .read_to_end(&mut data)
-        .map_err(read_err)?;
+    limit.check(
+        path,
+        || format!("the IDX payload of dimensions {dims:?}"),
+        expected as u64,
+    )?;
+    let data = read_declared(&mut reader, expected).map_err(read_err)?;
     if data.len() < expected {
         return Err(malformed(format!(
             "truncated: expected {expected} bytes of data, found {}",

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use crate::npz::{read_labels, NpzArchive};
-use crate::{DataError, Dataset, Result};
+use crate::{DataError, Dataset, MemoryLimit, Result};
 
 /// The SD-VAE scaling factor SiT and DiT apply to latents.
 pub const SD_VAE_SCALE: f64 = 0.18215;
@@ -25,8 +25,20 @@ pub struct LatentDataset {
     pub scale: f32,
 }
 
-/// Reads latents from `path` (module documentation).
+/// Reads latents from `path` (module documentation) under the machine's default
+/// [`MemoryLimit`].
 pub fn load_latents(path: &Path, num_classes: Option<usize>, scale: f64) -> Result<LatentDataset> {
+    load_latents_limited(path, num_classes, scale, MemoryLimit::default())
+}
+
+/// [`load_latents`] under an explicit memory limit (on the raw array; the decoded f32 values
+/// take as much again).
+pub fn load_latents_limited(
+    path: &Path,
+    num_classes: Option<usize>,
+    scale: f64,
+    limit: MemoryLimit,
+) -> Result<LatentDataset> {
     let malformed = |reason: String| DataError::Malformed {
         path: path.to_path_buf(),
         reason,
@@ -37,7 +49,7 @@ pub fn load_latents(path: &Path, num_classes: Option<usize>, scale: f64) -> Resu
             reason: format!("must be a positive number, got {scale}"),
         });
     }
-    let mut npz = NpzArchive::open(path)?;
+    let mut npz = NpzArchive::open_limited(path, limit)?;
     let Some(name) = ["latents", "arr_0"].into_iter().find(|n| npz.has(n)) else {
         return Err(malformed(format!(
             "no array `latents` or `arr_0` (expected float32 latents [N, C, H, W]); the archive \

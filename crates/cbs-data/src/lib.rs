@@ -19,7 +19,9 @@
 //! Every image source stores uint8 NCHW pixels (1 byte per channel and pixel in memory);
 //! [`ImageDataset::batch`] scales them as `x / 127.5 - 1`, ADM's and SiT's convention.
 //!
-//! Bad input never panics: every failure is a [`DataError`] naming the file.
+//! Bad input never panics: every failure is a [`DataError`] naming the file. Sizes a file
+//! declares are checked against a [`MemoryLimit`] before anything of that size is allocated
+//! or inflated (the `*_limited` readers take one; the others use the machine default).
 
 mod cifar;
 mod crop;
@@ -29,26 +31,31 @@ mod fashion;
 mod folder;
 mod idx;
 mod latents;
+mod limit;
 mod npz;
 mod points;
 mod sampler;
 
-pub use cifar::{load_cifar10, load_cifar100, CIFAR10_CLASSES};
+pub use cifar::{
+    load_cifar10, load_cifar100, load_cifar100_limited, load_cifar10_limited, CIFAR10_CLASSES,
+};
 pub use crop::{center_crop_arr, resize, Filter};
 pub use dataset::{ImageDataset, Resize};
 pub use error::{DataError, Result};
 pub use fashion::{
-    load_fashion_mnist, Split, FASHION_MNIST_CLASSES, FASHION_MNIST_DEFAULT_DIR,
-    FASHION_MNIST_INSTALL_HINT,
+    load_fashion_mnist, load_fashion_mnist_limited, Split, FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DEFAULT_DIR, FASHION_MNIST_INSTALL_HINT,
 };
 pub use folder::{
-    list_images, load_image_folder, load_image_index, scan_image_folder, FolderIndex, FolderOptions,
+    list_images, load_image_folder, load_image_folder_limited, load_image_index,
+    load_image_index_limited, scan_image_folder, FolderIndex, FolderOptions,
 };
-pub use idx::{read_idx, IdxArray};
-pub use latents::{load_latents, LatentDataset, SD_VAE_SCALE};
+pub use idx::{read_idx, read_idx_limited, IdxArray};
+pub use latents::{load_latents, load_latents_limited, LatentDataset, SD_VAE_SCALE};
+pub use limit::MemoryLimit;
 pub use npz::{
-    load_npz, read_npy, write_npy, write_npz, NpyArray, NpyDtype, NpyHeader, NpzArchive,
-    NPZ_MAX_IMPLICIT_CLASSES,
+    load_npz, load_npz_limited, read_npy, read_npy_limited, write_npy, write_npz, NpyArray,
+    NpyDtype, NpyHeader, NpzArchive, NPZ_MAX_IMPLICIT_CLASSES,
 };
 pub use points::{Dataset, PointDataset};
 pub use sampler::BatchSampler;

@@ -10,6 +10,11 @@
 //! truncated or corrupt files give an error naming the file and the array. [`read_npy`] reads a
 //! lone `.npy` file under the same checks.
 //!
+//! Every declared size (a zip entry's uncompressed size, an array's shape × dtype) is checked
+//! against a [`MemoryLimit`] before anything is allocated or inflated, and inflation stops at
+//! the declared size; the `*_limited` functions take the limit, the others use the machine
+//! default.
+//!
 //! [`write_npz`] / [`write_npy`] are the one writer: `.npy` format 1.0 headers and stored
 //! (uncompressed) zip entries, byte for byte what candle's `Tensor::write_npz` writes (and what
 //! `np.load` reads).
@@ -25,6 +30,7 @@ use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
 use crate::dataset::ImageDataset;
 use crate::error::{DataError, Result};
+use crate::limit::{read_declared, MemoryLimit};
 
 /// Without an explicit class count, labels at or above this are taken for corruption rather
 /// than a class embedding of that many rows.
@@ -35,8 +41,6 @@ const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 const MAX_HEADER: usize = 1 << 20;
 /// Deflate expands at most 1032-fold.
 const MAX_DEFLATE_RATIO: u64 = 1032;
-/// Never reserve more than this up front for an array whose size comes from the file.
-const MAX_PREALLOC: usize = 64 << 20;
 
 /// Element type of an `.npy` array: kind (`b` bool, `i` signed, `u` unsigned, `f` float), size
 /// in bytes, byte order.
@@ -265,12 +269,19 @@ pub struct NpzArchive {
     path: PathBuf,
     zip: ZipArchive<BufReader<File>>,
     file_len: u64,
+    limit: MemoryLimit,
     /// Array names (entry names without `.npy`) with their entry index, in archive order.
     entries: Vec<(String, usize)>,
 }
 
 impl NpzArchive {
+    /// Opens `path` under the machine's default [`MemoryLimit`].
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_limited(path, MemoryLimit::default())
+    }
+
+    /// Opens `path`; no array larger than `limit` will be read (or inflated).
+    pub fn open_limited(path: &Path, limit: MemoryLimit) -> Result<Self> {
         let file = File::open(path).map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
                 DataError::Missing {
@@ -306,6 +317,7 @@ impl NpzArchive {
             path: path.to_path_buf(),
             zip,
             file_len,
+            limit,
             entries,
         })
     }
@@ -332,10 +344,8 @@ impl NpzArchive {
     pub fn read(&mut self, name: &str) -> Result<NpyArray> {
         self.with_entry(name, true, |header, data| {
             let len = header.data_len().unwrap_or(0);
-            let mut buf = Vec::with_capacity(len.min(MAX_PREALLOC));
-            data.take(len as u64)
-                .read_to_end(&mut buf)
-                .map_err(|e| e.to_string())?;
+            // Short data is reported by the entry's length check after `f`.
+            let buf = read_declared(data, len).map_err(|e| e.to_string())?;
             Ok(NpyArray {
                 header: header.clone(),
                 data: buf,
@@ -344,7 +354,8 @@ impl NpzArchive {
     }
 
     /// Opens entry `name`, parses and checks its header, then hands `f` the header and a reader
-    /// positioned at the data. With `verify`, the rest of the entry is then read to its end and
+    /// positioned at the data. The header must declare exactly the entry's size, and that size
+    /// must fit the memory limit, before `f` runs. With `verify`, the rest of the entry is then read to its end and
     /// the data length, CRC-32 and absence of trailing bytes are checked (so `f` must consume
     /// exactly the declared data). `f`'s `Err(String)` becomes a `Malformed` naming the array.
     fn with_entry<T>(
@@ -364,7 +375,7 @@ impl NpzArchive {
                 reason: format!("no array {name}; the archive holds {:?}", self.names()),
             });
         };
-        let file_len = self.file_len;
+        let (file_len, mem) = (self.file_len, self.limit);
         let entry = self
             .zip
             .by_index_raw(index)
@@ -385,6 +396,8 @@ impl NpzArchive {
                  {file_len}-byte file can hold (truncated or corrupt .npz)"
             )));
         }
+        // Before inflating: the entry's own size, then (below) what its header declares.
+        mem.check(&path, || format!("array {name} (zip entry)"), size)?;
         let inner: Box<dyn Read + '_> = if method == CompressionMethod::STORE {
             Box::new(entry)
         } else if method == CompressionMethod::DEFLATE {
@@ -404,8 +417,14 @@ impl NpzArchive {
         let data_len = header
             .data_len()
             .ok_or_else(|| bad(format!("shape {:?} overflows usize", header.shape)))?;
+        mem.check(
+            &path,
+            || format!("array {name} ({} {:?})", header.dtype.name(), header.shape),
+            data_len as u64,
+        )?;
         let declared = (header_len as u64).saturating_add(data_len as u64);
-        if verify && declared != size {
+        // Checked even for a header-only read, so callers may size buffers from the header.
+        if declared != size {
             return Err(bad(format!(
                 "the header declares {} {:?} ({data_len} bytes of data) but the zip entry \
                  holds {} bytes after the {header_len}-byte header (truncated or corrupt .npz)",
@@ -680,8 +699,14 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// Reads a lone `.npy` file (any header version, the dtypes of [`NpzArchive`]). The header's
 /// declared data size must be exactly what the file holds after it, which is checked before
-/// the data is allocated; errors name the file and what was expected.
+/// the data is allocated, as is the machine's default [`MemoryLimit`]; errors name the file and
+/// what was expected.
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
+    read_npy_limited(path, MemoryLimit::default())
+}
+
+/// [`read_npy`] under an explicit memory limit.
+pub fn read_npy_limited(path: &Path, limit: MemoryLimit) -> Result<NpyArray> {
     let bad = |reason: String| DataError::Malformed {
         path: path.to_path_buf(),
         reason,
@@ -716,10 +741,20 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
             header.shape,
         )));
     }
-    let mut data = vec![0u8; data_len];
-    reader
-        .read_exact(&mut data)
-        .map_err(|e| bad(read_reason(e.to_string())))?;
+    // The size is what the file holds (checked above); the limit still applies to it.
+    limit.check(
+        path,
+        || format!("the array ({} {:?})", header.dtype.name(), header.shape),
+        data_len as u64,
+    )?;
+    // The file may have shrunk since its size was read: grow with what arrives.
+    let data = read_declared(&mut reader, data_len).map_err(|e| bad(read_reason(e.to_string())))?;
+    if data.len() < data_len {
+        return Err(bad(format!(
+            "truncated: {} of the {data_len} bytes of data",
+            data.len()
+        )));
+    }
     Ok(NpyArray { header, data })
 }
 
@@ -783,15 +818,24 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 ///
 /// `num_classes`: the class count when known (labels must be below it); otherwise the largest
 /// label + 1 (labels must be below [`NPZ_MAX_IMPLICIT_CLASSES`]), or 1 without labels (every
-/// image labelled 0).
+/// image labelled 0). The images must fit the machine's default [`MemoryLimit`].
 pub fn load_npz(path: &Path, num_classes: Option<usize>) -> Result<ImageDataset> {
+    load_npz_limited(path, num_classes, MemoryLimit::default())
+}
+
+/// [`load_npz`] under an explicit memory limit.
+pub fn load_npz_limited(
+    path: &Path,
+    num_classes: Option<usize>,
+    limit: MemoryLimit,
+) -> Result<ImageDataset> {
     if num_classes == Some(0) {
         return Err(DataError::Invalid {
             field: "num_classes",
             reason: "must be at least 1".to_string(),
         });
     }
-    let mut npz = NpzArchive::open(path)?;
+    let mut npz = NpzArchive::open_limited(path, limit)?;
     let malformed = |reason: String| DataError::Malformed {
         path: path.to_path_buf(),
         reason,

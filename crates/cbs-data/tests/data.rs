@@ -168,8 +168,14 @@ fn idx_declaring_more_than_the_limit_is_refused_before_inflating() {
     raw.extend_from_slice(&[0u8; 64]);
     std::fs::write(&p, gzip(&raw)).unwrap();
     let t0 = std::time::Instant::now();
-    let e = read_idx(&p).unwrap_err().to_string();
-    assert!(e.contains("declare 4587520000 bytes"), "{e}");
+    let limit = cbs_data::MemoryLimit::bytes(4 << 30);
+    let e = cbs_data::read_idx_limited(&p, limit)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("declares 4587520000 bytes"), "{e}");
+    // Under a limit that admits it, the truncation is found without allocating 4.6 GB.
+    let e = cbs_data::read_idx_limited(&p, cbs_data::MemoryLimit::UNLIMITED).unwrap_err();
+    assert!(e.to_string().contains("truncated"), "{e}");
     println!("refused in {:?}", t0.elapsed());
 }
 
@@ -480,4 +486,64 @@ fn real_fashion_mnist() {
     let (x, _) = train.batch(&idx, &vec![true; 256]).unwrap();
     assert!(x.iter().all(|v| (-1.0..=1.0).contains(v)));
     assert!(x.iter().any(|&v| v > 0.5), "images should not be blank");
+}
+
+#[test]
+fn gzip_idx_is_not_inflated_past_the_limit() {
+    use cbs_data::{read_idx_limited, MemoryLimit};
+    let dir = tempfile::tempdir().unwrap();
+    // 8 MiB of zeros gzip to a few kB: a small "bomb" under a 1 MiB limit.
+    let payload = vec![0u8; 8 << 20];
+    let p = write(
+        dir.path(),
+        "bomb.gz",
+        &gzip(&idx_bytes(8, &[2048, 64, 64], &payload)),
+    );
+    assert!(std::fs::metadata(&p).unwrap().len() < 64 << 10);
+    let small = MemoryLimit::bytes(1 << 20);
+    match read_idx_limited(&p, small) {
+        Err(e @ DataError::TooLarge { .. }) => {
+            let msg = e.to_string();
+            for needle in [
+                &p.display().to_string()[..],
+                "[2048, 64, 64]",
+                "8388608 bytes",
+                "1048576 bytes",
+                "data.max_memory_gib",
+            ] {
+                assert!(msg.contains(needle), "expected {needle:?} in {msg:?}");
+            }
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(
+        read_idx_limited(&p, MemoryLimit::bytes(9 << 20))
+            .unwrap()
+            .data
+            .len(),
+        8 << 20
+    );
+    // Dimensions declaring 16 bytes over the same 8 MiB stream: inflation stops at 16 (+1)
+    // bytes and the rest is reported, whatever the limit.
+    let p = write(
+        dir.path(),
+        "lying.gz",
+        &gzip(&idx_bytes(8, &[16], &payload)),
+    );
+    assert_malformed(
+        read_idx_limited(&p, MemoryLimit::UNLIMITED),
+        &p,
+        "trailing data",
+    );
+    // Raw (uncompressed) files are checked the same way.
+    let p = write(dir.path(), "raw", &idx_bytes(8, &[65535, 65535], &[]));
+    assert!(matches!(
+        read_idx_limited(&p, small),
+        Err(DataError::TooLarge { .. })
+    ));
+    assert_malformed(
+        read_idx_limited(&p, MemoryLimit::UNLIMITED),
+        &p,
+        "truncated",
+    );
 }

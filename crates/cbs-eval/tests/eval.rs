@@ -1055,7 +1055,7 @@ mod metrics_tests {
         );
         std::fs::write(&huge, stored_zip(&[("arr_0.npy", h)])).unwrap();
         let e = err_of(&huge);
-        assert!(e.contains("huge.npz") && e.contains("malformed"), "{e}");
+        assert!(e.contains("huge.npz") && e.contains("memory limit"), "{e}");
         // A shape whose element count overflows usize.
         let over = dir.join("overflow.npz");
         let h = npy(

@@ -218,6 +218,21 @@ impl Model {
         self.forward_impl(x, t, y, None)
     }
 
+    /// The network's own output: SiT's whole final layer (the velocity and, with
+    /// `learn_sigma`, the variance channels, as DiT's `forward` returns them; SiT's `forward`
+    /// drops them), JiT's clean-image prediction, the UNet's and MLP's velocity; in `x`'s
+    /// dtype.
+    pub fn forward_raw(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> CResult<Tensor> {
+        let xc = x.to_dtype(self.dtype)?;
+        let out = match &self.net {
+            Net::Sit(m) => m.forward_raw(&xc, t, y)?,
+            Net::Jit(m) => m.forward(&xc, t, y)?,
+            Net::Unet(m) => m.forward(&xc, t, m.labels(y))?,
+            Net::Mlp(m) => m.forward(&xc, t)?,
+        };
+        out.to_dtype(x.dtype())
+    }
+
     /// As [`Model::forward`], in training mode: dropout (where the backbone has it) draws its
     /// masks from `dropout_seed`, so a step is reproducible.
     pub fn forward_train(

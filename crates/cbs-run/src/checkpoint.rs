@@ -12,15 +12,18 @@
 //! A checkpoint is written as `step-N.tmp/` (every file crash-safe), committed as `step-N/`
 //! ([`cbs_core::atomic::commit_dir`]), and only then is `latest` replaced
 //! ([`cbs_core::atomic::write_text`]). A crash at any point leaves the previous checkpoint intact
-//! and `latest` pointing at it.
+//! and `latest` pointing at it. A write that fails removes its `step-N.tmp/`, and a full disk is
+//! reported as [`RunError::DiskFull`]: how much the checkpoint needs, how much is free, whether
+//! the previous checkpoint is intact, how to resume.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use cbs_core::atomic;
 use cbs_models::spec::Architecture;
-use cbs_models::weights::{load_safetensors, save_safetensors};
+use cbs_models::weights::load_safetensors;
 use cbs_models::{Model, Precision};
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +93,7 @@ fn is_step_name(name: &str) -> bool {
 /// Every value of every tensor is finite; otherwise an error naming the file and the tensor.
 /// Checked before a checkpoint becomes visible: a run must never resume from, or sample,
 /// weights or optimizer state that have diverged.
-fn check_finite<'a>(
+pub(crate) fn check_finite<'a>(
     file: &Path,
     tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
     consequence: &str,
@@ -147,6 +150,53 @@ pub struct CheckpointData<'a> {
 
 /// Write a checkpoint atomically and prune old ones; returns its directory.
 pub fn write(run_dir: &Path, data: &CheckpointData, keep: usize) -> Result<PathBuf> {
+    write_through(run_dir, data, keep, &write_file_to_disk)
+}
+
+/// One file of a checkpoint, as handed to the function that writes it.
+pub(crate) enum FileContent<'a> {
+    Tensors(&'a [(String, Tensor)]),
+    Text(&'a str),
+}
+
+/// Writes one file of a checkpoint, crash-safe. Every file of a checkpoint goes through one
+/// such function, so that tests can make a write fail as a full disk does (ENOSPC) without
+/// filling a disk.
+pub(crate) type WriteFile<'a> = &'a dyn Fn(&Path, FileContent) -> atomic::Result<()>;
+
+/// The real [`WriteFile`].
+pub(crate) fn write_file_to_disk(path: &Path, content: FileContent) -> atomic::Result<()> {
+    match content {
+        // Not `cbs_models::weights::save_safetensors`, which turns the cause into text: the
+        // typed cause (an `io::Error` inside candle's error) is what tells a full disk apart.
+        FileContent::Tensors(tensors) => {
+            let map: HashMap<&str, Tensor> = tensors
+                .iter()
+                .map(|(k, t)| (k.as_str(), t.clone()))
+                .collect();
+            atomic::write_with_path(path, |tmp| candle_core::safetensors::save(&map, tmp))
+        }
+        FileContent::Text(text) => atomic::write_text(path, text),
+    }
+}
+
+/// Bytes a checkpoint's files take, headers aside: computed before writing, for the
+/// disk-full message.
+fn checkpoint_bytes(data: &CheckpointData, state: &str, config: &str) -> u64 {
+    let tensors = data.model.iter().chain(data.ema).chain(data.optimizer);
+    let tensor_bytes: u64 = tensors
+        .map(|(_, t)| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+        .sum();
+    tensor_bytes + state.len() as u64 + config.len() as u64
+}
+
+/// [`write`], with every file written by `write_file`.
+pub(crate) fn write_through(
+    run_dir: &Path,
+    data: &CheckpointData,
+    keep: usize,
+    write_file: WriteFile,
+) -> Result<PathBuf> {
     let root = checkpoints_dir(run_dir);
     cbs_core::atomic::create_dir_all(&root).map_err(io_err(&root))?;
     let name = step_name(data.state.step);
@@ -159,20 +209,165 @@ pub fn write(run_dir: &Path, data: &CheckpointData, keep: usize) -> Result<PathB
         named(data.optimizer),
         NOT_WRITTEN,
     )?;
+    let state = serde_json::to_string_pretty(data.state).expect("state serialises");
+    let config = data.config.to_toml();
+    let needed = checkpoint_bytes(data, &state, &config);
     remove_stale_tmp(&root)?;
-    std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-    save_safetensors(&tmp_dir.join(MODEL_FILE), data.model)?;
-    save_safetensors(&tmp_dir.join(EMA_FILE), data.ema)?;
-    save_safetensors(&tmp_dir.join(OPTIMIZER_FILE), data.optimizer)?;
-    atomic::write_text(
-        &tmp_dir.join(STATE_FILE),
-        &serde_json::to_string_pretty(data.state).expect("state serialises"),
-    )?;
-    atomic::write_text(&tmp_dir.join(CONFIG_FILE), &data.config.to_toml())?;
-    atomic::commit_dir(&tmp_dir, &final_dir)?;
-    atomic::write_text(&root.join(LATEST_FILE), &name)?;
+    let files = [
+        (MODEL_FILE, FileContent::Tensors(data.model)),
+        (EMA_FILE, FileContent::Tensors(data.ema)),
+        (OPTIMIZER_FILE, FileContent::Tensors(data.optimizer)),
+        (STATE_FILE, FileContent::Text(&state)),
+        (CONFIG_FILE, FileContent::Text(&config)),
+    ];
+    let committed = std::fs::create_dir_all(&tmp_dir)
+        .map_err(io_err(&tmp_dir))
+        .and_then(|()| {
+            for (file, content) in files {
+                write_file(&tmp_dir.join(file), content)?;
+            }
+            Ok(atomic::commit_dir(&tmp_dir, &final_dir)?)
+        });
+    if let Err(e) = committed {
+        // A half-written directory would only hold space that the next attempt needs.
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+        return Err(disk_full(e, run_dir, &final_dir, needed));
+    }
+    // Until this write succeeds, `latest` still names the previous checkpoint.
+    if let Err(e) = atomic::write_text(&root.join(LATEST_FILE), &name) {
+        // The new directory is complete but unnamed: it goes too, for the same reason (unless
+        // it replaced the very checkpoint `latest` names, a rewrite of the same step).
+        if latest(run_dir).ok().flatten().as_ref() != Some(&final_dir) {
+            let _ = std::fs::remove_dir_all(&final_dir);
+        }
+        return Err(disk_full(e.into(), run_dir, &final_dir, needed));
+    }
     prune(&root, keep)?;
     Ok(final_dir)
+}
+
+/// `e` as [`RunError::DiskFull`] when its cause is a full file system; otherwise `e`.
+fn disk_full(e: RunError, run_dir: &Path, checkpoint: &Path, needed: u64) -> RunError {
+    if !is_storage_full(&e) {
+        return e;
+    }
+    RunError::DiskFull {
+        checkpoint: checkpoint.to_path_buf(),
+        needed,
+        free: free_bytes(&checkpoints_dir(run_dir)),
+        // `latest` is only replaced after a complete write, so what it names is intact.
+        previous: latest(run_dir).ok().flatten(),
+    }
+}
+
+/// Whether the cause of `e`, at any depth, is "no space left on device" (ENOSPC).
+fn is_storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    // `raw_os_error` too: `ErrorKind::StorageFull` is how std names ENOSPC, but an error
+    // rebuilt from the code alone is recognised either way.
+    let full = |io: &std::io::Error| {
+        io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(ENOSPC)
+    };
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>().is_some_and(full) {
+            return true;
+        }
+        // candle's wrappers hold their cause in `inner` without reporting it as a source, and
+        // its transparent `Io` reports the I/O error's source, not the error itself.
+        next = match e.downcast_ref::<candle_core::Error>() {
+            Some(candle_core::Error::Io(io)) => return full(io),
+            Some(
+                candle_core::Error::WithBacktrace { inner, .. }
+                | candle_core::Error::WithPath { inner, .. }
+                | candle_core::Error::Context { inner, .. },
+            ) => Some(inner.as_ref()),
+            _ => e.source(),
+        };
+    }
+    false
+}
+
+/// ENOSPC: 28 on Linux and the BSDs, macOS included.
+const ENOSPC: i32 = 28;
+
+/// The text of [`RunError::DiskFull`].
+pub(crate) fn disk_full_message(
+    checkpoint: &Path,
+    needed: u64,
+    free: Option<u64>,
+    previous: Option<&Path>,
+) -> String {
+    let free_text = match free {
+        Some(f) => format!("{} are free", bytes(f)),
+        None => "the free space is unknown".to_string(),
+    };
+    let mut text = format!(
+        "checkpoint {}: no space left on the device: the checkpoint needs {} and {free_text} on \
+         that file system (its half-written files were removed).",
+        checkpoint.display(),
+        bytes(needed),
+    );
+    let room = match free {
+        Some(f) if f < needed => format!("at least {} more", bytes(needed - f)),
+        _ => "space".to_string(),
+    };
+    match previous {
+        Some(p) => text.push_str(&format!(
+            " The previous checkpoint {} is intact and `latest` names it. Free {room} there \
+             (step-N directories older than it may be deleted), then continue with the \
+             same command and --resume.",
+            p.display()
+        )),
+        None => text.push_str(&format!(
+            " No earlier checkpoint exists. Free {room} there, then run the same command \
+             again."
+        )),
+    }
+    text
+}
+
+/// `n` bytes for people, with the exact count: "1.5 MiB (1572864 bytes)".
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = None;
+    for u in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = Some(u);
+    }
+    match unit {
+        Some(u) => format!("{value:.1} {u} ({n} bytes)"),
+        None => format!("{n} bytes"),
+    }
+}
+
+/// Bytes an unprivileged process can still write on the file system holding `dir`, or `None`
+/// where the platform cannot say.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a NUL-terminated string and `st` is a buffer of the right type,
+        // which statvfs fills completely when it returns 0.
+        let st = unsafe {
+            if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+                return None;
+            }
+            st.assume_init()
+        };
+        #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
 }
 
 fn prune(root: &Path, keep: usize) -> Result<()> {
@@ -332,3 +527,7 @@ pub fn load_for_inference(
         dir,
     })
 }
+
+#[cfg(test)]
+#[path = "checkpoint_tests.rs"]
+mod tests;

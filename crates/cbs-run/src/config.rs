@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cbs_data::{Resize, Split};
+use cbs_data::{MemoryLimit, Resize, Split};
 use cbs_models::ModelSpec;
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +123,12 @@ pub struct DataConfig {
     pub num_samples: usize,
     /// Seed of those points (fixed, so every run sees the same data set).
     pub sample_seed: u64,
+    /// The most memory, in GiB, a reader may allocate for what a data file declares (an
+    /// array, an IDX payload, a folder's decoded images), checked before reading. Default:
+    /// half the machine's physical memory; raise it for large files (ImageNet-64's `.npz` is
+    /// 15 GB). A property of the machine, not of the run: `--resume` accepts a change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_gib: Option<MemoryLimit>,
 }
 
 impl Default for DataConfig {
@@ -142,11 +148,17 @@ impl Default for DataConfig {
             gmm: None,
             num_samples: 65536,
             sample_seed: 1234,
+            max_memory_gib: None,
         }
     }
 }
 
 impl DataConfig {
+    /// `max_memory_gib`, or the machine default.
+    pub fn memory_limit(&self) -> MemoryLimit {
+        self.max_memory_gib.unwrap_or_default()
+    }
+
     /// Checks what serde cannot: ranges, the settings each source requires, and settings given
     /// to a source that does not use them (which would otherwise be silently ignored).
     pub fn validate(&self) -> Result<()> {
@@ -486,6 +498,33 @@ impl TrainConfig {
             // The other sources have no default folder (`DataConfig::validate` requires `dir`
             // where one is read).
             (None, _) => PathBuf::from("."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[model]\npreset = \"sit-nano-4\"\n[data]\nsource = \"fashion_mnist\"\n";
+
+    #[test]
+    fn max_memory_gib_is_optional_typed_and_round_trips() {
+        let plain = TrainConfig::from_toml(BASE, Path::new("a.toml")).unwrap();
+        assert_eq!(plain.data.max_memory_gib, None);
+        assert!(!plain.to_toml().contains("max_memory_gib"));
+        assert!(plain.data.memory_limit().bytes > 0);
+        for (value, bytes) in [("24", 24u64 << 30), ("0.5", 1 << 29)] {
+            let text = format!("{BASE}max_memory_gib = {value}\n");
+            let cfg = TrainConfig::from_toml(&text, Path::new("b.toml")).unwrap();
+            assert_eq!(cfg.data.memory_limit().bytes, bytes);
+            let again = TrainConfig::from_toml(&cfg.to_toml(), Path::new("c.toml")).unwrap();
+            assert_eq!(again, cfg);
+        }
+        for bad in ["0", "-1", "nan", "\"16G\""] {
+            let text = format!("{BASE}max_memory_gib = {bad}\n");
+            let e = TrainConfig::from_toml(&text, Path::new("d.toml")).unwrap_err();
+            assert!(e.to_string().contains("max_memory_gib"), "{bad}: {e}");
         }
     }
 }

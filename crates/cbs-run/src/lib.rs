@@ -8,7 +8,8 @@
 //! - [`experts`]: the `train-experts` directory (`splits.toml`, `expert-<i>/`) and the rule that
 //!   gives expert `i` its interval and seed;
 //! - [`outputs`]: the names of `cbs sample` outputs and of a classifier run's files;
-//! - [`classifier`]: a `train-classifier` run's config and loading its network.
+//! - [`classifier`]: a `train-classifier` run's config and loading its network;
+//! - [`torch_checkpoint`]: checkpoints of the reference PyTorch code, loaded for inference.
 //!
 //! Every write that must survive a crash goes through [`cbs_core::atomic`]. The trainer
 //! (`cbs-train`) writes checkpoints; sampling and split estimation read them without depending
@@ -21,6 +22,7 @@ pub mod experts;
 pub mod lock;
 pub mod outputs;
 pub mod splits;
+pub mod torch_checkpoint;
 
 pub use cbs_models::Precision;
 pub use checkpoint::{LoadedModel, RngState, WeightsKind};
@@ -60,6 +62,21 @@ pub enum RunError {
         stored: Vec<f64>,
         given: Vec<f64>,
     },
+    /// A checkpoint write ran out of disk space: what it needs, what is free, what is left.
+    #[error(
+        "{}",
+        checkpoint::disk_full_message(checkpoint, *needed, *free, previous.as_deref())
+    )]
+    DiskFull {
+        /// The checkpoint directory that could not be written.
+        checkpoint: PathBuf,
+        /// Bytes of the checkpoint's tensors and state (headers aside).
+        needed: u64,
+        /// Bytes free on that file system after the failed write was removed, if known.
+        free: Option<u64>,
+        /// The checkpoint `latest` still names, if any.
+        previous: Option<PathBuf>,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -74,6 +91,9 @@ pub enum RunError {
     Model(#[from] cbs_models::ModelError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A PyTorch file the bounded reader refused (its message names the file).
+    #[error(transparent)]
+    Torch(Box<cbs_torch::TorchError>),
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;

@@ -9,3 +9,5 @@ mod checkpoint;
 mod experts;
 #[path = "run/splits.rs"]
 mod splits;
+#[path = "run/torch.rs"]
+mod torch;

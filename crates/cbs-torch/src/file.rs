@@ -34,6 +34,10 @@ pub enum Format {
     Legacy,
 }
 
+/// Tensors read by [`TorchFile::load_all`] (name, tensor), and the names skipped because
+/// candle has no dtype for their elements.
+pub type Loaded = (Vec<(String, Tensor)>, Vec<String>);
+
 /// One tensor of a file: its dotted name, element type and shape.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
@@ -226,7 +230,7 @@ impl TorchFile {
 
     /// Every tensor whose name starts with `prefix.` (all of them for `None`), named without
     /// the prefix, skipping element types candle lacks (returned by name in the second list).
-    pub fn load_all(&self, prefix: Option<&str>) -> Result<(Vec<(String, Tensor)>, Vec<String>)> {
+    pub fn load_all(&self, prefix: Option<&str>) -> Result<Loaded> {
         let (mut out, mut skipped) = (vec![], vec![]);
         for info in &self.tensors {
             let name = match prefix {

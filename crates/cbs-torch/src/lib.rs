@@ -23,6 +23,6 @@ mod walk;
 pub mod write;
 
 pub use error::{Result, TorchError};
-pub use file::{Format, TensorInfo, TorchFile};
+pub use file::{Format, Loaded, TensorInfo, TorchFile};
 pub use globals::StorageType;
 pub use limits::{Limit, Limits};

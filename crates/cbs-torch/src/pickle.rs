@@ -313,7 +313,7 @@ impl Machine<'_> {
     }
 
     fn dict_extend(&mut self, target: Id, items: Vec<Id>) -> R<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.bad("SETITEMS with an odd number of items");
         }
         self.grow(items.len() / 2)?;
@@ -519,7 +519,7 @@ impl Machine<'_> {
         if items.len() > 5 && !matches!(self.nodes[items[5] as usize], Node::None) {
             return self.bad(format!("storage {key} is a view of another storage (legacy storage views are not supported)"));
         }
-        let bytes = numel.checked_mul(ty.size()).unwrap_or(u64::MAX);
+        let bytes = numel.saturating_mul(ty.size());
         self.limit(Limit::TensorBytes, bytes, self.limits.max_tensor_bytes)?;
         self.push(Node::Storage(StorageRef { key, ty, numel }))
     }
@@ -681,7 +681,7 @@ impl Machine<'_> {
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    if items.len() % 2 != 0 {
+                    if !items.len().is_multiple_of(2) {
                         return self.bad("DICT with an odd number of items");
                     }
                     self.grow(items.len() / 2)?;

@@ -250,11 +250,11 @@ impl Pickler {
     }
 }
 
-/// One pickle of `value` (protocol 2) and its storages `(key, bytes)`.
-fn pickle(
-    value: &Value,
-    legacy: bool,
-) -> std::io::Result<(Vec<u8>, Vec<(String, Vec<u8>, usize)>)> {
+/// A storage to write: key, bytes, element count.
+type Stored = (String, Vec<u8>, usize);
+
+/// One pickle of `value` (protocol 2) and its storages.
+fn pickle(value: &Value, legacy: bool) -> std::io::Result<(Vec<u8>, Vec<Stored>)> {
     let mut p = Pickler {
         out: vec![op::PROTO, 2],
         storages: vec![],

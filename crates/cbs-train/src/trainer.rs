@@ -74,13 +74,25 @@ pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
         }
         Ok(Box::new(data))
     };
+    // Every declared array size is checked against this before anything is allocated.
+    let limit = d.memory_limit();
     match d.source {
         DataSource::FashionMnist => {
             let dir = cfg.data_dir();
-            subset(cbs_data::load_fashion_mnist(&dir, d.split, d.resize)?)
+            subset(cbs_data::load_fashion_mnist_limited(
+                &dir, d.split, d.resize, limit,
+            )?)
         }
-        DataSource::Cifar10 => subset(cbs_data::load_cifar10(d.required_dir()?, d.split)?),
-        DataSource::Cifar100 => subset(cbs_data::load_cifar100(d.required_dir()?, d.split)?),
+        DataSource::Cifar10 => subset(cbs_data::load_cifar10_limited(
+            d.required_dir()?,
+            d.split,
+            limit,
+        )?),
+        DataSource::Cifar100 => subset(cbs_data::load_cifar100_limited(
+            d.required_dir()?,
+            d.split,
+            limit,
+        )?),
         DataSource::ImageFolder => {
             let index = cbs_data::scan_image_folder(d.required_dir()?)?
                 .subset(d.data_fraction, cfg.train.seed)?;
@@ -89,12 +101,18 @@ pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
                 channels: d.folder_channels()?,
                 threads: 0,
             };
-            Ok(Box::new(cbs_data::load_image_index(&index, &opts)?))
+            Ok(Box::new(cbs_data::load_image_index_limited(
+                &index, &opts, limit,
+            )?))
         }
-        DataSource::Npz => subset(cbs_data::load_npz(d.npz_path()?, d.num_classes)?),
+        DataSource::Npz => subset(cbs_data::load_npz_limited(
+            d.npz_path()?,
+            d.num_classes,
+            limit,
+        )?),
         DataSource::Latents => {
             let scale = d.latent_scale.unwrap_or(cbs_data::SD_VAE_SCALE);
-            let data = cbs_data::load_latents(d.npz_path()?, d.num_classes, scale)?;
+            let data = cbs_data::load_latents_limited(d.npz_path()?, d.num_classes, scale, limit)?;
             Ok(Box::new(data.subset(d.data_fraction, cfg.train.seed)?))
         }
         DataSource::Gmm => {

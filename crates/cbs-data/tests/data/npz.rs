@@ -371,3 +371,84 @@ fn npz_errors_name_the_file_and_the_array() {
         })
     ));
 }
+
+/// Asserts a `TooLarge` error naming `path`, `what` and the limit, and saying how to raise it.
+fn assert_too_large<T: std::fmt::Debug>(
+    res: cbs_data::Result<T>,
+    path: &std::path::Path,
+    what: &str,
+) {
+    match res {
+        Err(e @ DataError::TooLarge { .. }) => {
+            let msg = e.to_string();
+            for needle in [
+                &path.display().to_string()[..],
+                what,
+                "memory limit",
+                "data.max_memory_gib",
+            ] {
+                assert!(msg.contains(needle), "expected {needle:?} in {msg:?}");
+            }
+        }
+        other => panic!("expected TooLarge({what}), got {other:?}"),
+    }
+}
+
+#[test]
+fn npz_declaring_2_pow_40_elements_is_a_clean_error() {
+    use cbs_data::{load_npz_limited, MemoryLimit};
+    let dir = tempfile::tempdir().unwrap();
+    // A 300-byte archive whose header declares 2^40 uint8 images of 1×1×1 and holds none:
+    // the loader used to allocate 1 TiB from the header and abort.
+    let entry = npy("|u1", &[1 << 40, 1, 1, 1], false, &[]);
+    let p = write(dir.path(), "huge.npz", &zip(&[("arr_0.npy", entry, false)]));
+    let limit = MemoryLimit::bytes(1 << 30);
+    assert_too_large(
+        load_npz_limited(&p, None, limit),
+        &p,
+        "array arr_0 (uint8 [1099511627776, 1, 1, 1])",
+    );
+    let msg = load_npz_limited(&p, None, limit).unwrap_err().to_string();
+    assert!(
+        msg.contains("1099511627776 bytes") && msg.contains("1073741824 bytes"),
+        "{msg}"
+    );
+    // Without a limit the header is still checked against the entry before allocating.
+    assert_malformed(
+        load_npz_limited(&p, None, MemoryLimit::UNLIMITED),
+        &p,
+        "truncated or corrupt",
+    );
+    // The machine default (half the physical memory) is below a terabyte here.
+    assert!(matches!(
+        load_npz(&p, None),
+        Err(DataError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn deflated_npz_is_not_inflated_past_the_limit() {
+    use cbs_data::{load_npz_limited, MemoryLimit};
+    let dir = tempfile::tempdir().unwrap();
+    // 4 MiB of zeros deflate to a few kB.
+    let n = 1024;
+    let entry = npy("|u1", &[n, 64, 64, 1], false, &vec![0; n * 64 * 64]);
+    let p = write(dir.path(), "bomb.npz", &zip(&[("arr_0.npy", entry, true)]));
+    assert!(std::fs::metadata(&p).unwrap().len() < 64 << 10);
+    let small = MemoryLimit::bytes(1 << 20);
+    assert_too_large(load_npz_limited(&p, None, small), &p, "array arr_0");
+    let mut npz = NpzArchive::open_limited(&p, small).unwrap();
+    assert_too_large(npz.read("arr_0"), &p, "array arr_0");
+    // Under a limit that fits, the same file loads.
+    let ds = load_npz_limited(&p, None, MemoryLimit::bytes(8 << 20)).unwrap();
+    assert_eq!(ds.len(), n);
+
+    // A header declaring 16 bytes over a 4 MiB deflate stream: refused before inflating.
+    let mut lying = npy("|u1", &[16], false, &[]);
+    lying.extend(vec![0u8; 4 << 20]);
+    let p = write(dir.path(), "lying.npz", &zip(&[("arr_0.npy", lying, true)]));
+    let mut npz = NpzArchive::open_limited(&p, MemoryLimit::UNLIMITED).unwrap();
+    assert_malformed(npz.read("arr_0"), &p, "array arr_0");
+    let mut npz = NpzArchive::open_limited(&p, small).unwrap();
+    assert_too_large(npz.read("arr_0"), &p, "array arr_0 (zip entry)");
+}

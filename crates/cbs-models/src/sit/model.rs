@@ -49,18 +49,24 @@ impl Sit {
     /// `x`: `[B, C, H, W]`, `t`: `[B]` in [0, 1], `y`: `[B]` labels (the null class is
     /// `num_classes`). Returns the velocity `[B, C, H, W]`.
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let img = self.forward_raw(x, t, y)?;
+        if self.cfg.learn_sigma {
+            img.narrow(1, 0, self.cfg.in_channels)
+        } else {
+            Ok(img)
+        }
+    }
+
+    /// The whole final layer `[B, out_channels, H, W]`: the velocity and, with `learn_sigma`,
+    /// the variance channels (DiT's `forward` returns them; SiT's drops them).
+    pub fn forward_raw(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> Result<Tensor> {
         let mut h = self.x_embedder.forward(x)?.broadcast_add(&self.pos_embed)?; // [B, N, hidden]
         let c = (self.t_embedder.forward(t)? + self.y_embedder.forward(y)?)?; // [B, hidden]
         for block in &self.blocks {
             h = block.forward(&h, &c)?;
         }
         let out = self.final_layer.forward(&h, &c)?; // [B, N, p²·out_channels]
-        let img = self.unpatchify(&out)?; // [B, out_channels, H, W]
-        if self.cfg.learn_sigma {
-            img.narrow(1, 0, self.cfg.in_channels)
-        } else {
-            Ok(img)
-        }
+        self.unpatchify(&out) // [B, out_channels, H, W]
     }
 
     /// `[B, N, p²·c]` → `[B, c, H, W]` (the reference's `nhwpqc → nchpwq`).

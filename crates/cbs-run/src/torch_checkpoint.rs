@@ -1,0 +1,197 @@
+//! Checkpoints of the reference PyTorch code, loaded for inference without PyTorch and without
+//! executing their pickles (`cbs_torch`).
+//!
+//! A `.pt`/`.pth` file carries weights but no architecture, so the caller names the preset (and
+//! the geometry, where it differs from the preset's published one). Which entry of the file
+//! holds the weights depends on the code that saved it:
+//!
+//! | saved by | entries | [`WeightsKind::Ema`] | [`WeightsKind::Model`] |
+//! | --- | --- | --- | --- |
+//! | SiT / DiT `train.py` | `model`, `ema`, `opt`, `args` | `ema` | `model` |
+//! | SiT / DiT released weights | a bare state_dict | the file | the file |
+//! | JiT `misc.save_model` | `model`, `model_ema1`, `model_ema2`, … (keys `net.…`) | `model_ema1` | `model` |
+//! | torchcfm examples | `net_model`, `ema_model`, `optim`, `step` | `ema_model` | `net_model` |
+//!
+//! The entry used is reported back ([`TorchLoaded::entry`]) so the CLI can print it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use cbs_models::{Architecture, Kernels, Model, ModelSpec, Precision};
+
+use crate::checkpoint::{check_finite, CheckpointState, LoadedModel, WeightsKind};
+use crate::TrainConfig;
+use crate::{Result, RunError};
+
+/// Entries holding EMA weights, in order of preference (JiT's `model_ema1` has the slower
+/// decay, 0.9999, the one its paper evaluates).
+const EMA_ENTRIES: [&str; 4] = ["ema", "model_ema1", "ema_model", "model_ema"];
+const MODEL_ENTRIES: [&str; 2] = ["model", "net_model"];
+
+/// A network loaded from a PyTorch file.
+pub struct TorchLoaded {
+    pub model: Model,
+    /// `ema`, `model_ema1`, … or `state_dict` for a bare state_dict.
+    pub entry: String,
+    pub path: PathBuf,
+}
+
+fn err(path: &Path, message: impl Into<String>) -> RunError {
+    RunError::Checkpoint {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Whether `path` is a PyTorch file (a zip archive or a legacy pickle stream), by its first
+/// bytes; run and checkpoint directories, and safetensors files, are not.
+pub fn is_torch_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok()
+        && (head == *b"PK\x03\x04" || head[0] == 0x80)
+}
+
+/// Picks the entry of `groups` that holds the `which` weights; `None` for a bare state_dict.
+fn choose_entry(path: &Path, groups: &[String], which: WeightsKind) -> Result<Option<String>> {
+    let known: Vec<&str> = EMA_ENTRIES.iter().chain(&MODEL_ENTRIES).copied().collect();
+    if !groups.iter().any(|g| known.contains(&g.as_str())) {
+        return Ok(None);
+    }
+    let wanted: &[&str] = match which {
+        WeightsKind::Ema => &EMA_ENTRIES,
+        WeightsKind::Model => &MODEL_ENTRIES,
+    };
+    match wanted.iter().find(|w| groups.iter().any(|g| g == *w)) {
+        Some(w) => Ok(Some(w.to_string())),
+        None => Err(err(
+            path,
+            format!(
+                "no {which:?} weights: the file holds the entries {groups:?} (looked for \
+                 {wanted:?}); try --weights {}",
+                match which {
+                    WeightsKind::Ema => "model",
+                    WeightsKind::Model => "ema",
+                }
+            ),
+        )),
+    }
+}
+
+/// Reads the weights of `which` from a PyTorch file for `arch`: names and shapes checked
+/// against the network, values checked finite, cast to `precision`'s compute dtype.
+pub fn load_torch(
+    path: &Path,
+    arch: &Architecture,
+    which: WeightsKind,
+    kernels: Kernels,
+    precision: Precision,
+    device: &Device,
+) -> Result<TorchLoaded> {
+    let file = cbs_torch::TorchFile::open(path).map_err(|e| RunError::Torch(Box::new(e)))?;
+    let entry = choose_entry(path, &file.groups(), which)?;
+    let (tensors, skipped) = file
+        .load_all(entry.as_deref())
+        .map_err(|e| RunError::Torch(Box::new(e)))?;
+    if let Some(name) = skipped.first() {
+        return Err(err(
+            path,
+            format!("tensor `{name}` has an element type candle cannot hold"),
+        ));
+    }
+    // Weights saved in half precision load as f32 masters, as training keeps them.
+    let tensors: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            let t = if t.dtype().is_float() {
+                t.to_dtype(DType::F32)?
+            } else {
+                t
+            };
+            Ok((k, t))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let tensors = cbs_models::weights::strip_wrapper_prefix(tensors);
+    let expected = cbs_models::shapes::parameter_shapes(arch)?;
+    cbs_models::weights::check_names_and_shapes(path, &tensors, &expected)?;
+    let mut named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    named.sort_by_key(|(k, _)| *k);
+    check_finite(path, named, "refusing to load it")?;
+    precision.configure_products();
+    let vb = VarBuilder::from_tensors(tensors, precision.compute_dtype(), device);
+    let model = Model::new(arch, kernels, vb)?;
+    Ok(TorchLoaded {
+        model,
+        entry: entry.unwrap_or_else(|| "state_dict".to_string()),
+        path: path.to_path_buf(),
+    })
+}
+
+/// Loads `path` for inference, whatever it is: a run or checkpoint directory of `cbs`
+/// ([`crate::checkpoint::load_for_inference`]), or a PyTorch file, which needs `spec` (the
+/// preset, and the geometry where it differs from the preset's published one). The second
+/// value names the PyTorch entry used (`None` for `cbs` checkpoints).
+pub fn load_any(
+    path: &Path,
+    which: WeightsKind,
+    spec: Option<&ModelSpec>,
+    precision: Precision,
+    device: &Device,
+) -> Result<(LoadedModel, Option<String>)> {
+    if !is_torch_file(path) {
+        return Ok((
+            crate::checkpoint::load_for_inference(path, which, precision, device)?,
+            None,
+        ));
+    }
+    let Some(spec) = spec else {
+        return Err(err(
+            path,
+            "a PyTorch file holds no architecture: give --model PRESET (and --image-size, \
+             --in-channels, --num-classes where they differ from the preset's published \
+             geometry; `cbs inspect --list` lists the presets)",
+        ));
+    };
+    let (shape, classes) = spec.default_geometry()?;
+    let architecture = spec.resolve(&shape, classes)?;
+    let config = TrainConfig {
+        model: spec.clone(),
+        data: Default::default(),
+        train: Default::default(),
+    };
+    let loaded = load_torch(
+        path,
+        &architecture,
+        which,
+        config.train.kernels,
+        precision,
+        device,
+    )?;
+    let state = CheckpointState {
+        format_version: crate::checkpoint::FORMAT_VERSION,
+        step: 0,
+        rng: crate::RngState {
+            algorithm: String::new(),
+            seed: 0,
+            next_stream: 0,
+        },
+        optimizer_step: 0,
+        last_loss: f64::NAN,
+        architecture: architecture.clone(),
+    };
+    Ok((
+        LoadedModel {
+            model: loaded.model,
+            architecture,
+            config,
+            state,
+            dir: loaded.path,
+        },
+        Some(loaded.entry),
+    ))
+}
