@@ -149,6 +149,14 @@ pub struct RunArgs {
     /// what a file declares (default: half the physical memory).
     #[arg(long, value_name = "GIB", value_parser = parse_memory_limit)]
     pub max_memory_gib: Option<cbs_data::MemoryLimit>,
+    /// Override train.init_from: start from these weights instead of the reference
+    /// initialisation (a cbs run or checkpoint directory, or a PyTorch checkpoint of the same
+    /// architecture), e.g. every expert from a trained monolithic model. Fresh runs only.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub init_from: Option<PathBuf>,
+    /// Override train.init_weights: which weights of --init-from (`ema` or `model`).
+    #[arg(long, value_enum)]
+    pub init_weights: Option<WeightsKind>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -161,7 +169,8 @@ fn parse_memory_limit(s: &str) -> Result<cbs_data::MemoryLimit, String> {
 }
 
 impl RunArgs {
-    /// Apply --steps, --seed, --kernels, --precision and --max-memory-gib to a configuration.
+    /// Apply --steps, --seed, --kernels, --precision, --max-memory-gib, --init-from and
+    /// --init-weights to a configuration.
     pub fn apply(&self, cfg: &mut cbs_run::TrainConfig) {
         if let Some(s) = self.steps {
             cfg.train.steps = s;
@@ -177,6 +186,12 @@ impl RunArgs {
         }
         if let Some(m) = self.max_memory_gib {
             cfg.data.max_memory_gib = Some(m);
+        }
+        if let Some(p) = &self.init_from {
+            cfg.train.init_from = Some(p.clone());
+        }
+        if let Some(w) = self.init_weights {
+            cfg.train.init_weights = w;
         }
     }
 }

@@ -42,6 +42,7 @@ pub fn train_aux(a: TrainArgs) -> Result<()> {
         stop: Some(crate::signals::stop_after_step()),
     };
     let data = cbs_train::load_dataset(&cfg)?;
+    print_init(&cfg.train, a.run.resume);
     eprintln!(
         "training {} on {} samples of shape {:?} for {} steps, batch {} → {}",
         cfg.model.preset,
@@ -72,6 +73,17 @@ pub fn train_aux(a: TrainArgs) -> Result<()> {
         summary.checkpoint.display()
     );
     Ok(())
+}
+
+/// Says where a fresh run's weights start from, when not from the reference initialisation.
+pub fn print_init(tc: &cbs_run::TrainSection, resume: bool) {
+    if let (Some(p), false) = (&tc.init_from, resume) {
+        eprintln!(
+            "initial weights: {} ({:?} weights)",
+            p.display(),
+            tc.init_weights
+        );
+    }
 }
 
 pub fn sample(a: SampleArgs) -> Result<()> {

@@ -40,6 +40,7 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
             cfg.train.steps,
             dir.display()
         );
+        crate::commands::print_init(&cfg.train, a.run.resume);
         let pb = bar(cfg.train.steps, "steps");
         let res = cbs_train::train(&dir, &cfg, data.as_ref(), &opts, &mut |r| {
             pb.set_position(r.step);

@@ -1322,3 +1322,75 @@ fn killed_at_random_moments_and_resumed_equals_the_uninterrupted_run() {
         assert!(a == b, "{f} differs after {kills} kills");
     }
 }
+
+#[test]
+fn forward_writes_the_output_and_the_velocity_and_checks_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run) = trained_fake_run(dir.path(), &[]);
+    let dev = candle_core::Device::Cpu;
+    let x = candle_core::Tensor::randn(0f32, 1.0, (2, 1, 32, 32), &dev).unwrap();
+    let t = candle_core::Tensor::new(&[0.25f32, 0.75], &dev).unwrap();
+    let y = candle_core::Tensor::new(&[3i64, 10], &dev).unwrap();
+    let inputs = dir.path().join("in.safetensors");
+    let write = |path: &Path, items: &[(&str, &candle_core::Tensor)]| {
+        let map: std::collections::HashMap<String, candle_core::Tensor> = items
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).clone()))
+            .collect();
+        candle_core::safetensors::save(&map, path).unwrap();
+    };
+    write(&inputs, &[("x", &x), ("t", &t), ("y", &y)]);
+    let out = dir.path().join("out.safetensors");
+    let args = |inputs: &Path| {
+        vec![
+            "forward".to_string(),
+            "--checkpoint".into(),
+            run.display().to_string(),
+            "--inputs".into(),
+            inputs.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ]
+    };
+    let run_forward = |inputs: &Path| {
+        let a = args(inputs);
+        cbs(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run_forward(&inputs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = candle_core::safetensors::load(&out, &dev).unwrap();
+    // sit-nano-4 learns sigma: the raw output has twice the channels, the velocity its first
+    // half.
+    assert_eq!(got["output"].dims(), &[2, 2, 32, 32]);
+    assert_eq!(got["velocity"].dims(), &[2, 1, 32, 32]);
+    let first = got["output"].narrow(1, 0, 1).unwrap();
+    let diff = (first - &got["velocity"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+    // Bad inputs: a clear error naming the file and the tensor.
+    let bad = dir.path().join("bad.safetensors");
+    for (items, want) in [
+        (vec![("t", &t)], "no tensor `x`"),
+        (vec![("x", &t), ("t", &t)], "`x` is"),
+        (vec![("x", &x), ("t", &x)], "`t` is"),
+        (vec![("x", &x), ("t", &t), ("y", &t)], "`y` is"),
+    ] {
+        write(&bad, &items);
+        let o = run_forward(&bad);
+        assert!(!o.status.success());
+        let e = stderr(&o);
+        assert!(e.contains("bad.safetensors") && e.contains(want), "{e}");
+    }
+    let big = candle_core::Tensor::new(&[3i64, 11], &dev).unwrap();
+    write(&bad, &[("x", &x), ("t", &t), ("y", &big)]);
+    let e = stderr(&run_forward(&bad));
+    assert!(e.contains("label 11"), "{e}");
+}

@@ -359,6 +359,19 @@ pub struct TrainSection {
     pub checkpoint_every: u64,
     /// How many step checkpoints to keep on disk (the newest ones).
     pub keep_checkpoints: usize,
+    /// Start a fresh run from these weights instead of the reference initialisation: a cbs
+    /// run or checkpoint directory, or a PyTorch checkpoint of the reference code, of the same
+    /// architecture (experts fine-tuned from a monolithic model: eDiff-I's recipe). AdamW
+    /// starts fresh; the EMA starts at the loaded weights. Ignored when resuming.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
+    /// Which weights of `init_from`: `ema` (default) or `model`.
+    #[serde(skip_serializing_if = "is_ema")]
+    pub init_weights: crate::WeightsKind,
+}
+
+fn is_ema(w: &crate::WeightsKind) -> bool {
+    *w == crate::WeightsKind::Ema
 }
 
 impl Default for TrainSection {
@@ -382,6 +395,8 @@ impl Default for TrainSection {
             log_every: 10,
             checkpoint_every: 500,
             keep_checkpoints: 2,
+            init_from: None,
+            init_weights: crate::WeightsKind::Ema,
         }
     }
 }

@@ -84,15 +84,13 @@ fn choose_entry(path: &Path, groups: &[String], which: WeightsKind) -> Result<Op
 }
 
 /// Reads the weights of `which` from a PyTorch file for `arch`: names and shapes checked
-/// against the network, values checked finite, cast to `precision`'s compute dtype.
-pub fn load_torch(
+/// against the network (buffers included), values checked finite, floats as f32. The second
+/// value names the entry used.
+pub fn torch_weights(
     path: &Path,
     arch: &Architecture,
     which: WeightsKind,
-    kernels: Kernels,
-    precision: Precision,
-    device: &Device,
-) -> Result<TorchLoaded> {
+) -> Result<(HashMap<String, Tensor>, String)> {
     let file = cbs_torch::TorchFile::open(path).map_err(|e| RunError::Torch(Box::new(e)))?;
     let entry = choose_entry(path, &file.groups(), which)?;
     let (tensors, skipped) = file
@@ -116,18 +114,64 @@ pub fn load_torch(
             Ok((k, t))
         })
         .collect::<candle_core::Result<_>>()?;
+    let tensors = checked(path, tensors, arch)?;
+    Ok((tensors, entry.unwrap_or_else(|| "state_dict".to_string())))
+}
+
+/// Names and shapes against `arch`, values finite.
+fn checked(
+    path: &Path,
+    tensors: HashMap<String, Tensor>,
+    arch: &Architecture,
+) -> Result<HashMap<String, Tensor>> {
     let tensors = cbs_models::weights::strip_wrapper_prefix(tensors);
     let expected = cbs_models::shapes::parameter_shapes(arch)?;
     cbs_models::weights::check_names_and_shapes(path, &tensors, &expected)?;
     let mut named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     named.sort_by_key(|(k, _)| *k);
     check_finite(path, named, "refusing to load it")?;
+    Ok(tensors)
+}
+
+/// The weights of `which` for `arch` from a cbs run or checkpoint directory or a PyTorch
+/// file (on the CPU, f32 floats), checked as [`torch_weights`] checks them, and a description
+/// of where they came from (printed by the trainer).
+pub fn load_weights(
+    path: &Path,
+    arch: &Architecture,
+    which: WeightsKind,
+) -> Result<(HashMap<String, Tensor>, String)> {
+    if is_torch_file(path) {
+        let (t, entry) = torch_weights(path, arch, which)?;
+        return Ok((
+            t,
+            format!("{} (PyTorch file, entry `{entry}`)", path.display()),
+        ));
+    }
+    let dir = crate::checkpoint::resolve(path)?;
+    let file = dir.join(which.file_name());
+    let tensors = cbs_models::weights::load_safetensors(&file, &Device::Cpu)?;
+    let tensors = checked(&file, tensors, arch)?;
+    Ok((tensors, file.display().to_string()))
+}
+
+/// A network of `arch` from a PyTorch file (see [`torch_weights`]), computing in
+/// `precision`'s dtype.
+pub fn load_torch(
+    path: &Path,
+    arch: &Architecture,
+    which: WeightsKind,
+    kernels: Kernels,
+    precision: Precision,
+    device: &Device,
+) -> Result<TorchLoaded> {
+    let (tensors, entry) = torch_weights(path, arch, which)?;
     precision.configure_products();
     let vb = VarBuilder::from_tensors(tensors, precision.compute_dtype(), device);
     let model = Model::new(arch, kernels, vb)?;
     Ok(TorchLoaded {
         model,
-        entry: entry.unwrap_or_else(|| "state_dict".to_string()),
+        entry,
         path: path.to_path_buf(),
     })
 }

@@ -109,8 +109,18 @@ pub fn read_noise(path: &Path, num: usize, shape: &SampleShape, device: &Device)
         path: path.to_path_buf(),
         message,
     };
-    if !path.is_file() {
-        return Err(file_err("noise file not found".into()));
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(m) if m.is_dir() => return Err(file_err("is a directory, not a .npy file".into())),
+        Ok(_) => {
+            return Err(file_err(
+                "is not a regular file (a FIFO, socket or device)".into(),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(file_err("noise file not found".into()))
+        }
+        Err(e) => return Err(file_err(format!("cannot read: {e}"))),
     }
     // cbs-data's reader checks the declared shape against the file's length before
     // allocating, so a corrupt header is an error rather than a panic or an abort.

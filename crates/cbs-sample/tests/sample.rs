@@ -229,4 +229,14 @@ fn non_finite_noise_is_refused() {
         .write_npy(&ok)
         .unwrap();
     assert!(cbs_sample::read_noise(&ok, 4, &points(), &Device::Cpu).is_ok());
+    // A directory or a missing file where the noise belongs: said as such, naming the path.
+    let e = cbs_sample::read_noise(dir.path(), 4, &points(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is a directory"), "{e}");
+    let missing = dir.path().join("missing.npy");
+    let e = cbs_sample::read_noise(&missing, 4, &points(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not found") && e.contains("missing.npy"), "{e}");
 }

@@ -315,6 +315,16 @@ fn read_entry(
             entry.size()
         ));
     }
+    // Deflate cannot expand more than 1032-fold: a larger declared size is a lie, and would
+    // have us inflate far past what the file holds.
+    if entry.compression() != zip::CompressionMethod::Stored
+        && nbytes > entry.compressed_size().saturating_mul(1032)
+    {
+        return Err(format!(
+            "declares {nbytes} bytes from {} compressed bytes, more than deflate can expand",
+            entry.compressed_size()
+        ));
+    }
     if nbytes > limits.max_tensor_bytes {
         return Err(format!(
             "{nbytes} bytes exceed the limit {}",

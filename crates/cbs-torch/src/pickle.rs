@@ -463,6 +463,15 @@ impl Machine<'_> {
             None => return too_big("the byte size"),
         };
         self.limit(Limit::TensorBytes, bytes, self.limits.max_tensor_bytes)?;
+        // Zero strides let a few stored bytes stand for an arbitrarily large tensor: such an
+        // expansion may not exceed its storage by more than a small allowance.
+        let stored = storage.numel.saturating_mul(storage.ty.size());
+        if bytes > stored.max(MAX_EXPANDED_BYTES) {
+            return self.bad(format!(
+                "size {size:?} with stride {stride:?} expands {stored} stored bytes to {bytes} \
+                 (at most {MAX_EXPANDED_BYTES} bytes beyond the storage are accepted)"
+            ));
+        }
         if numel == 0 {
             if offset > storage.numel {
                 return self.bad(format!(
@@ -805,3 +814,6 @@ impl Machine<'_> {
 
 /// Tensors of more dimensions than this are refused (PyTorch allows 64).
 const MAX_RANK: u64 = 64;
+
+/// The largest tensor (bytes) that may be an expansion (zero strides) of a smaller storage.
+const MAX_EXPANDED_BYTES: u64 = 256 << 20;

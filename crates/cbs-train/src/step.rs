@@ -83,6 +83,26 @@ impl Stepper {
         })
     }
 
+    /// Replaces the fresh weights by `tc.init_from`'s (when set) and restarts the EMA from
+    /// them; returns where they came from. Called on a fresh run only (a resumed run reads its
+    /// own checkpoint).
+    pub fn init_from(&mut self, tc: &TrainSection) -> Result<Option<String>> {
+        let Some(path) = &tc.init_from else {
+            return Ok(None);
+        };
+        let (tensors, source) =
+            cbs_run::torch_checkpoint::load_weights(path, &self.net.arch, tc.init_weights)?;
+        for (name, var) in &self.vars {
+            // Present: load_weights checked every name and shape against the architecture.
+            let t = tensors[name]
+                .to_dtype(var.dtype())?
+                .to_device(var.device())?;
+            var.set(&t)?;
+        }
+        self.ema = Ema::new(&self.vars, tc.ema_decay)?.with_kernels(tc.kernels);
+        Ok(Some(source))
+    }
+
     /// Forward, loss, backward, gradient clipping, AdamW at `lr`, EMA.
     pub fn step(&mut self, b: &Batch, lr: f64) -> Result<StepOutcome> {
         self.step_timed(b, lr, None)

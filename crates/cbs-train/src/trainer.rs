@@ -184,7 +184,12 @@ pub fn train(
                 message: "--resume given but the directory holds no checkpoint".into(),
             })
         }
-        (None, false) => 0,
+        (None, false) => {
+            if let Some(source) = st.init_from(tc)? {
+                tracing::info!(%source, "weights initialised from");
+            }
+            0
+        }
     };
     if start >= tc.steps {
         tracing::info!(start, total = tc.steps, "run already complete");

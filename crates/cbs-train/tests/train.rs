@@ -1188,3 +1188,99 @@ fn latest_stays_inside_the_run_and_stale_temporaries_are_cleared() {
         "a stale temporary checkpoint of another step is removed"
     );
 }
+
+/// The weights of every variable, by name, as bits.
+fn var_bits(st: &cbs_train::step::Stepper) -> Vec<(String, Vec<u32>)> {
+    let mut v: Vec<(String, Vec<u32>)> = st
+        .vars
+        .iter()
+        .map(|(k, var)| {
+            let f = var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (k.clone(), f.into_iter().map(f32::to_bits).collect())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn init_from_starts_from_a_checkpoint_or_a_pytorch_file() {
+    let trained = tempfile::tempdir().unwrap();
+    run(trained.path(), &toy_config(6), false).unwrap();
+    let ckpt = checkpoint::latest(trained.path()).unwrap().unwrap();
+    let arch = toy_config(1).model.resolve(&[1, 8, 8], 3).unwrap();
+    let only_vars = |file: &Path, st: &cbs_train::step::Stepper| -> Vec<(String, Vec<u32>)> {
+        let names: Vec<&String> = st.vars.iter().map(|(k, _)| k).collect();
+        bits(file)
+            .into_iter()
+            .filter(|(k, _)| names.contains(&k))
+            .collect()
+    };
+    for which in [WeightsKind::Ema, WeightsKind::Model] {
+        let mut tc = toy_config(1).train;
+        tc.init_from = Some(trained.path().to_path_buf());
+        tc.init_weights = which;
+        let mut st = cbs_train::step::Stepper::new(&arch, &tc, &Device::Cpu).unwrap();
+        let fresh = var_bits(&st);
+        let source = st.init_from(&tc).unwrap().unwrap();
+        assert!(source.contains(which.file_name()), "{source}");
+        let want = only_vars(&ckpt.join(which.file_name()), &st);
+        assert_eq!(var_bits(&st), want, "{which:?}");
+        assert_ne!(var_bits(&st), fresh);
+    }
+    // The same EMA weights in JiT's checkpoint layout (`model_ema1`, keys under `net.`).
+    let ema =
+        cbs_models::weights::load_safetensors(&ckpt.join("ema.safetensors"), &Device::Cpu).unwrap();
+    let sd = |prefix: &str| {
+        cbs_torch::write::Value::OrderedDict(
+            ema.iter()
+                .map(|(k, t)| {
+                    (
+                        format!("{prefix}{k}"),
+                        cbs_torch::write::Value::Tensor(t.clone()),
+                    )
+                })
+                .collect(),
+        )
+    };
+    let file = trained.path().join("checkpoint-6.pth");
+    let value = cbs_torch::write::Value::Dict(vec![
+        ("model_ema1".into(), sd("net.")),
+        ("model".into(), sd("net.")),
+    ]);
+    cbs_torch::write::save(&file, &value, cbs_torch::Format::Zip).unwrap();
+    let mut tc = toy_config(1).train;
+    tc.init_from = Some(file.clone());
+    let mut st = cbs_train::step::Stepper::new(&arch, &tc, &Device::Cpu).unwrap();
+    let source = st.init_from(&tc).unwrap().unwrap();
+    assert!(source.contains("model_ema1"), "{source}");
+    assert_eq!(var_bits(&st), only_vars(&ckpt.join("ema.safetensors"), &st));
+
+    // A run started from trained weights starts at a lower loss than a fresh one.
+    let fresh = tempfile::tempdir().unwrap();
+    let warm = tempfile::tempdir().unwrap();
+    let a = run(fresh.path(), &toy_config(2), false).unwrap();
+    let mut cfg = toy_config(2);
+    cfg.train.init_from = Some(trained.path().to_path_buf());
+    let b = run(warm.path(), &cfg, false).unwrap();
+    assert!(
+        b.losses[0].1 < a.losses[0].1,
+        "{:?} vs {:?}",
+        b.losses,
+        a.losses
+    );
+    // The config records where the weights came from.
+    let stored = TrainConfig::from_file(&warm.path().join("config.toml")).unwrap();
+    assert_eq!(stored.train.init_from.as_deref(), Some(trained.path()));
+
+    // Another architecture: a clear error naming the file and the shape.
+    let other = ModelSpec::new("sit-nano-2").resolve(&[1, 8, 8], 3).unwrap();
+    let mut tc = toy_config(1).train;
+    tc.init_from = Some(trained.path().to_path_buf());
+    let mut st = cbs_train::step::Stepper::new(&other, &tc, &Device::Cpu).unwrap();
+    let err = st.init_from(&tc).err().unwrap().to_string();
+    assert!(
+        err.contains("ema.safetensors") && err.contains("shape"),
+        "{err}"
+    );
+}

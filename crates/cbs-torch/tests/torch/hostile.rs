@@ -169,6 +169,13 @@ fn malformed_rebuild_arguments_are_refused_before_use() {
             "exceeds the limit",
         ),
         (
+            "zero-stride-expansion-below-the-limit",
+            P::proto2()
+                .dict1("w", |p| p.tensor("0", 4, 0, &[1 << 20, 1 << 10], &[0, 0]))
+                .stop(),
+            "expands 16 stored bytes to 4294967296",
+        ),
+        (
             "rank-mismatch",
             P::proto2()
                 .dict1("w", |p| p.tensor("0", 4, 0, &[2, 2], &[1]))
