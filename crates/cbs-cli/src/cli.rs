@@ -238,6 +238,12 @@ pub struct SampleArgs {
     pub steps: usize,
     #[arg(long, value_enum, default_value = "heun")]
     pub solver: Solver,
+    /// dopri5's absolute tolerance (SiT's default).
+    #[arg(long, default_value_t = 1e-6, value_parser = parse_positive_f64)]
+    pub atol: f64,
+    /// dopri5's relative tolerance (SiT's default).
+    #[arg(long, default_value_t = 1e-3, value_parser = parse_positive_f64)]
+    pub rtol: f64,
     /// Classifier-free guidance scale on all channels (1 = no guidance).
     #[arg(long, default_value_t = 1.0)]
     pub cfg_scale: f64,
@@ -370,6 +376,13 @@ pub struct BenchCommon {
     pub kernels: cbs_kernels::Kernels,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+fn parse_positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?}: expected a positive number")),
+    }
 }
 
 /// The architecture of a PyTorch checkpoint file, which carries none.

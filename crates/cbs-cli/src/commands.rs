@@ -92,6 +92,9 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
+    // The adaptive solver picks its own steps: one grid interval per segment (it lands on
+    // every knot), so --steps does not apply.
+    let plan_steps = if a.solver.is_adaptive() { 1 } else { a.steps };
     // One model owning every step, or a set of experts each owning its segment's steps.
     let (models, grid, owner, source) = match (&a.checkpoint, &a.experts) {
         (Some(ck), None) => {
@@ -102,11 +105,16 @@ pub fn sample(a: SampleArgs) -> Result<()> {
                 Some(e) => format!("{} (PyTorch file, entry `{e}`)", m.dir.display()),
                 None => format!("{} (step {})", m.dir.display(), m.state.step),
             };
-            (vec![m], uniform_grid(a.steps), vec![0; a.steps], source)
+            (
+                vec![m],
+                uniform_grid(plan_steps),
+                vec![0; plan_steps],
+                source,
+            )
         }
         (None, Some(dir)) => {
             let (splits, set) = cbs_sample::experts::load_experts(dir, which, a.precision, &dev)?;
-            let (grid, owner) = set.plan(a.steps);
+            let (grid, owner) = set.plan(plan_steps);
             let source = format!("{} experts, knots {:?}", set.experts.len(), splits.knots);
             (set.experts, grid, owner, source)
         }
@@ -141,6 +149,10 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         labels: a.labels.clone(),
         noise,
         batch: a.batch,
+        tolerances: cbs_flow::adaptive::Tolerances {
+            atol: a.atol,
+            rtol: a.rtol,
+        },
     };
     let guided: Vec<Guided<&cbs_models::Model>> = models
         .iter()
@@ -153,11 +165,18 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let field_for_step = |i: usize| -> &dyn VelocityField { &guided[owner[i]] };
     let batches = a.num.div_ceil(a.batch.max(1));
     let pb = bar((steps * batches) as u64, "steps");
-    let result = cbs_sample::generate(&field_for_step, &shape, &opts, &dev, &mut |done, _| {
-        pb.set_position(done as u64)
-    });
+    let result =
+        cbs_sample::generate_counted(&field_for_step, &shape, &opts, &dev, &mut |done, _| {
+            pb.set_position(done as u64)
+        });
     pb.finish_and_clear();
-    let (x, labels) = result?;
+    let (x, labels, evals) = result?;
+    if a.solver.is_adaptive() {
+        eprintln!(
+            "dopri5 (atol {}, rtol {}): {evals} velocity evaluations over {batches} batch(es)",
+            a.atol, a.rtol
+        );
+    }
     images::write_outputs(
         &a.out,
         &x,

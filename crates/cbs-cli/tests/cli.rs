@@ -1394,3 +1394,47 @@ fn forward_writes_the_output_and_the_velocity_and_checks_its_inputs() {
     let e = stderr(&run_forward(&bad));
     assert!(e.contains("label 11"), "{e}");
 }
+
+#[test]
+fn sample_with_dopri5_reports_its_evaluations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run) = trained_fake_run(dir.path(), &[]);
+    let out = dir.path().join("samples");
+    let o = cbs(&[
+        "sample",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--num",
+        "4",
+        "--solver",
+        "dopri5",
+        "--rtol",
+        "1e-2",
+        "--atol",
+        "1e-4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("dopri5 (atol 0.0001, rtol 0.01)") && e.contains("velocity evaluations"),
+        "{e}"
+    );
+    assert!(out.join("samples.npz").is_file());
+    let o = cbs(&[
+        "sample",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--rtol",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("expected a positive number"),
+        "{}",
+        stderr(&o)
+    );
+}

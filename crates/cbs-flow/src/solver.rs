@@ -1,4 +1,5 @@
-//! Fixed-step ODE integrators for `dx/dt = v(x, t)` on an explicit time grid.
+//! ODE integrators for `dx/dt = v(x, t)` on an explicit time grid: fixed-step Euler and Heun,
+//! and adaptive Dormand–Prince 5(4) ([`crate::adaptive`]) within each grid interval.
 //!
 //! The grid is explicit so that expert-switching sampling can put a step edge on every knot:
 //! each step `[grid[i], grid[i+1]]` is integrated by one field chosen per step.
@@ -6,6 +7,7 @@
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::adaptive::{dopri5, Tolerances};
 use crate::VelocityField;
 
 /// Which fixed-step integrator to use.
@@ -27,15 +29,30 @@ pub enum Solver {
         value(help = "Heun with a final Euler step (JiT's sampler)")
     )]
     HeunEulerLast,
+    /// Adaptive Dormand–Prince 5(4) with `--atol`/`--rtol` inside each grid interval; sampling
+    /// gives it one interval per expert segment, ending exactly on each knot.
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Adaptive Dormand-Prince 5(4) (--atol, --rtol), one run per expert segment")
+    )]
+    Dopri5,
 }
 
 impl Solver {
     /// Velocity evaluations per step.
+    /// For [`Solver::Dopri5`], the evaluations of one accepted step (it takes as many steps
+    /// as its tolerances need).
     pub fn evals_per_step(self) -> usize {
         match self {
             Solver::Euler => 1,
             Solver::Heun | Solver::HeunEulerLast => 2,
+            Solver::Dopri5 => 6,
         }
+    }
+
+    /// Whether the solver picks its own steps inside each grid interval.
+    pub fn is_adaptive(self) -> bool {
+        self == Solver::Dopri5
     }
 }
 
@@ -106,27 +123,52 @@ pub fn integrate<'a>(
     field_for_step: &dyn Fn(usize) -> &'a dyn VelocityField,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<Tensor> {
+    let tol = Tolerances::default();
+    integrate_counted(x, grid, solver, tol, y, field_for_step, on_step).map(|(x, _)| x)
+}
+
+/// [`integrate`] with the adaptive solver's tolerances, also returning the number of
+/// velocity evaluations.
+pub fn integrate_counted<'a>(
+    x: &Tensor,
+    grid: &[f64],
+    solver: Solver,
+    tol: Tolerances,
+    y: Option<&Tensor>,
+    field_for_step: &dyn Fn(usize) -> &'a dyn VelocityField,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<(Tensor, usize)> {
     let b = x.dim(0)?;
     let steps = grid.len().saturating_sub(1);
     let mut x = x.clone();
+    let mut evals = 0;
     for i in 0..steps {
         let (t0, t1) = (grid[i], grid[i + 1]);
         let h = t1 - t0;
         let field = field_for_step(i);
+        if solver == Solver::Dopri5 {
+            let (next, n) = dopri5(field, &x, t0, t1, y, tol)?;
+            x = next;
+            evals += n;
+            on_step(i + 1, steps);
+            continue;
+        }
         let v0 = field.velocity(&x, &time(t0, b, x.dtype(), x.device())?, y)?;
+        evals += 1;
         let last = i + 1 == steps;
         x = match solver {
             Solver::Euler => (&x + (v0 * h)?)?,
             Solver::HeunEulerLast if last => (&x + (v0 * h)?)?,
-            Solver::Heun | Solver::HeunEulerLast => {
+            Solver::Heun | Solver::HeunEulerLast | Solver::Dopri5 => {
                 let x_pred = (&x + (&v0 * h)?)?;
                 let v1 = field.velocity(&x_pred, &time(t1, b, x.dtype(), x.device())?, y)?;
+                evals += 1;
                 (&x + ((v0 + v1)? * (0.5 * h))?)?
             }
         };
         on_step(i + 1, steps);
     }
-    Ok(x)
+    Ok((x, evals))
 }
 
 /// Integrate with one field on every step.

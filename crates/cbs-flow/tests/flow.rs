@@ -226,3 +226,140 @@ fn guidance_interval_guides_inside_only() {
         );
     }
 }
+
+/// v = λ·x for t < knot, μ·x after, recording every time it is evaluated at.
+struct Piecewise {
+    rate: f64,
+    seen: std::cell::RefCell<Vec<f64>>,
+}
+impl VelocityField for Piecewise {
+    fn velocity(&self, x: &Tensor, t: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
+        self.seen
+            .borrow_mut()
+            .extend(t.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+        x * self.rate
+    }
+}
+
+#[test]
+fn dopri5_meets_its_tolerance_and_tighter_tolerances_cost_more() {
+    use cbs_flow::adaptive::{dopri5, Tolerances};
+    let x = x0();
+    let exact = (&x * 1.7f64.exp()).unwrap();
+    let mut last = (f64::INFINITY, 0);
+    for rtol in [1e-3, 1e-5, 1e-7, 1e-9] {
+        let tol = Tolerances {
+            atol: rtol * 1e-3,
+            rtol,
+        };
+        let (got, evals) = dopri5(&Linear(1.7), &x, 0.0, 1.0, None, tol).unwrap();
+        let err = vals(&(&got - &exact).unwrap())
+            .iter()
+            .zip(vals(&exact))
+            .map(|(e, v)| e.abs() / v.abs().max(1.0))
+            .fold(0.0, f64::max);
+        // Local control keeps the global error within a small multiple of the tolerance.
+        assert!(err < 50.0 * rtol, "rtol {rtol}: error {err}");
+        assert!(
+            err < last.0 && evals > last.1,
+            "rtol {rtol}: {err} {evals} vs {last:?}"
+        );
+        last = (err, evals);
+    }
+    // A 5th-order method: two decades of tolerance cost far less than 10× the evaluations.
+    let cheap = dopri5(
+        &Linear(1.7),
+        &x,
+        0.0,
+        1.0,
+        None,
+        Tolerances {
+            atol: 1e-9,
+            rtol: 1e-6,
+        },
+    );
+    let tight = dopri5(
+        &Linear(1.7),
+        &x,
+        0.0,
+        1.0,
+        None,
+        Tolerances {
+            atol: 1e-11,
+            rtol: 1e-8,
+        },
+    );
+    let (c, t) = (cheap.unwrap().1, tight.unwrap().1);
+    assert!(t < 4 * c, "{c} → {t} evaluations");
+}
+
+#[test]
+fn dopri5_integrates_each_expert_segment_on_its_own() {
+    use cbs_flow::adaptive::Tolerances;
+    use cbs_flow::solver::integrate_counted;
+    let knot = 0.37;
+    let (a, b) = (
+        Piecewise {
+            rate: 2.0,
+            seen: Default::default(),
+        },
+        Piecewise {
+            rate: -1.5,
+            seen: Default::default(),
+        },
+    );
+    let x = x0();
+    let tol = Tolerances {
+        atol: 1e-10,
+        rtol: 1e-8,
+    };
+    let fields: [&dyn VelocityField; 2] = [&a, &b];
+    let (got, evals) = integrate_counted(
+        &x,
+        &[0.0, knot, 1.0],
+        Solver::Dopri5,
+        tol,
+        None,
+        &|i| fields[i],
+        &mut |_, _| {},
+    )
+    .unwrap();
+    // The exact solution of the piecewise-linear field.
+    let exact = (&x * (2.0 * knot - 1.5 * (1.0 - knot)).exp()).unwrap();
+    let err = vals(&(&got - &exact).unwrap())
+        .iter()
+        .fold(0.0f64, |m, e| m.max(e.abs()));
+    assert!(err < 1e-6, "{err}");
+    // Each expert is evaluated only inside its own segment, and the knot is reached exactly.
+    let (sa, sb) = (a.seen.borrow(), b.seen.borrow());
+    assert!(sa.iter().all(|&t| (0.0..=knot).contains(&t)), "{sa:?}");
+    assert!(sb.iter().all(|&t| (knot..=1.0).contains(&t)), "{sb:?}");
+    assert!(sa.contains(&knot) && sb.contains(&knot) && sb.contains(&1.0));
+    let b_size = x.dim(0).unwrap();
+    assert_eq!(evals * b_size, sa.len() + sb.len());
+}
+
+/// A field that turns non-finite after t = 0.5.
+struct Blowup;
+impl VelocityField for Blowup {
+    fn velocity(&self, x: &Tensor, t: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
+        let t0 = t.to_dtype(DType::F64)?.to_vec1::<f64>()?[0];
+        if t0 > 0.5 {
+            x * f64::NAN
+        } else {
+            x * 1.0
+        }
+    }
+}
+
+#[test]
+fn dopri5_on_a_non_finite_field_is_an_error_not_a_hang() {
+    use cbs_flow::adaptive::{dopri5, Tolerances};
+    let e = dopri5(&Blowup, &x0(), 0.0, 1.0, None, Tolerances::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dopri5 on [0, 1]") && e.contains("step shrank"),
+        "{e}"
+    );
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use cbs_core::rng::{self, Purpose};
-use cbs_flow::solver::{integrate, Solver};
+use cbs_flow::solver::{integrate_counted, Solver};
 use cbs_flow::VelocityField;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -44,6 +44,8 @@ pub struct SampleOptions {
     /// Samples integrated together (memory bound). The noise does not depend on it; the
     /// results only up to floating-point rounding.
     pub batch: usize,
+    /// Tolerances of the adaptive solver (ignored by the fixed-step ones).
+    pub tolerances: cbs_flow::adaptive::Tolerances,
 }
 
 /// Per-sample shape and the label space of the field being sampled.
@@ -162,6 +164,18 @@ pub fn generate<'a>(
     device: &Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Tensor, Option<Vec<u32>>)> {
+    generate_counted(field_for_step, shape, opts, device, progress).map(|(x, l, _)| (x, l))
+}
+
+/// [`generate`], also returning the number of velocity evaluations (summed over batches;
+/// with guidance each counts once, though it runs the network twice).
+pub fn generate_counted<'a>(
+    field_for_step: &dyn Fn(usize) -> &'a dyn VelocityField,
+    shape: &SampleShape,
+    opts: &SampleOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Tensor, Option<Vec<u32>>, usize)> {
     if opts.num == 0 || opts.batch == 0 {
         return Err(SampleError::Invalid {
             option: "num/batch",
@@ -183,6 +197,7 @@ pub fn generate<'a>(
     let batches = opts.num.div_ceil(opts.batch);
     let total = steps * batches;
     let mut outs = Vec::with_capacity(batches);
+    let mut evals = 0;
     for bi in 0..batches {
         let start = bi * opts.batch;
         let len = opts.batch.min(opts.num - start);
@@ -196,15 +211,17 @@ pub fn generate<'a>(
             None => None,
         };
         let done = bi * steps;
-        let x = integrate(
+        let (x, n) = integrate_counted(
             &x0,
             &opts.grid,
             opts.solver,
+            opts.tolerances,
             y.as_ref(),
             field_for_step,
             &mut |i, _| progress(done + i, total),
         )?;
+        evals += n;
         outs.push(x);
     }
-    Ok((Tensor::cat(&outs, 0)?, labels))
+    Ok((Tensor::cat(&outs, 0)?, labels, evals))
 }

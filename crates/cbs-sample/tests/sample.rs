@@ -23,6 +23,7 @@ fn opts(num: usize, grid: Vec<f64>, batch: usize) -> SampleOptions {
         labels: None,
         noise: None,
         batch,
+        tolerances: Default::default(),
     }
 }
 
