@@ -37,6 +37,11 @@ pub enum Command {
     /// Evaluate the network once on given x, t, y (safetensors in and out): its raw output and
     /// the velocity, for parity checks against PyTorch and for debugging.
     Forward(ForwardArgs),
+    /// Encode a data set's images to SD-VAE latents (the `latents` data source reads them),
+    /// as SiT and DiT train on ImageNet-256.
+    EncodeLatents(crate::vae::EncodeLatentsArgs),
+    /// Decode a latents file to images with the SD VAE (grid.png, samples.npz).
+    Decode(crate::vae::DecodeArgs),
     /// FID, sFID, Inception Score, precision/recall and KID of samples against reference
     /// images or statistics (Inception-v3 features, as pytorch-fid).
     EvalFid(EvalFidArgs),
@@ -260,6 +265,12 @@ pub struct SampleArgs {
     /// Start from this noise (.npy, float, [num, C, H, W]) instead of seeded noise.
     #[arg(long)]
     pub noise: Option<PathBuf>,
+    /// Decode the latent samples with this SD VAE (a diffusers AutoencoderKL directory, e.g.
+    /// stabilityai/sd-vae-ft-mse) after dividing by its scaling_factor: grid.png and
+    /// samples.npz hold images (for eval-fid), latents.npz the latents. Without it a latent
+    /// model's samples go to latents.npz only (unscaled by 0.18215; `cbs decode` reads it).
+    #[arg(long, value_name = "DIR")]
+    pub vae: Option<PathBuf>,
     /// Which weights of the checkpoint.
     #[arg(long, value_enum, default_value = "ema")]
     pub weights: WeightsKind,
@@ -421,8 +432,13 @@ impl TorchModelArgs {
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
     /// A cbs run or checkpoint directory, or a PyTorch checkpoint file (with --model).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "vae", conflicts_with = "vae")]
+    pub checkpoint: Option<PathBuf>,
+    /// Evaluate an SD VAE (a diffusers AutoencoderKL directory) instead: the inputs file holds
+    /// `x` (images in [-1, 1]) and/or `z` (unscaled latents); the output `mean` and `logvar`
+    /// of the encoder's posterior and/or `decoded`.
+    #[arg(long, value_name = "DIR")]
+    pub vae: Option<PathBuf>,
     #[command(flatten)]
     pub torch: TorchModelArgs,
     /// Safetensors file with `x` ([B, C, H, W] or [B, D], float), `t` ([B], float, the time the

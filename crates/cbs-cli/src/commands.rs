@@ -6,6 +6,7 @@ use cbs_flow::solver::uniform_grid;
 use cbs_flow::VelocityField;
 use cbs_models::{shapes, ModelSpec};
 use cbs_run::checkpoint;
+use cbs_run::outputs::LATENTS_NPZ;
 use cbs_run::TrainConfig;
 use cbs_sample::images::{self, OutputOptions};
 use cbs_sample::{SampleOptions, SampleShape};
@@ -177,16 +178,41 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             a.atol, a.rtol
         );
     }
-    images::write_outputs(
-        &a.out,
-        &x,
-        labels.as_deref(),
-        &OutputOptions {
-            nrow: a.nrow,
-            grid_max: a.grid_max,
-            individual: a.individual,
-        },
-    )?;
+    let out_opts = OutputOptions {
+        nrow: a.nrow,
+        grid_max: a.grid_max,
+        individual: a.individual,
+    };
+    let latent = x.rank() == 4 && !matches!(x.dim(1)?, 1 | 3);
+    match (&a.vae, latent) {
+        (Some(dir), true) => {
+            let vae = crate::vae::load_vae(dir, &dev)?;
+            let z = (x / vae.config().scaling_factor)?;
+            cbs_core::atomic::create_dir_all(&a.out)?;
+            cbs_sample::vae::write_latents(&a.out.join(LATENTS_NPZ), &z, labels.as_deref())?;
+            let images = crate::vae::decode_with_bar(&vae, &z, a.batch)?;
+            images::write_outputs(&a.out, &images, labels.as_deref(), &out_opts)?;
+        }
+        (Some(dir), false) => bail!(
+            "--vae {}: the model's samples are {:?}, not latents (images have 1 or 3 channels)",
+            dir.display(),
+            &x.dims()[1..]
+        ),
+        (None, true) => {
+            let z = (x / cbs_models::vae::SD_VAE_SCALING_FACTOR)?;
+            cbs_core::atomic::create_dir_all(&a.out)?;
+            let path = a.out.join(LATENTS_NPZ);
+            cbs_sample::vae::write_latents(&path, &z, labels.as_deref())?;
+            eprintln!(
+                "the samples are latents {:?}: written to {} (divided by 0.18215); pass --vae DIR \
+                 to decode them, or run `cbs decode --vae DIR --latents {}`",
+                &z.dims()[1..],
+                path.display(),
+                path.display()
+            );
+        }
+        (None, false) => images::write_outputs(&a.out, &x, labels.as_deref(), &out_opts)?,
+    }
     eprintln!(
         "wrote {} samples from {source} to {}",
         a.num,

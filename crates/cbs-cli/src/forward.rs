@@ -7,16 +7,21 @@ use crate::cli::ForwardArgs;
 
 pub fn forward(a: ForwardArgs) -> Result<()> {
     let dev = a.device.open()?;
+    let checkpoint = match (&a.checkpoint, &a.vae) {
+        (_, Some(vae)) => return crate::vae::forward(vae, &a.inputs, &a.out, &dev),
+        (Some(c), None) => c,
+        (None, None) => bail!("give --checkpoint (a network) or --vae (an SD VAE)"),
+    };
     let spec = a.torch.spec();
     let (loaded, entry) = cbs_run::torch_checkpoint::load_any(
-        &a.checkpoint,
+        checkpoint,
         a.weights,
         spec.as_ref(),
         a.precision,
         &dev,
     )?;
     if let Some(e) = &entry {
-        eprintln!("{}: PyTorch file, entry `{e}`", a.checkpoint.display());
+        eprintln!("{}: PyTorch file, entry `{e}`", checkpoint.display());
     }
     let arch = &loaded.architecture;
     let tensors = candle_core::safetensors::load(&a.inputs, &Device::Cpu).with_context(|| {

@@ -16,6 +16,7 @@ mod plot;
 mod progress;
 mod report;
 mod signals;
+mod vae;
 
 use clap::Parser;
 
@@ -53,6 +54,8 @@ fn run(command: cli::Command) -> anyhow::Result<()> {
         Command::TrainAux(a) => commands::train_aux(a),
         Command::Sample(a) => commands::sample(a),
         Command::Forward(a) => forward::forward(a),
+        Command::EncodeLatents(a) => vae::encode_latents(a),
+        Command::Decode(a) => vae::decode(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Bench(a) => bench::bench(a),
         Command::DeviceCheck(a) => device_check::device_check(a),

@@ -9,6 +9,8 @@ use candle_core::{Device, Tensor};
 
 #[path = "cli/errors.rs"]
 mod errors;
+#[path = "cli/vae.rs"]
+mod vae;
 
 fn cbs(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cbs"))

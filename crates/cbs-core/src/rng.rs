@@ -66,11 +66,14 @@ pub enum Purpose {
     ToyMetrics,
     /// The random subsets of KID; counter 0. Key 0 (legacy).
     KidSubsets,
+    /// The posterior draw of `cbs encode-latents --posterior sample`: counter `2·i` for image
+    /// `i`, `2·i + 1` for its mirror image (so the draws do not depend on the batch size).
+    LatentPosterior,
 }
 
 impl Purpose {
     /// Every purpose, for tests and documentation.
-    pub const ALL: [Purpose; 15] = [
+    pub const ALL: [Purpose; 16] = [
         Purpose::TrainStep,
         Purpose::SampleNoise,
         Purpose::ClassifierStep,
@@ -86,6 +89,7 @@ impl Purpose {
         Purpose::GmmSample,
         Purpose::ToyMetrics,
         Purpose::KidSubsets,
+        Purpose::LatentPosterior,
     ];
 
     /// XORed into the seed before seeding ChaCha8 (0: the legacy shared key space).
@@ -94,6 +98,7 @@ impl Purpose {
             Purpose::TrainStep => 0x7472_6169_6e00_0001,
             Purpose::SampleNoise => 0x7361_6d70_6c00_0002,
             Purpose::ClassifierStep | Purpose::ClassifierRealSample => 0x636c_6173_7300_0003,
+            Purpose::LatentPosterior => 0x6c61_7465_6e00_0004,
             _ => 0,
         }
     }

@@ -1,15 +1,22 @@
 //! Precomputed VAE latents (SiT / DiT train on ImageNet-256 as SD-VAE latents 4×32×32).
 //!
-//! An `.npz` with `latents` (or `arr_0`) = float32 `[N, C, H, W]`, the raw encoder means as
-//! the usual feature-extraction scripts save them, plus optional integer labels (`labels` or
-//! `arr_1`). Samples are multiplied by `scale` (SD-VAE: 0.18215) when batched. Horizontal
-//! flips mirror the latent's last axis (an approximation of encoding the flipped image; the
-//! reference pipelines that pre-extract latents store both flips instead).
+//! An `.npz` with `latents` (or `arr_0`) = float32 `[N, C, H, W]`, the raw (unscaled) encoder
+//! outputs as the usual feature-extraction scripts and `cbs encode-latents` save them, plus
+//! optional integer labels (`labels` or `arr_1`) and optional `latents_flip`, the latents of
+//! the horizontally flipped images (same shape). Samples are multiplied by `scale` (SD-VAE:
+//! 0.18215) when batched. A flipped sample is taken from `latents_flip` when the file has it
+//! (as fast-DiT pre-extracts both flips); otherwise the latent's last axis is mirrored, an
+//! approximation of encoding the flipped image.
 
 use std::path::Path;
 
-use crate::npz::{read_labels, NpzArchive};
-use crate::{DataError, Dataset, MemoryLimit, Result};
+use crate::npz::{read_labels, NpyDtype, NpyHeader, NpzArchive, NpzStreamWriter};
+use crate::{DataError, Dataset, MemoryLimit, NpyArray, Result};
+
+/// The array names of a latents file.
+pub const LATENTS_ARRAY: &str = "latents";
+pub const LATENTS_FLIP_ARRAY: &str = "latents_flip";
+pub const LABELS_ARRAY: &str = "labels";
 
 /// The SD-VAE scaling factor SiT and DiT apply to latents.
 pub const SD_VAE_SCALE: f64 = 0.18215;
@@ -18,6 +25,8 @@ pub const SD_VAE_SCALE: f64 = 0.18215;
 pub struct LatentDataset {
     /// `len · C · H · W` values, unscaled.
     pub values: Vec<f32>,
+    /// The latents of the flipped images, when the file has them (same layout).
+    pub flipped: Option<Vec<f32>>,
     pub labels: Vec<u32>,
     /// `[C, H, W]`.
     pub shape: [usize; 3],
@@ -89,13 +98,41 @@ pub fn load_latents_limited(
         (None, Some(l)) => l.iter().max().map_or(1, |&m| m as usize + 1),
         (None, None) => 1,
     };
+    let values = read_finite_f32(&mut npz, name, path)?;
+    let flipped = if name == LATENTS_ARRAY && npz.has(LATENTS_FLIP_ARRAY) {
+        let hf = npz.header(LATENTS_FLIP_ARRAY)?;
+        if hf.shape != h.shape || hf.dtype.kind != 'f' || hf.dtype.size != 4 || hf.fortran_order {
+            return Err(malformed(format!(
+                "array {LATENTS_FLIP_ARRAY} is {} {:?}; expected float32 {:?} like {name}",
+                hf.dtype.name(),
+                hf.shape,
+                h.shape
+            )));
+        }
+        Some(read_finite_f32(&mut npz, LATENTS_FLIP_ARRAY, path)?)
+    } else {
+        None
+    };
+    Ok(LatentDataset {
+        values,
+        flipped,
+        labels: labels.unwrap_or_else(|| vec![0; n]),
+        shape: [c, hh, ww],
+        num_classes,
+        scale: scale as f32,
+    })
+}
+
+/// A float32 array (either byte order, checked by the caller) whose every value is finite.
+fn read_finite_f32(npz: &mut NpzArchive, name: &str, path: &Path) -> Result<Vec<f32>> {
     let raw = npz.read(name)?;
+    let big = raw.header.dtype.big_endian;
     let values: Vec<f32> = raw
         .data
         .chunks_exact(4)
         .map(|b| {
             let b = [b[0], b[1], b[2], b[3]];
-            if h.dtype.big_endian {
+            if big {
                 f32::from_be_bytes(b)
             } else {
                 f32::from_le_bytes(b)
@@ -103,17 +140,79 @@ pub fn load_latents_limited(
         })
         .collect();
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(malformed(format!(
-            "array {name} holds a non-finite value at flat index {i}"
-        )));
+        return Err(DataError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("array {name} holds a non-finite value at flat index {i}"),
+        });
     }
-    Ok(LatentDataset {
-        values,
-        labels: labels.unwrap_or_else(|| vec![0; n]),
-        shape: [c, hh, ww],
-        num_classes,
-        scale: scale as f32,
-    })
+    Ok(values)
+}
+
+/// Writes a latents file (module documentation) array by array, each from batches: the
+/// latents `[n, C, H, W]`, then (optionally) the flipped images' latents, then the labels.
+/// Holds one batch at a time, so a data set of any size is written in constant memory.
+pub struct LatentWriter {
+    out: NpzStreamWriter,
+    shape: Vec<usize>,
+}
+
+impl LatentWriter {
+    /// Writes into `path` in place (wrap in `cbs_core::atomic::write_with_path`).
+    pub fn create(path: &Path, n: usize, sample_shape: [usize; 3]) -> Result<Self> {
+        let [c, h, w] = sample_shape;
+        Ok(Self {
+            out: NpzStreamWriter::create(path)?,
+            shape: vec![n, c, h, w],
+        })
+    }
+
+    fn header(&self) -> NpyHeader {
+        NpyHeader {
+            dtype: NpyDtype::F32,
+            shape: self.shape.clone(),
+            fortran_order: false,
+        }
+    }
+
+    /// Starts the latents (`flipped = false`) or the flipped images' latents.
+    pub fn begin(&mut self, flipped: bool) -> Result<()> {
+        let name = if flipped {
+            LATENTS_FLIP_ARRAY
+        } else {
+            LATENTS_ARRAY
+        };
+        let header = self.header();
+        self.out.begin(name, &header)
+    }
+
+    /// The next batch of the array begun, unscaled latents in `[B, C, H, W]` order.
+    pub fn append(&mut self, values: &[f32]) -> Result<()> {
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(DataError::Invalid {
+                field: "latents",
+                reason: format!("non-finite value at flat index {i} of the batch"),
+            });
+        }
+        self.out.append_f32(values)
+    }
+
+    /// Writes the labels (int64) and completes the file.
+    pub fn finish(mut self, labels: &[u32]) -> Result<()> {
+        let n = self.shape[0];
+        if labels.len() != n {
+            return Err(DataError::Invalid {
+                field: "labels",
+                reason: format!("{} labels for {n} latents", labels.len()),
+            });
+        }
+        let data = labels
+            .iter()
+            .flat_map(|&l| i64::from(l).to_le_bytes())
+            .collect();
+        let labels = NpyArray::new(NpyDtype::I64, vec![n], data)?;
+        self.out.write_array(LABELS_ARRAY, &labels)?;
+        self.out.finish()
+    }
 }
 
 impl Dataset for LatentDataset {
@@ -139,8 +238,14 @@ impl Dataset for LatentDataset {
                     reason: format!("index {i} out of range for {n} latents"),
                 });
             }
-            let src = &self.values[i * stride..(i + 1) * stride];
             let flip = flips.get(k).copied().unwrap_or(false);
+            if let (true, Some(f)) = (flip, &self.flipped) {
+                let src = &f[i * stride..(i + 1) * stride];
+                out.extend(src.iter().map(|v| v * self.scale));
+                labels.push(self.labels[i]);
+                continue;
+            }
+            let src = &self.values[i * stride..(i + 1) * stride];
             for row in src.chunks_exact(w) {
                 if flip {
                     out.extend(row.iter().rev().map(|v| v * self.scale));
@@ -172,12 +277,16 @@ impl LatentDataset {
         let mut chosen = rand::seq::index::sample(&mut rng, n, keep).into_vec();
         chosen.sort_unstable();
         let stride: usize = self.shape.iter().product();
-        let mut values = Vec::with_capacity(keep * stride);
-        for &i in &chosen {
-            values.extend_from_slice(&self.values[i * stride..(i + 1) * stride]);
-        }
+        let pick = |all: &[f32]| -> Vec<f32> {
+            let mut v = Vec::with_capacity(keep * stride);
+            for &i in &chosen {
+                v.extend_from_slice(&all[i * stride..(i + 1) * stride]);
+            }
+            v
+        };
         Ok(LatentDataset {
-            values,
+            values: pick(&self.values),
+            flipped: self.flipped.as_deref().map(pick),
             labels: chosen.iter().map(|&i| self.labels[i]).collect(),
             ..self.clone_shape()
         })
@@ -186,6 +295,7 @@ impl LatentDataset {
     fn clone_shape(&self) -> LatentDataset {
         LatentDataset {
             values: Vec::new(),
+            flipped: None,
             labels: Vec::new(),
             shape: self.shape,
             num_classes: self.num_classes,

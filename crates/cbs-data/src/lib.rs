@@ -51,11 +51,14 @@ pub use folder::{
     load_image_index_limited, scan_image_folder, FolderIndex, FolderOptions,
 };
 pub use idx::{read_idx, read_idx_limited, IdxArray};
-pub use latents::{load_latents, load_latents_limited, LatentDataset, SD_VAE_SCALE};
+pub use latents::{
+    load_latents, load_latents_limited, LatentDataset, LatentWriter, LABELS_ARRAY, LATENTS_ARRAY,
+    LATENTS_FLIP_ARRAY, SD_VAE_SCALE,
+};
 pub use limit::MemoryLimit;
 pub use npz::{
     load_npz, load_npz_limited, read_npy, read_npy_limited, write_npy, write_npz, NpyArray,
-    NpyDtype, NpyHeader, NpzArchive, NPZ_MAX_IMPLICIT_CLASSES,
+    NpyDtype, NpyHeader, NpzArchive, NpzStreamWriter, NPZ_MAX_IMPLICIT_CLASSES,
 };
 pub use points::{Dataset, PointDataset};
 pub use sampler::BatchSampler;

@@ -74,6 +74,8 @@ impl NpyDtype {
     pub const F32: NpyDtype = NpyDtype::little('f', 4);
     /// `float64`, little-endian.
     pub const F64: NpyDtype = NpyDtype::little('f', 8);
+    /// `int64`, little-endian (NumPy's default integer).
+    pub const I64: NpyDtype = NpyDtype::little('i', 8);
 
     const fn little(kind: char, size: usize) -> Self {
         Self {
@@ -118,6 +120,32 @@ impl NpyHeader {
         self.shape
             .iter()
             .try_fold(self.dtype.size, |acc, &d| acc.checked_mul(d))
+    }
+
+    /// The `.npy` preamble and header of an array of this header (format 1.0, padded to 16
+    /// bytes as NumPy and candle pad it); the raw data follows.
+    fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+        let h = self;
+        let mut shape: Vec<String> = h.shape.iter().map(|d| d.to_string()).collect();
+        if !shape.is_empty() {
+            shape.push(String::new());
+        }
+        let fortran = if h.fortran_order { "True" } else { "False" };
+        let mut text = format!(
+            "{{'descr': '{}', 'fortran_order': {fortran}, 'shape': ({}), }}",
+            h.dtype.descr(),
+            shape.join(",")
+        );
+        let pad = 16 - (NPY_MAGIC.len() + 5 + text.len()) % 16;
+        text.extend(std::iter::repeat_n(' ', pad % 16));
+        text.push('\n');
+        let len = u16::try_from(text.len())
+            .map_err(|_| std::io::Error::other("the .npy header exceeds 64 KiB"))?;
+        w.write_all(NPY_MAGIC)?;
+        w.write_all(&[1, 0])?;
+        w.write_all(&len.to_le_bytes())?;
+        w.write_all(text.as_bytes())?;
+        Ok(())
     }
 }
 
@@ -211,26 +239,7 @@ impl NpyArray {
 
     /// The `.npy` file of this array: format 1.0, header padded to 16 bytes as candle pads it.
     fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
-        let h = &self.header;
-        let mut shape: Vec<String> = h.shape.iter().map(|d| d.to_string()).collect();
-        if !shape.is_empty() {
-            shape.push(String::new());
-        }
-        let fortran = if h.fortran_order { "True" } else { "False" };
-        let mut text = format!(
-            "{{'descr': '{}', 'fortran_order': {fortran}, 'shape': ({}), }}",
-            h.dtype.descr(),
-            shape.join(",")
-        );
-        let pad = 16 - (NPY_MAGIC.len() + 5 + text.len()) % 16;
-        text.extend(std::iter::repeat_n(' ', pad % 16));
-        text.push('\n');
-        let len = u16::try_from(text.len())
-            .map_err(|_| std::io::Error::other("the .npy header exceeds 64 KiB"))?;
-        w.write_all(NPY_MAGIC)?;
-        w.write_all(&[1, 0])?;
-        w.write_all(&len.to_le_bytes())?;
-        w.write_all(text.as_bytes())?;
+        self.header.write_to(w)?;
         w.write_all(&self.data)
     }
 
@@ -973,4 +982,114 @@ pub(crate) fn read_labels(
             }
         })
         .collect()
+}
+
+/// An `.npz` archive written array by array, each array's data appended in pieces: for
+/// outputs too large to hold in memory (a data set's latents). Arrays are stored
+/// uncompressed in the order they are begun, as [`write_npz`] stores them; an array must
+/// receive exactly the bytes its header declares before the next begins. Writes `path` in
+/// place: wrap it in [`cbs_core::atomic::write_with_path`] for a crash-safe file.
+pub struct NpzStreamWriter {
+    path: PathBuf,
+    zip: ZipWriter<BufWriter<File>>,
+    /// The open array: its name and the bytes it still expects.
+    open: Option<(String, usize)>,
+}
+
+impl NpzStreamWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = File::create(path).map_err(|e| io_err(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            zip: ZipWriter::new(BufWriter::new(file)),
+            open: None,
+        })
+    }
+
+    fn zip_err(&self, e: zip::result::ZipError) -> DataError {
+        match e {
+            zip::result::ZipError::Io(e) => io_err(&self.path, e),
+            e => DataError::Malformed {
+                path: self.path.clone(),
+                reason: format!("cannot write the .npz archive: {e}"),
+            },
+        }
+    }
+
+    fn check_closed(&self) -> Result<()> {
+        match &self.open {
+            Some((name, left)) if *left > 0 => Err(DataError::Invalid {
+                field: "npz stream",
+                reason: format!("array `{name}` is still missing {left} bytes"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts array `name` of `header`'s dtype and shape (the previous one must be complete).
+    pub fn begin(&mut self, name: &str, header: &NpyHeader) -> Result<()> {
+        self.check_closed()?;
+        let len = header.data_len().ok_or_else(|| DataError::Invalid {
+            field: "shape",
+            reason: format!("array `{name}` of shape {:?} overflows", header.shape),
+        })?;
+        let options = SimpleFileOptions::default()
+            .compression_method(CompressionMethod::Stored)
+            .large_file(len as u64 + (1 << 16) >= u64::from(u32::MAX));
+        self.zip
+            .start_file(format!("{name}.npy"), options)
+            .map_err(|e| self.zip_err(e))?;
+        header
+            .write_to(&mut self.zip)
+            .map_err(|e| io_err(&self.path, e))?;
+        self.open = Some((name.to_string(), len));
+        Ok(())
+    }
+
+    /// Appends raw bytes (in the header's byte order) to the open array.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some((name, left)) = &mut self.open else {
+            return Err(DataError::Invalid {
+                field: "npz stream",
+                reason: "append before begin".into(),
+            });
+        };
+        if bytes.len() > *left {
+            return Err(DataError::Invalid {
+                field: "npz stream",
+                reason: format!(
+                    "{} bytes appended to array `{name}`, which expects only {left} more",
+                    bytes.len()
+                ),
+            });
+        }
+        *left -= bytes.len();
+        self.zip.write_all(bytes).map_err(|e| io_err(&self.path, e))
+    }
+
+    /// Appends float32 values (little-endian) to the open array.
+    pub fn append_f32(&mut self, values: &[f32]) -> Result<()> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.append(&bytes)
+    }
+
+    /// A whole array at once.
+    pub fn write_array(&mut self, name: &str, array: &NpyArray) -> Result<()> {
+        self.begin(name, &array.header)?;
+        self.append(&array.data)
+    }
+
+    /// Completes the archive (every array complete) and flushes it.
+    pub fn finish(self) -> Result<()> {
+        self.check_closed()?;
+        let path = self.path.clone();
+        let mut w = self.zip.finish().map_err(|e| match e {
+            zip::result::ZipError::Io(e) => io_err(&path, e),
+            e => DataError::Malformed {
+                path: path.clone(),
+                reason: format!("cannot write the .npz archive: {e}"),
+            },
+        })?;
+        w.flush().map_err(|e| io_err(&path, e))
+    }
 }

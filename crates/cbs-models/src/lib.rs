@@ -23,6 +23,7 @@ pub mod shapes;
 pub mod sit;
 pub mod spec;
 pub mod unet;
+pub mod vae;
 pub mod weights;
 
 pub use backbone::{all_preset_names, Backbone};

@@ -28,6 +28,8 @@ mod jit;
 mod precision;
 #[path = "models/unet.rs"]
 mod unet;
+#[path = "models/vae.rs"]
+mod vae;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -153,7 +153,42 @@ impl Default for DataConfig {
     }
 }
 
+/// A file holding only a `[data]` table (`cbs encode-latents --config`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataFile {
+    data: DataConfig,
+}
+
 impl DataConfig {
+    /// The `[data]` table of `path`: a whole run config (then validated as one), or a file
+    /// with only that table.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = cbs_core::read_text(path)?;
+        let config_err = |message: String| RunError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(|e| config_err(e.to_string()))?;
+        if table.contains_key("model") {
+            return Ok(TrainConfig::from_toml(&text, path)?.data);
+        }
+        let file: DataFile = toml::from_str(&text).map_err(|e| config_err(e.to_string()))?;
+        file.data.validate()?;
+        Ok(file.data)
+    }
+
+    /// The data directory in effect.
+    pub fn dir_or_default(&self) -> PathBuf {
+        match (&self.dir, self.source) {
+            (Some(d), _) => d.clone(),
+            (None, DataSource::FashionMnist) => PathBuf::from(cbs_data::FASHION_MNIST_DEFAULT_DIR),
+            // The other sources have no default folder (`DataConfig::validate` requires `dir`
+            // where one is read).
+            (None, _) => PathBuf::from("."),
+        }
+    }
+
     /// `max_memory_gib`, or the machine default.
     pub fn memory_limit(&self) -> MemoryLimit {
         self.max_memory_gib.unwrap_or_default()
@@ -507,13 +542,7 @@ impl TrainConfig {
 
     /// The data directory in effect.
     pub fn data_dir(&self) -> PathBuf {
-        match (&self.data.dir, self.data.source) {
-            (Some(d), _) => d.clone(),
-            (None, DataSource::FashionMnist) => PathBuf::from(cbs_data::FASHION_MNIST_DEFAULT_DIR),
-            // The other sources have no default folder (`DataConfig::validate` requires `dir`
-            // where one is read).
-            (None, _) => PathBuf::from("."),
-        }
+        self.data.dir_or_default()
     }
 }
 

@@ -8,6 +8,9 @@ pub const GRID_PNG: &str = "grid.png";
 pub const LABELS_TXT: &str = "labels.txt";
 /// `cbs sample --individual`: `images/NNNNNN.png`.
 pub const IMAGES_DIR: &str = "images";
+/// `cbs sample` of a latent model, `cbs encode-latents`: unscaled latents (`latents` float32
+/// `[N, C, H, W]`, `labels` int64; the `latents` data source and `cbs decode` read it).
+pub const LATENTS_NPZ: &str = "latents.npz";
 /// `cbs sample` of a point model: scatter plot of the first two coordinates.
 pub const SCATTER_PNG: &str = "scatter.png";
 

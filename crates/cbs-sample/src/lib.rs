@@ -3,6 +3,7 @@
 
 pub mod experts;
 pub mod images;
+pub mod vae;
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,8 @@ pub enum SampleError {
     Write(#[from] cbs_core::AtomicError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Data(#[from] cbs_data::DataError),
 }
 
 pub type Result<T> = std::result::Result<T, SampleError>;

@@ -18,7 +18,7 @@ mod trainer;
 
 pub use cbs_run::config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
 pub use cbs_run::{checkpoint, config};
-pub use trainer::{load_dataset, train, StepReport, TrainOptions, TrainSummary};
+pub use trainer::{load_data, load_dataset, train, StepReport, TrainOptions, TrainSummary};
 
 use std::path::PathBuf;
 

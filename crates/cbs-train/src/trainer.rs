@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::batches::BatchPlan;
 use crate::checkpoint::{self, CheckpointData, CheckpointState, RngState};
-use crate::config::{DataSource, TrainConfig};
+use crate::config::{DataConfig, DataSource, TrainConfig};
 use crate::step::{StepOutcome, Stepper};
 use crate::{io_err, Result, TrainError};
 
@@ -66,11 +66,15 @@ pub struct TrainSummary {
 /// keeps a subset seeded by `train.seed` (an image folder is subsampled before decoding, with
 /// the same selection).
 pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
-    let d = &cfg.data;
+    load_data(&cfg.data, cfg.train.seed)
+}
+
+/// [`load_dataset`] from the `[data]` table alone; `seed` selects the `data_fraction` subset.
+pub fn load_data(d: &DataConfig, seed: u64) -> Result<Box<dyn Dataset>> {
     d.validate()?;
     let subset = |data: cbs_data::ImageDataset| -> Result<Box<dyn Dataset>> {
         if d.data_fraction < 1.0 {
-            return Ok(Box::new(data.subset(d.data_fraction, cfg.train.seed)?));
+            return Ok(Box::new(data.subset(d.data_fraction, seed)?));
         }
         Ok(Box::new(data))
     };
@@ -78,7 +82,7 @@ pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
     let limit = d.memory_limit();
     match d.source {
         DataSource::FashionMnist => {
-            let dir = cfg.data_dir();
+            let dir = d.dir_or_default();
             subset(cbs_data::load_fashion_mnist_limited(
                 &dir, d.split, d.resize, limit,
             )?)
@@ -94,8 +98,8 @@ pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
             limit,
         )?),
         DataSource::ImageFolder => {
-            let index = cbs_data::scan_image_folder(d.required_dir()?)?
-                .subset(d.data_fraction, cfg.train.seed)?;
+            let index =
+                cbs_data::scan_image_folder(d.required_dir()?)?.subset(d.data_fraction, seed)?;
             let opts = cbs_data::FolderOptions {
                 image_size: d.folder_image_size()?,
                 channels: d.folder_channels()?,
@@ -113,10 +117,10 @@ pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
         DataSource::Latents => {
             let scale = d.latent_scale.unwrap_or(cbs_data::SD_VAE_SCALE);
             let data = cbs_data::load_latents_limited(d.npz_path()?, d.num_classes, scale, limit)?;
-            Ok(Box::new(data.subset(d.data_fraction, cfg.train.seed)?))
+            Ok(Box::new(data.subset(d.data_fraction, seed)?))
         }
         DataSource::Gmm => {
-            let path = cfg.data.gmm.as_ref().ok_or_else(|| TrainError::Invalid {
+            let path = d.gmm.as_ref().ok_or_else(|| TrainError::Invalid {
                 field: "data.gmm",
                 value: "(unset)".into(),
                 expected: "the path of a mixture JSON (means, stds, weights) for source = \"gmm\""
@@ -126,10 +130,8 @@ pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-            let n = ((cfg.data.num_samples as f64) * cfg.data.data_fraction)
-                .round()
-                .max(1.0);
-            let pts = oracle.sample(n as usize, cfg.data.sample_seed);
+            let n = ((d.num_samples as f64) * d.data_fraction).round().max(1.0);
+            let pts = oracle.sample(n as usize, d.sample_seed);
             let pts = pts.into_iter().map(|v| v as f32).collect();
             Ok(Box::new(cbs_data::PointDataset::new(pts, oracle.dim())?))
         }

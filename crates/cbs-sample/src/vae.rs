@@ -1,0 +1,230 @@
+//! Images ↔ SD-VAE latents: `cbs encode-latents` turns a data set into a latents file the
+//! `latents` data source reads; `cbs sample --vae` and `cbs decode` turn latent samples back
+//! into images.
+//!
+//! Latents files hold the VAE's unscaled latents (as SiT's and fast-DiT's extraction scripts
+//! save them); the `scaling_factor` of the VAE's config (0.18215) is applied by the data
+//! source and undone before decoding.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use cbs_core::rng::{self, Purpose};
+use cbs_data::{Dataset, LatentWriter};
+use cbs_models::vae::AutoencoderKl;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::{Result, SampleError};
+
+/// Which latent of an image's posterior `N(mean, σ²)` is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PosteriorDraw {
+    /// The posterior mean: deterministic, and a precomputed file is reused every epoch, so
+    /// one frozen draw would add noise without the fresh-draw-per-epoch augmentation of
+    /// encoding on the fly (SiT's `train.py`).
+    #[default]
+    Mean,
+    /// `mean + σ·ε` with seeded ε, one per image (fast-DiT's `extract_features.py`).
+    Sample,
+}
+
+/// How [`encode_dataset`] encodes.
+#[derive(Clone, Debug)]
+pub struct EncodeOptions {
+    /// Images per VAE call.
+    pub batch: usize,
+    pub draw: PosteriorDraw,
+    /// Seed of the posterior draws ([`PosteriorDraw::Sample`]).
+    pub seed: u64,
+    /// Also encode every image mirrored (`latents_flip`), as fast-DiT stores both flips.
+    pub flips: bool,
+}
+
+/// What [`encode_dataset`] wrote.
+#[derive(Clone, Debug)]
+pub struct EncodeSummary {
+    pub images: usize,
+    /// `[C, H, W]` of one latent.
+    pub latent_shape: [usize; 3],
+    /// Mean and standard deviation of the stored (unscaled) latents: the scaled standard
+    /// deviation should be near 1 for the scaling factor to suit the data.
+    pub mean: f64,
+    pub std: f64,
+}
+
+fn invalid(option: &'static str, message: String) -> SampleError {
+    SampleError::Invalid { option, message }
+}
+
+fn model_err(e: cbs_models::ModelError) -> SampleError {
+    invalid("vae", e.to_string())
+}
+
+/// Encodes every image of `data` (in [−1, 1], `[C, H, W]` with H and W multiples of the
+/// VAE's downscale factor) and writes the latents file `out` crash-safe. `progress(done,
+/// total)` counts images encoded (twice the data set with flips).
+pub fn encode_dataset(
+    vae: &AutoencoderKl,
+    data: &dyn Dataset,
+    out: &Path,
+    opts: &EncodeOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EncodeSummary> {
+    let cfg = vae.config();
+    let shape = data.sample_shape();
+    let f = cfg.downscale();
+    let &[c, h, w] = shape.as_slice() else {
+        return Err(invalid(
+            "config",
+            format!("the data set holds samples of shape {shape:?}, not images [C, H, W]"),
+        ));
+    };
+    if c != cfg.in_channels || h % f != 0 || w % f != 0 {
+        return Err(invalid(
+            "config",
+            format!(
+                "the data set's images are {c}×{h}×{w}; the VAE takes {}-channel images with \
+                 sides that are multiples of {f} (ImageNet-256 for the SD VAE: 3×256×256)",
+                cfg.in_channels
+            ),
+        ));
+    }
+    if opts.batch == 0 {
+        return Err(invalid("batch", "must be at least 1".into()));
+    }
+    let n = data.len();
+    if n == 0 {
+        return Err(invalid("config", "the data set is empty".into()));
+    }
+    let latent_shape = [cfg.latent_channels, h / f, w / f];
+    let per = latent_shape.iter().product::<usize>();
+    let passes: &[bool] = if opts.flips { &[false, true] } else { &[false] };
+    let total = n * passes.len();
+    let (mut sum, mut sum_sq, mut count) = (0f64, 0f64, 0usize);
+    let mut done = 0;
+    cbs_core::atomic::write_with_path(out, |tmp| -> Result<()> {
+        let mut writer = LatentWriter::create(tmp, n, latent_shape)?;
+        let mut labels = Vec::with_capacity(n);
+        for &flip in passes {
+            writer.begin(flip)?;
+            for start in (0..n).step_by(opts.batch) {
+                let idx: Vec<usize> = (start..(start + opts.batch).min(n)).collect();
+                let (pixels, l) = data.batch(&idx, &vec![flip; idx.len()])?;
+                if !flip {
+                    labels.extend(l);
+                }
+                let x = Tensor::from_vec(pixels, (idx.len(), c, h, w), device)?;
+                let post = vae.encode(&x).map_err(model_err)?;
+                let z = match opts.draw {
+                    PosteriorDraw::Mean => post.mean,
+                    PosteriorDraw::Sample => {
+                        let eps = posterior_noise(opts.seed, &idx, flip, per, device)?
+                            .reshape(post.mean.shape())?; // [B, C_lat, h, w]
+                        post.sample(&eps)?
+                    }
+                };
+                let v = z.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                for &x in &v {
+                    sum += f64::from(x);
+                    sum_sq += f64::from(x) * f64::from(x);
+                }
+                count += v.len();
+                writer.append(&v)?;
+                done += idx.len();
+                progress(done, total);
+            }
+        }
+        writer.finish(&labels)?;
+        Ok(())
+    })?;
+    let mean = sum / count as f64;
+    Ok(EncodeSummary {
+        images: n,
+        latent_shape,
+        mean,
+        std: (sum_sq / count as f64 - mean * mean).max(0.0).sqrt(),
+    })
+}
+
+/// Standard-normal ε for the images `idx` (mirrored or not): one stream per image, so the
+/// draws do not depend on the batch size.
+fn posterior_noise(
+    seed: u64,
+    idx: &[usize],
+    flip: bool,
+    per: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let mut v = Vec::with_capacity(idx.len() * per);
+    for &i in idx {
+        let mut r = rng::stream(
+            seed,
+            Purpose::LatentPosterior,
+            2 * i as u64 + u64::from(flip),
+        );
+        v.extend((0..per).map(|_| -> f32 { StandardNormal.sample(&mut r) }));
+    }
+    Ok(Tensor::from_vec(v, idx.len() * per, device)?)
+}
+
+/// Decodes unscaled latents `[N, C, h, w]` in batches of `batch` to images `[N, C_img, H, W]`
+/// (on the latents' device); `progress(done, N)` counts images decoded.
+pub fn decode(
+    vae: &AutoencoderKl,
+    z: &Tensor,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    if batch == 0 {
+        return Err(invalid("batch", "must be at least 1".into()));
+    }
+    let n = z.dim(0)?;
+    let mut parts = Vec::with_capacity(n.div_ceil(batch));
+    for start in (0..n).step_by(batch) {
+        let b = batch.min(n - start);
+        parts.push(vae.decode(&z.narrow(0, start, b)?).map_err(model_err)?);
+        progress(start + b, n);
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Writes unscaled latents `[N, C, H, W]` and their labels as a latents file (crash-safe).
+pub fn write_latents(path: &Path, z: &Tensor, labels: Option<&[u32]>) -> Result<()> {
+    let (n, c, h, w) = z.dims4()?;
+    let v = z.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let zeros;
+    let labels = match labels {
+        Some(l) => l,
+        None => {
+            zeros = vec![0u32; n];
+            &zeros
+        }
+    };
+    cbs_core::atomic::write_with_path(path, |tmp| -> Result<()> {
+        let mut writer = LatentWriter::create(tmp, n, [c, h, w])?;
+        writer.begin(false)?;
+        writer.append(&v)?;
+        Ok(writer.finish(labels)?)
+    })?;
+    Ok(())
+}
+
+/// Reads a latents file: the unscaled latents `[N, C, H, W]` on `device` and, when the file
+/// has labels, the labels.
+pub fn read_latents(path: &Path, device: &Device) -> Result<(Tensor, Option<Vec<u32>>)> {
+    let has_labels = cbs_data::NpzArchive::open(path)
+        .map(|a| a.has(cbs_data::LABELS_ARRAY) || a.has("arr_1"))
+        .map_err(|e| SampleError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let data = cbs_data::load_latents(path, None, 1.0).map_err(|e| SampleError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let [c, h, w] = data.shape;
+    let n = data.labels.len();
+    let z = Tensor::from_vec(data.values, (n, c, h, w), device)?;
+    Ok((z, has_labels.then_some(data.labels)))
+}
