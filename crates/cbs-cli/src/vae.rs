@@ -96,7 +96,7 @@ pub fn encode_latents(a: EncodeLatentsArgs) -> Result<()> {
     let vae = load_vae(&a.vae, &dev)?;
     let n = data.len() * if a.flip { 2 } else { 1 };
     eprintln!(
-        "encoding {} images {:?}{} with the VAE of {} (posterior {:?}) → {}",
+        "encoding {} images {:?}{} with the VAE of {} (posterior {}) → {}",
         data.len(),
         data.sample_shape(),
         if a.flip {
@@ -105,7 +105,7 @@ pub fn encode_latents(a: EncodeLatentsArgs) -> Result<()> {
             ""
         },
         a.vae.display(),
-        a.posterior,
+        a.posterior.name(),
         a.out.display()
     );
     let pb = bar(n as u64, "images");

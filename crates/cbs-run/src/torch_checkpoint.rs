@@ -176,6 +176,31 @@ pub fn load_torch(
     })
 }
 
+/// torchcfm's class-conditional UNet has a label table of `num_classes` rows, without the
+/// null-class row the `cbs` UNet presets add for guidance: such a file loads as a UNet
+/// without a null class (classifier-free guidance is then refused, as for any model trained
+/// without label dropout). Other architectures and tables are returned unchanged (the name
+/// and shape check reports a real mismatch).
+fn fit_label_table(path: &Path, which: WeightsKind, arch: Architecture) -> Result<Architecture> {
+    let Architecture::Unet(mut cfg) = arch else {
+        return Ok(arch);
+    };
+    if cfg.null_class().is_none() {
+        return Ok(Architecture::Unet(cfg));
+    }
+    let file = cbs_torch::TorchFile::open(path).map_err(|e| RunError::Torch(Box::new(e)))?;
+    let entry = choose_entry(path, &file.groups(), which)?;
+    let prefix = entry.map(|e| format!("{e}.")).unwrap_or_default();
+    let rows = ["", "net."].iter().find_map(|wrapper| {
+        file.get(&format!("{prefix}{wrapper}label_emb.weight"))
+            .and_then(|t| t.shape().first().copied())
+    });
+    if rows == Some(cfg.num_classes) {
+        cfg.class_dropout_prob = 0.0;
+    }
+    Ok(Architecture::Unet(cfg))
+}
+
 /// Loads `path` for inference, whatever it is: a run or checkpoint directory of `cbs`
 /// ([`crate::checkpoint::load_for_inference`]), or a PyTorch file, which needs `spec` (the
 /// preset, and the geometry where it differs from the preset's published one). The second
@@ -202,7 +227,7 @@ pub fn load_any(
         ));
     };
     let (shape, classes) = spec.default_geometry()?;
-    let architecture = spec.resolve(&shape, classes)?;
+    let architecture = fit_label_table(path, which, spec.resolve(&shape, classes)?)?;
     let config = TrainConfig {
         model: spec.clone(),
         data: Default::default(),

@@ -28,6 +28,16 @@ pub enum PosteriorDraw {
     Sample,
 }
 
+impl PosteriorDraw {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PosteriorDraw::Mean => "mean",
+            PosteriorDraw::Sample => "sample",
+        }
+    }
+}
+
 /// How [`encode_dataset`] encodes.
 #[derive(Clone, Debug)]
 pub struct EncodeOptions {

@@ -2,7 +2,7 @@
 //! and compute what the same weights compute when built directly.
 
 use candle_core::{DType, Device, Tensor};
-use cbs_models::{Kernels, ModelSpec, Precision, Trainable};
+use cbs_models::{Architecture, Kernels, ModelSpec, Precision, Trainable};
 use cbs_run::torch_checkpoint::{is_torch_file, load_any};
 use cbs_run::WeightsKind;
 use cbs_torch::write::{save, Value};
@@ -176,4 +176,65 @@ fn reference_layouts_load_with_the_right_entry() {
     .unwrap()
     .to_string();
     assert!(err.contains("shape") && err.contains("sit.pt"), "{err}");
+}
+
+/// A torchcfm class-conditional UNet (`label_emb` of `num_classes` rows, no null row) loads
+/// with `--model unet-mini` as a UNet without a null class and computes what the same
+/// weights compute when built directly.
+#[test]
+fn torchcfm_label_table_without_a_null_row_loads() {
+    let mut s = ModelSpec::new("unet-mini");
+    s.image_size = Some(8);
+    s.in_channels = Some(3);
+    s.num_classes = Some(4);
+    let arch = s.resolve(&[3, 8, 8], 4).unwrap();
+    let Architecture::Unet(mut cfg) = arch.clone() else {
+        panic!("unet-mini is a UNet")
+    };
+    assert!(cfg.null_class().is_some(), "the preset adds a null row");
+    cfg.class_dropout_prob = 0.0;
+    let no_null = Architecture::Unet(cfg);
+    let tr = Trainable::new(&no_null, Kernels::Fused, 3, DType::F32, &Device::Cpu).unwrap();
+    for (_, v) in tr.named_vars() {
+        let noise = Tensor::randn(0f32, 0.05, v.dims(), &Device::Cpu).unwrap();
+        v.set(&(v.as_tensor() + noise).unwrap()).unwrap();
+    }
+    let sd: Vec<(String, Value)> = tr
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, Value::Tensor(v.as_tensor().copy().unwrap())))
+        .collect();
+    let rows = sd
+        .iter()
+        .find_map(|(n, v)| match v {
+            Value::Tensor(t) if n == "label_emb.weight" => Some(t.dim(0).unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(rows, 4);
+    let clone = || -> Vec<(String, Value)> {
+        sd.iter()
+            .map(|(n, v)| match v {
+                Value::Tensor(t) => (n.clone(), Value::Tensor(t.clone())),
+                _ => unreachable!(),
+            })
+            .collect()
+    };
+    let file = Value::Dict(vec![
+        ("net_model".into(), Value::OrderedDict(clone())),
+        ("ema_model".into(), Value::OrderedDict(clone())),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cfm_cond.pt");
+    save(&path, &file, Format::Zip).unwrap();
+    let (loaded, entry) =
+        load_any(&path, WeightsKind::Ema, Some(&s), Precision::F32, &Device::Cpu).unwrap();
+    assert_eq!(entry.as_deref(), Some("ema_model"));
+    assert_eq!(loaded.architecture.null_class(), None);
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 8), &Device::Cpu).unwrap();
+    let t = Tensor::new(&[0.2f32, 0.7], &Device::Cpu).unwrap();
+    let y = Tensor::new(&[1u32, 3], &Device::Cpu).unwrap();
+    let want = tr.model.forward(&x, &t, &y).unwrap();
+    let got = loaded.model.forward(&x, &t, &y).unwrap();
+    assert_eq!(max_diff(&got, &want), 0.0);
 }
