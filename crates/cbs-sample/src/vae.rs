@@ -17,7 +17,8 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::{Result, SampleError};
 
 /// Which latent of an image's posterior `N(mean, σ²)` is stored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum PosteriorDraw {
     /// The posterior mean: deterministic, and a precomputed file is reused every epoch, so
     /// one frozen draw would add noise without the fresh-draw-per-epoch augmentation of

@@ -227,8 +227,14 @@ fn torchcfm_label_table_without_a_null_row_loads() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cfm_cond.pt");
     save(&path, &file, Format::Zip).unwrap();
-    let (loaded, entry) =
-        load_any(&path, WeightsKind::Ema, Some(&s), Precision::F32, &Device::Cpu).unwrap();
+    let (loaded, entry) = load_any(
+        &path,
+        WeightsKind::Ema,
+        Some(&s),
+        Precision::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(entry.as_deref(), Some("ema_model"));
     assert_eq!(loaded.architecture.null_class(), None);
     let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 8), &Device::Cpu).unwrap();
