@@ -271,6 +271,12 @@ pub struct SampleArgs {
     /// model's samples go to latents.npz only (unscaled by 0.18215; `cbs decode` reads it).
     #[arg(long, value_name = "DIR")]
     pub vae: Option<PathBuf>,
+    /// The interpolation path the model was trained on (`linear`, `gvp`, `vp`): checked
+    /// against the path a cbs run records (a model is never sampled as another path's);
+    /// the path of a PyTorch checkpoint file, which records none [default: the recorded one,
+    /// or linear].
+    #[arg(long, value_enum)]
+    pub path: Option<cbs_flow::path::Interpolant>,
     /// Which weights of the checkpoint.
     #[arg(long, value_enum, default_value = "ema")]
     pub weights: WeightsKind,
@@ -515,6 +521,11 @@ pub struct EstimateArgs {
     /// of a model. Exclusive with --aux.
     #[arg(long, value_name = "FILE.json")]
     pub oracle_gmm: Option<PathBuf>,
+    /// With --oracle-gmm: the interpolation path of the exact field (`linear`, `gvp`, `vp`).
+    /// A model's own path is part of the model.
+    #[arg(long, value_enum, default_value_t = cbs_flow::path::Interpolant::Linear,
+          requires = "oracle_gmm")]
+    pub path: cbs_flow::path::Interpolant,
     /// Monitor of local difficulty (acceleration is the paper's).
     #[arg(long, value_enum, default_value = "acceleration")]
     pub monitor: MonitorKind,

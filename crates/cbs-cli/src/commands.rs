@@ -100,8 +100,12 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     let (models, grid, owner, source) = match (&a.checkpoint, &a.experts) {
         (Some(ck), None) => {
             let spec = a.torch.spec();
-            let (m, entry) =
+            let (mut m, entry) =
                 cbs_run::torch_checkpoint::load_any(ck, which, spec.as_ref(), a.precision, &dev)?;
+            if entry.is_some() {
+                // A PyTorch file records no path: the one given is taken as its.
+                m.config.train.path = a.path.unwrap_or_default();
+            }
             let source = match entry {
                 Some(e) => format!("{} (PyTorch file, entry `{e}`)", m.dir.display()),
                 None => format!("{} (step {})", m.dir.display(), m.state.step),
@@ -121,6 +125,21 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         }
         _ => bail!("give exactly one of --checkpoint or --experts"),
     };
+    let trained = models[0].config.train.path;
+    if let Some(m) = models.iter().find(|m| m.config.train.path != trained) {
+        bail!(
+            "{} was trained on the {} path but {} on the {trained} path; experts must share one",
+            m.dir.display(),
+            m.config.train.path,
+            models[0].dir.display()
+        );
+    }
+    if let Some(p) = a.path.filter(|&p| p != trained) {
+        bail!(
+            "--path {p}: {source} was trained on the {trained} path (train.path); its velocity \
+             is that path's, so it is not sampled as another"
+        );
+    }
     let arch = &models[0].architecture;
     let shape = SampleShape {
         dims: arch.sample_shape(),

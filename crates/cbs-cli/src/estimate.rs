@@ -108,7 +108,8 @@ pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
         }
         (None, Some(json)) => {
             let oracle = GmmOracle::from_file(json)
-                .with_context(|| format!("loading --oracle-gmm {}", json.display()))?;
+                .with_context(|| format!("loading --oracle-gmm {}", json.display()))?
+                .with_path(a.path);
             if a.cfg_scale != 1.0 {
                 bail!("--cfg-scale applies only to class-conditional models, not to --oracle-gmm");
             }
@@ -124,7 +125,11 @@ pub fn estimate_splits(a: EstimateArgs) -> Result<()> {
             // The oracle is exact and cheap: integrate in f64.
             opts.dtype = DType::F64;
             let curve = run(&oracle, &opts, &shape, None)?;
-            (curve, format!("oracle:{}", json.display()))
+            let source = match a.path {
+                cbs_flow::path::Interpolant::Linear => format!("oracle:{}", json.display()),
+                p => format!("oracle:{} (path {p})", json.display()),
+            };
+            (curve, source)
         }
         _ => bail!("give exactly one of --aux RUN_DIR and --oracle-gmm FILE.json"),
     };

@@ -62,6 +62,10 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
     }
     let labels = arch.num_classes() + usize::from(arch.null_class().is_some());
     let y = match tensors.get("y").cloned() {
+        Some(_) if arch.num_classes() == 0 => bail!(
+            "{}: `y` (labels) given, but the model is unconditional; remove `y`",
+            p.display()
+        ),
         Some(y) => {
             if y.dims() != [b] || y.dtype().is_float() {
                 bail!(

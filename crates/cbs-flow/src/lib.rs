@@ -6,13 +6,15 @@
 //!
 //! - [`VelocityField`]: anything that maps `(x, t, y)` to a velocity — trained networks, the
 //!   closed-form Gaussian-mixture oracle, a set of time-specialised experts.
-//! - [`interpolant`]: forming `x_t` and the target, and the velocity MSE.
+//! - [`interpolant`]: forming `x_t` and the target, and the velocity MSE; [`path`]: the
+//!   linear, GVP and VP paths (`x_t = α·x1 + σ·x0`) a run trains on.
 //! - [`solver`]: fixed-step Euler and Heun integrators over an explicit time grid, and
 //!   [`adaptive`]'s Dormand–Prince 5(4) within each grid interval.
 
 pub mod adaptive;
 pub mod guidance;
 pub mod interpolant;
+pub mod path;
 pub mod solver;
 
 use candle_core::{Result, Tensor};

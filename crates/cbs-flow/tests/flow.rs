@@ -363,3 +363,114 @@ fn dopri5_on_a_non_finite_field_is_an_error_not_a_hang() {
         "{e}"
     );
 }
+
+mod paths {
+    use super::{t1, vals};
+    use candle_core::{Device, Tensor};
+    use cbs_flow::path::{Interpolant, VP_T_MAX};
+
+    const ALL: [Interpolant; 3] = [Interpolant::Linear, Interpolant::Gvp, Interpolant::Vp];
+
+    /// α' and σ' are the derivatives of α and σ (central differences), on every path.
+    #[test]
+    fn derivatives_match_finite_differences() {
+        let h = 1e-6;
+        for p in ALL {
+            for &t in &[0.0, 0.1, 0.37, 0.5, 0.8, 0.99] {
+                let c = p.coefficients(t);
+                let (lo, hi) = (p.coefficients(t - h), p.coefficients(t + h));
+                let da = (hi.alpha - lo.alpha) / (2.0 * h);
+                let ds = (hi.sigma - lo.sigma) / (2.0 * h);
+                let tol = 1e-6 * (1.0 + c.d_alpha.abs().max(c.d_sigma.abs()));
+                assert!(
+                    (da - c.d_alpha).abs() < tol,
+                    "{p} α' at {t}: {da} vs {}",
+                    c.d_alpha
+                );
+                assert!(
+                    (ds - c.d_sigma).abs() < tol,
+                    "{p} σ' at {t}: {ds} vs {}",
+                    c.d_sigma
+                );
+            }
+        }
+    }
+
+    /// Noise at t = 0, data at t = 1 (VP: α(0) = e^{-5.025}), and golden values of SiT's
+    /// formulas computed by hand.
+    #[test]
+    fn endpoints_and_golden_values() {
+        let l = Interpolant::Linear.coefficients(0.25);
+        assert_eq!(
+            (l.alpha, l.sigma, l.d_alpha, l.d_sigma),
+            (0.25, 0.75, 1.0, -1.0)
+        );
+        let g = Interpolant::Gvp.coefficients(0.3);
+        assert!((g.alpha - 0.45399049973954675).abs() < 1e-15);
+        assert!((g.sigma - 0.8910065241883679).abs() < 1e-15);
+        let v = Interpolant::Vp.coefficients(0.5);
+        assert!((v.alpha - 0.2811828807967524).abs() < 1e-15);
+        assert!((v.sigma - 0.9596542020680363).abs() < 1e-15);
+        for p in ALL {
+            let (a, b) = (p.coefficients(0.0), p.coefficients(1.0));
+            assert!(a.alpha < 7e-3 && (a.sigma - 1.0).abs() < 1e-4, "{p} at 0");
+            assert!((b.alpha - 1.0).abs() < 1e-4 && b.sigma < 5e-3, "{p} at 1");
+            assert!(b.d_sigma.is_finite(), "{p}: σ'(1) must stay finite");
+        }
+        // VP is evaluated at min(t, 1 − 1e-5).
+        assert_eq!(
+            Interpolant::Vp.coefficients(1.0),
+            Interpolant::Vp.coefficients(VP_T_MAX)
+        );
+    }
+
+    /// The tensor coefficients equal the f64 ones, and `d x_t / dt` is the target.
+    #[test]
+    fn tensors_interpolant_and_target_agree() {
+        let ts = [0.0, 0.2, 0.55, 0.9, 1.0];
+        let x0 = Tensor::new(&[[1.0f64, -2.0]; 5], &Device::Cpu).unwrap();
+        let x1 = Tensor::new(&[[0.5f64, 3.0]; 5], &Device::Cpu).unwrap();
+        for p in ALL {
+            let c = p.coefficient_tensors(&t1(&ts)).unwrap();
+            for (i, &t) in ts.iter().enumerate() {
+                let want = p.coefficients(t);
+                let got: Vec<f64> = c.iter().map(|x| vals(x)[i]).collect();
+                let want = [want.alpha, want.sigma, want.d_alpha, want.d_sigma];
+                for (g, w) in got.iter().zip(want) {
+                    assert!(
+                        (g - w).abs() < 1e-12 * (1.0 + w.abs()),
+                        "{p} at {t}: {g} vs {w}"
+                    );
+                }
+            }
+            let h = 1e-6;
+            let mid = [0.2, 0.55, 0.9];
+            let lo = p
+                .interpolate(
+                    &x0.narrow(0, 0, 3).unwrap(),
+                    &x1.narrow(0, 0, 3).unwrap(),
+                    &t1(&mid.map(|t| t - h)),
+                )
+                .unwrap();
+            let hi = p
+                .interpolate(
+                    &x0.narrow(0, 0, 3).unwrap(),
+                    &x1.narrow(0, 0, 3).unwrap(),
+                    &t1(&mid.map(|t| t + h)),
+                )
+                .unwrap();
+            let fd = vals(&((hi - lo).unwrap() / (2.0 * h)).unwrap());
+            let target = vals(
+                &p.target(
+                    &x0.narrow(0, 0, 3).unwrap(),
+                    &x1.narrow(0, 0, 3).unwrap(),
+                    &t1(&mid),
+                )
+                .unwrap(),
+            );
+            for (a, b) in fd.iter().zip(&target) {
+                assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{p}: {a} vs {b}");
+            }
+        }
+    }
+}

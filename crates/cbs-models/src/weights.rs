@@ -80,16 +80,22 @@ pub fn check_names_and_shapes(
     Ok(())
 }
 
-/// Training code that wraps the network (JiT's `Denoiser.net`) saves every key with a
-/// `net.` prefix; such files load as if the prefix were absent.
-pub fn strip_wrapper_prefix(file: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    const PREFIX: &str = "net.";
-    if file.is_empty() || !file.keys().all(|k| k.starts_with(PREFIX)) {
-        return file;
+/// Training code that wraps the network saves every key with the wrapper's prefix: JiT's
+/// `Denoiser.net` (`net.`), PyTorch's `DataParallel` / `DistributedDataParallel` (`module.`,
+/// torchcfm's multi-GPU scripts) and `torch.compile` (`_orig_mod.`). Such files load as if the
+/// prefixes were absent (nested ones too, e.g. `module.net.`).
+pub fn strip_wrapper_prefix(mut file: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    const PREFIXES: [&str; 3] = ["net.", "module.", "_orig_mod."];
+    while let Some(prefix) = PREFIXES
+        .iter()
+        .find(|p| !file.is_empty() && file.keys().all(|k| k.starts_with(*p)))
+    {
+        file = file
+            .into_iter()
+            .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+            .collect();
     }
-    file.into_iter()
-        .map(|(k, v)| (k[PREFIX.len()..].to_string(), v))
-        .collect()
+    file
 }
 
 /// Load `path` into `vars` after checking names and shapes against `vars` and `buffers`.

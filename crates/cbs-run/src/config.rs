@@ -403,6 +403,10 @@ pub struct TrainSection {
     /// Which weights of `init_from`: `ema` (default) or `model`.
     #[serde(skip_serializing_if = "is_ema")]
     pub init_weights: crate::WeightsKind,
+    /// The interpolation path `x_t = α·x1 + σ·x0`: `linear` (default), `gvp` or `vp` (SiT's
+    /// three). The network learns that path's velocity; sampling and the monitors take the
+    /// recorded path. JiT (clean-image prediction) trains on `linear` only.
+    pub path: cbs_flow::path::Interpolant,
 }
 
 fn is_ema(w: &crate::WeightsKind) -> bool {
@@ -432,6 +436,7 @@ impl Default for TrainSection {
             keep_checkpoints: 2,
             init_from: None,
             init_weights: crate::WeightsKind::Ema,
+            path: cbs_flow::path::Interpolant::Linear,
         }
     }
 }
@@ -475,6 +480,22 @@ impl TrainConfig {
         };
         if t.steps == 0 {
             return bad("train.steps", "0".into(), "a positive number of steps");
+        }
+        if t.path != cbs_flow::path::Interpolant::Linear {
+            // JiT predicts the clean image and turns it into the linear path's velocity.
+            let jit = self
+                .model
+                .default_geometry()
+                .and_then(|(shape, classes)| self.model.resolve(&shape, classes))
+                .is_ok_and(|a| matches!(a, cbs_models::Architecture::Jit(_)));
+            if jit {
+                return bad(
+                    "train.path",
+                    t.path.name().into(),
+                    "\"linear\" for JiT (its clean-image prediction is turned into a velocity \
+                     on the linear path)",
+                );
+            }
         }
         if t.batch_size == 0 || t.batch_size > MAX_BATCH {
             return bad(

@@ -191,7 +191,7 @@ fn fit_label_table(path: &Path, which: WeightsKind, arch: Architecture) -> Resul
     let file = cbs_torch::TorchFile::open(path).map_err(|e| RunError::Torch(Box::new(e)))?;
     let entry = choose_entry(path, &file.groups(), which)?;
     let prefix = entry.map(|e| format!("{e}.")).unwrap_or_default();
-    let rows = ["", "net."].iter().find_map(|wrapper| {
+    let rows = ["", "net.", "module."].iter().find_map(|wrapper| {
         file.get(&format!("{prefix}{wrapper}label_emb.weight"))
             .and_then(|t| t.shape().first().copied())
     });

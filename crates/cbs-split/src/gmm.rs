@@ -18,6 +18,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use cbs_core::rng::{stream, Purpose};
+use cbs_flow::path::Interpolant;
 use cbs_flow::VelocityField;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -175,7 +176,8 @@ impl GmmSpec {
     }
 }
 
-/// The exact marginal velocity of the linear path toward a Gaussian mixture.
+/// The exact marginal velocity toward a Gaussian mixture, on the linear path or another
+/// [`Interpolant`] ([`GmmOracle::with_path`]).
 ///
 /// As a [`VelocityField`] it is built from differentiable candle ops (log-sum-exp-stable
 /// posterior weights), works in `f32` and `f64`, accepts `x` of shape `[B, ...]` whose
@@ -192,17 +194,21 @@ pub struct GmmOracle {
     /// Normalised weights.
     pi: Vec<f64>,
     log_pi: Vec<f64>,
+    /// The interpolation path whose marginal velocity this is.
+    path: Interpolant,
 }
 
 /// Per-component quantities at one point `(x, t)`.
 struct Posterior {
+    /// `α'(t)`: the component velocity is `α'·μ_k + c_k·(x − α·μ_k)`.
+    d_alpha: f64,
     /// Posterior weights `w_k`.
     w: Vec<f64>,
     /// `c_k`.
     c: Vec<f64>,
     /// `s_k²`.
     s2: Vec<f64>,
-    /// `x − t μ_k`, `C × d`.
+    /// `x − α(t) μ_k`, `C × d`.
     diff: Vec<f64>,
 }
 
@@ -225,7 +231,19 @@ impl GmmOracle {
             var,
             pi,
             log_pi,
+            path: Interpolant::Linear,
         })
+    }
+
+    /// The same mixture on another interpolation path (the default is the linear one).
+    pub fn with_path(mut self, path: Interpolant) -> Self {
+        self.path = path;
+        self
+    }
+
+    /// The interpolation path of the velocity.
+    pub fn path(&self) -> Interpolant {
+        self.path
     }
 
     /// Read a JSON spec (see [`GmmSpec::from_file`]).
@@ -272,12 +290,17 @@ impl GmmOracle {
         let mut s2 = vec![0.0; c_n];
         let mut c = vec![0.0; c_n];
         let mut diff = vec![0.0; c_n * d];
+        // x_t | k ~ N(α μ_k, s_k² I), s_k² = α² σ_k² + σ²; E[x1 | x_t, k] = μ_k + α σ_k² r / s_k²
+        // and E[x0 | x_t, k] = σ r / s_k² (r = x_t − α μ_k), so u_k = α' μ_k + c_k r with
+        // c_k = (α' α σ_k² + σ' σ) / s_k².
+        let co = self.path.coefficients(t);
+        let (a, sg, da, ds) = (co.alpha, co.sigma, co.d_alpha, co.d_sigma);
         for k in 0..c_n {
-            s2[k] = t * t * self.var[k] + (1.0 - t) * (1.0 - t);
-            c[k] = (t * self.var[k] - (1.0 - t)) / s2[k];
+            s2[k] = a * a * self.var[k] + sg * sg;
+            c[k] = (da * a * self.var[k] + ds * sg) / s2[k];
             let mut sq = 0.0;
             for i in 0..d {
-                let r = x[i] - t * self.means[k * d + i];
+                let r = x[i] - a * self.means[k * d + i];
                 diff[k * d + i] = r;
                 sq += r * r;
             }
@@ -287,7 +310,13 @@ impl GmmOracle {
         let mut w: Vec<f64> = logw.iter().map(|l| (l - max).exp()).collect();
         let z: f64 = w.iter().sum();
         w.iter_mut().for_each(|v| *v /= z);
-        Posterior { w, c, s2, diff }
+        Posterior {
+            d_alpha: da,
+            w,
+            c,
+            s2,
+            diff,
+        }
     }
 
     /// `u_k` for every component, `C × d`.
@@ -296,7 +325,7 @@ impl GmmOracle {
         let mut uk = vec![0.0; self.c * d];
         for k in 0..self.c {
             for i in 0..d {
-                uk[k * d + i] = self.means[k * d + i] + p.c[k] * p.diff[k * d + i];
+                uk[k * d + i] = p.d_alpha * self.means[k * d + i] + p.c[k] * p.diff[k * d + i];
             }
         }
         uk
@@ -494,15 +523,17 @@ impl VelocityField for GmmOracle {
         let dev = x.device();
         let [mu, var, log_pi] = self.constants(dtype, dev)?;
         let x = x.reshape((b, 1, d))?;
-        let t = t.to_dtype(dtype)?.reshape((b, 1))?;
-        let one_minus_t = t.affine(-1.0, 1.0)?;
-        // s² = t²σ² + (1 − t)², [B, C]
-        let s2 = t
-            .sqr()?
-            .broadcast_mul(&var)?
-            .broadcast_add(&one_minus_t.sqr()?)?;
-        // x − tμ, [B, C, d]
-        let diff = x.broadcast_sub(&mu.broadcast_mul(&t.unsqueeze(2)?)?)?;
+        let t = t.to_dtype(dtype)?.reshape(b)?;
+        // [B, 1] each (see `posterior` for the formulas).
+        let [a, sg, da, ds] = self
+            .path
+            .coefficient_tensors(&t)?
+            .map(|c| c.reshape((b, 1)));
+        let (a, sg, da, ds) = (a?, sg?, da?, ds?);
+        // s² = α²σ_k² + σ², [B, C]
+        let s2 = a.sqr()?.broadcast_mul(&var)?.broadcast_add(&sg.sqr()?)?;
+        // x − αμ, [B, C, d]
+        let diff = x.broadcast_sub(&mu.broadcast_mul(&a.unsqueeze(2)?)?)?;
         let sq = diff.sqr()?.sum(2)?;
         let logw = log_pi
             .broadcast_sub(&(s2.log()? * (0.5 * d as f64))?)?
@@ -511,11 +542,13 @@ impl VelocityField for GmmOracle {
         let shift = logw.max_keepdim(1)?.detach();
         let e = logw.broadcast_sub(&shift)?.exp()?;
         let w = e.broadcast_div(&e.sum_keepdim(1)?)?;
-        let c = t
+        let c = (&da * &a)?
             .broadcast_mul(&var)?
-            .broadcast_sub(&one_minus_t)?
+            .broadcast_add(&(ds * sg)?)?
             .div(&s2)?;
-        let uk = mu.broadcast_add(&diff.broadcast_mul(&c.unsqueeze(2)?)?)?;
+        let uk = mu
+            .broadcast_mul(&da.unsqueeze(2)?)?
+            .broadcast_add(&diff.broadcast_mul(&c.unsqueeze(2)?)?)?;
         let u = uk.broadcast_mul(&w.unsqueeze(2)?)?.sum(1)?;
         u.reshape(shape)
     }

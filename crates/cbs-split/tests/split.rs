@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor, Var};
+use cbs_flow::path::Interpolant;
 use cbs_flow::VelocityField;
 use cbs_split::{
     bootstrap_knots, equidistribute, frobenius_sq_estimate, monitor_curve, GmmOracle, GmmSpec,
@@ -41,6 +42,14 @@ fn uneven3d() -> GmmOracle {
     GmmOracle::new(spec).unwrap()
 }
 
+/// Both mixtures on every interpolation path.
+fn oracles_on_all_paths() -> Vec<GmmOracle> {
+    [Interpolant::Linear, Interpolant::Gvp, Interpolant::Vp]
+        .into_iter()
+        .flat_map(|p| [ring8().with_path(p), uneven3d().with_path(p)])
+        .collect()
+}
+
 fn random_points(n: usize, d: usize, scale: f64, seed: u64) -> Vec<Vec<f64>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n)
@@ -66,7 +75,7 @@ fn reference_dir() -> Option<PathBuf> {
 
 #[test]
 fn candle_oracle_equals_f64_velocity() {
-    for oracle in [ring8(), uneven3d()] {
+    for oracle in oracles_on_all_paths() {
         let d = oracle.dim();
         let pts = random_points(12, d, 3.5, 1);
         let ts: Vec<f64> = (0..12).map(|i| i as f64 / 11.0).collect(); // includes 0 and 1
@@ -98,6 +107,44 @@ fn candle_oracle_equals_f64_velocity() {
     }
 }
 
+/// An independent check of the velocity on every path: for one Gaussian component N(μ, s²I)
+/// the marginal flow is known in closed form, `x_t = α(t)μ + √(α(t)²s² + σ(t)²)·z`, so Heun
+/// integration of the oracle's field from `x(0)` must land on `μ + √(s² + σ(1)²)·z`.
+#[test]
+fn single_gaussian_flow_lands_on_the_closed_form() {
+    let (mu, s) = ([1.5, -0.7], 0.4);
+    for path in [Interpolant::Linear, Interpolant::Gvp, Interpolant::Vp] {
+        let oracle = GmmOracle::new(GmmSpec::new(vec![mu.to_vec()], vec![s], vec![1.0]))
+            .unwrap()
+            .with_path(path);
+        let std_at = |t: f64| {
+            let c = path.coefficients(t);
+            ((c.alpha * s).powi(2) + c.sigma * c.sigma).sqrt()
+        };
+        for z in [[0.3, -1.2], [-2.0, 0.8]] {
+            let c0 = path.coefficients(0.0);
+            let mut x: Vec<f64> = (0..2)
+                .map(|i| c0.alpha * mu[i] + std_at(0.0) * z[i])
+                .collect();
+            let n = 4000;
+            for k in 0..n {
+                let (t, h) = (k as f64 / n as f64, 1.0 / n as f64);
+                let v = oracle.velocity_f64(&x, t).unwrap();
+                let xe: Vec<f64> = x.iter().zip(&v).map(|(a, b)| a + h * b).collect();
+                let v2 = oracle.velocity_f64(&xe, t + h).unwrap();
+                for i in 0..2 {
+                    x[i] += 0.5 * h * (v[i] + v2[i]);
+                }
+            }
+            let c1 = path.coefficients(1.0);
+            for i in 0..2 {
+                let want = c1.alpha * mu[i] + std_at(1.0) * z[i];
+                assert!((x[i] - want).abs() < 1e-5, "{path}: {} vs {want}", x[i]);
+            }
+        }
+    }
+}
+
 #[test]
 fn oracle_accepts_image_shaped_input_and_rejects_wrong_dim() {
     let oracle = ring8();
@@ -117,7 +164,7 @@ fn oracle_accepts_image_shaped_input_and_rejects_wrong_dim() {
 
 #[test]
 fn jacobian_matches_central_differences() {
-    for oracle in [ring8(), uneven3d()] {
+    for oracle in oracles_on_all_paths() {
         let d = oracle.dim();
         for (n, &t) in TIMES.iter().enumerate() {
             for x in random_points(6, d, 3.0, 10 + n as u64) {

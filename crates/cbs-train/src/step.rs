@@ -2,7 +2,8 @@
 //! training loop and `cbs bench train`, so the benchmark times exactly what training runs.
 
 use candle_core::{DType, Device, Tensor, Var};
-use cbs_flow::interpolant::{interpolate, velocity_mse};
+use cbs_flow::interpolant::velocity_mse;
+use cbs_flow::path::Interpolant;
 use cbs_models::{Architecture, Kernels, Trainable};
 
 use crate::config::TrainSection;
@@ -57,6 +58,8 @@ pub struct Stepper {
     /// The dtype of the forward pass: the variables' own (f32), or half precision with the
     /// variables cast per step.
     pub compute_dtype: DType,
+    /// The interpolation path of `x_t` and the target.
+    pub path: Interpolant,
 }
 
 impl Stepper {
@@ -80,6 +83,7 @@ impl Stepper {
             grad_clip: tc.grad_clip,
             kernels: tc.kernels,
             compute_dtype: tc.precision.compute_dtype(),
+            path: tc.path,
         })
     }
 
@@ -128,7 +132,7 @@ impl Stepper {
             }
             Ok(())
         };
-        let xt = interpolate(&b.x0, &b.x1, &b.t)?;
+        let xt = self.path.interpolate(&b.x0, &b.x1, &b.t)?;
         // Mixed precision: a network reading the f32 variables cast to the compute dtype.
         let cast;
         let model = if self.compute_dtype == self.net.model.dtype() {
@@ -139,7 +143,10 @@ impl Stepper {
         };
         // In the batch's dtype (f32) whatever the compute dtype, so the loss reduces in f32.
         let pred = model.forward_train(&xt, &b.t, &b.y, b.dropout_seed)?;
-        let target = self.net.arch.training_target(&b.x0, &b.x1, &xt, &b.t)?;
+        let target = match self.path {
+            Interpolant::Linear => self.net.arch.training_target(&b.x0, &b.x1, &xt, &b.t)?,
+            path => path.target(&b.x0, &b.x1, &b.t)?,
+        };
         let loss = velocity_mse(&pred, &target, self.kernels)?;
         let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_val.is_finite() {

@@ -105,3 +105,52 @@ fn latent_errors_name_the_array_and_what_was_expected() {
         "{e}"
     );
 }
+
+/// A file written batch by batch with the flipped images' latents: flipped samples come from
+/// `latents_flip` (not a mirrored latent), subsets keep both, and the stream writer refuses
+/// an incomplete or overfull array.
+#[test]
+fn latent_writer_with_flipped_copies() {
+    use cbs_data::{LatentWriter, NpyHeader, NpzStreamWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lat.npz");
+    let (n, shape) = (5usize, [2usize, 2, 3]);
+    let per = 12;
+    let plain: Vec<f32> = (0..n * per).map(|i| i as f32).collect();
+    let flipped: Vec<f32> = (0..n * per).map(|i| -(i as f32) - 0.5).collect();
+    let mut w = LatentWriter::create(&path, n, shape).unwrap();
+    for (flip, values) in [(false, &plain), (true, &flipped)] {
+        w.begin(flip).unwrap();
+        for chunk in values.chunks(2 * per) {
+            w.append(chunk).unwrap();
+        }
+    }
+    w.finish(&[0, 1, 2, 1, 0]).unwrap();
+    let data = load_latents(&path, None, 2.0).unwrap();
+    assert_eq!(data.num_classes, 3);
+    let (x, y) = data.batch(&[3, 1], &[true, false]).unwrap();
+    let want: Vec<f32> = flipped[3 * per..4 * per]
+        .iter()
+        .chain(&plain[per..2 * per])
+        .map(|v| 2.0 * v)
+        .collect();
+    assert_eq!(x, want);
+    assert_eq!(y, vec![1, 1]);
+    let sub = data.subset(0.6, 3).unwrap();
+    assert_eq!(sub.flipped.as_ref().map(Vec::len), Some(3 * per));
+
+    // A non-finite value, an overfull or an incomplete array.
+    let mut w = LatentWriter::create(&dir.path().join("b.npz"), 1, shape).unwrap();
+    w.begin(false).unwrap();
+    assert!(w.append(&[f32::NAN; 12]).is_err());
+    let mut s = NpzStreamWriter::create(&dir.path().join("c.npz")).unwrap();
+    let h = NpyHeader {
+        dtype: cbs_data::NpyDtype::F32,
+        shape: vec![2],
+        fortran_order: false,
+    };
+    s.begin("a", &h).unwrap();
+    assert!(s.append(&[0u8; 12]).is_err());
+    s.append(&[0u8; 4]).unwrap();
+    assert!(s.finish().is_err(), "an incomplete array must not finish");
+}

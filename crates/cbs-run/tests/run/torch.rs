@@ -243,4 +243,23 @@ fn torchcfm_label_table_without_a_null_row_loads() {
     let want = tr.model.forward(&x, &t, &y).unwrap();
     let got = loaded.model.forward(&x, &t, &y).unwrap();
     assert_eq!(max_diff(&got, &want), 0.0);
+
+    // Multi-GPU training (DataParallel / DDP) saves every key under `module.`.
+    let ddp: Vec<(String, Value)> = clone()
+        .into_iter()
+        .map(|(n, v)| (format!("module.{n}"), v))
+        .collect();
+    let file = Value::Dict(vec![("ema_model".into(), Value::OrderedDict(ddp))]);
+    let path = dir.path().join("cfm_ddp.pt");
+    save(&path, &file, Format::Zip).unwrap();
+    let (loaded, _) = load_any(
+        &path,
+        WeightsKind::Ema,
+        Some(&s),
+        Precision::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let got = loaded.model.forward(&x, &t, &y).unwrap();
+    assert_eq!(max_diff(&got, &want), 0.0);
 }
