@@ -243,6 +243,12 @@ pub struct SampleArgs {
     pub steps: usize,
     #[arg(long, value_enum, default_value = "heun")]
     pub solver: Solver,
+    /// euler-maruyama: the diffusion coefficient w(t) of the SDE (SiT's diffusion_form).
+    #[arg(long, value_enum, default_value_t = cbs_flow::sde::Diffusion::Sbdm)]
+    pub diffusion: cbs_flow::sde::Diffusion,
+    /// euler-maruyama: scale of w(t) (SiT's diffusion_norm).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_positive_f64)]
+    pub diffusion_norm: f64,
     /// dopri5's absolute tolerance (SiT's default).
     #[arg(long, default_value_t = 1e-6, value_parser = parse_positive_f64)]
     pub atol: f64,

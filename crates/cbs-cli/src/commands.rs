@@ -173,6 +173,11 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             atol: a.atol,
             rtol: a.rtol,
         },
+        sde: Some(cbs_flow::sde::SdeSettings {
+            path: trained,
+            diffusion: a.diffusion,
+            norm: a.diffusion_norm,
+        }),
     };
     let guided: Vec<Guided<&cbs_models::Model>> = models
         .iter()

@@ -69,11 +69,14 @@ pub enum Purpose {
     /// The posterior draw of `cbs encode-latents --posterior sample`: counter `2·i` for image
     /// `i`, `2·i + 1` for its mirror image (so the draws do not depend on the batch size).
     LatentPosterior,
+    /// The Brownian increments of SDE sampling: counter `i` for sample `i` (its own stream,
+    /// step after step, so the noise does not depend on the batch size).
+    SdeNoise,
 }
 
 impl Purpose {
     /// Every purpose, for tests and documentation.
-    pub const ALL: [Purpose; 16] = [
+    pub const ALL: [Purpose; 17] = [
         Purpose::TrainStep,
         Purpose::SampleNoise,
         Purpose::ClassifierStep,
@@ -90,6 +93,7 @@ impl Purpose {
         Purpose::ToyMetrics,
         Purpose::KidSubsets,
         Purpose::LatentPosterior,
+        Purpose::SdeNoise,
     ];
 
     /// XORed into the seed before seeding ChaCha8 (0: the legacy shared key space).
@@ -99,6 +103,7 @@ impl Purpose {
             Purpose::SampleNoise => 0x7361_6d70_6c00_0002,
             Purpose::ClassifierStep | Purpose::ClassifierRealSample => 0x636c_6173_7300_0003,
             Purpose::LatentPosterior => 0x6c61_7465_6e00_0004,
+            Purpose::SdeNoise => 0x7364_6500_0000_0005,
             _ => 0,
         }
     }

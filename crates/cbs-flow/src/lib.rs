@@ -9,12 +9,14 @@
 //! - [`interpolant`]: forming `x_t` and the target, and the velocity MSE; [`path`]: the
 //!   linear, GVP and VP paths (`x_t = α·x1 + σ·x0`) a run trains on.
 //! - [`solver`]: fixed-step Euler and Heun integrators over an explicit time grid, and
-//!   [`adaptive`]'s Dormand–Prince 5(4) within each grid interval.
+//!   [`adaptive`]'s Dormand–Prince 5(4) within each grid interval; [`sde`]: Euler–Maruyama
+//!   sampling of SiT's SDE on the same grids.
 
 pub mod adaptive;
 pub mod guidance;
 pub mod interpolant;
 pub mod path;
+pub mod sde;
 pub mod solver;
 
 use candle_core::{Result, Tensor};

@@ -36,6 +36,13 @@ pub enum Solver {
         value(help = "Adaptive Dormand-Prince 5(4) (--atol, --rtol), one run per expert segment")
     )]
     Dopri5,
+    /// Euler–Maruyama on SiT's SDE (`--diffusion`, `--diffusion-norm`; [`crate::sde`]): a
+    /// noise-free first and last step, the score from the velocity on the model's path.
+    #[cfg_attr(
+        feature = "clap",
+        value(help = "Euler-Maruyama on SiT's SDE (--diffusion, --diffusion-norm)")
+    )]
+    EulerMaruyama,
 }
 
 impl Solver {
@@ -44,7 +51,7 @@ impl Solver {
     /// as its tolerances need).
     pub fn evals_per_step(self) -> usize {
         match self {
-            Solver::Euler => 1,
+            Solver::Euler | Solver::EulerMaruyama => 1,
             Solver::Heun | Solver::HeunEulerLast => 2,
             Solver::Dopri5 => 6,
         }
@@ -53,6 +60,12 @@ impl Solver {
     /// Whether the solver picks its own steps inside each grid interval.
     pub fn is_adaptive(self) -> bool {
         self == Solver::Dopri5
+    }
+
+    /// Whether the solver integrates the SDE ([`crate::sde::integrate_sde`]; it needs the
+    /// model's path, a diffusion and Brownian noise).
+    pub fn is_stochastic(self) -> bool {
+        self == Solver::EulerMaruyama
     }
 }
 
@@ -146,6 +159,11 @@ pub fn integrate_counted<'a>(
         let (t0, t1) = (grid[i], grid[i + 1]);
         let h = t1 - t0;
         let field = field_for_step(i);
+        if solver.is_stochastic() {
+            candle_core::bail!(
+                "the Euler-Maruyama sampler integrates an SDE: use cbs_flow::sde::integrate_sde"
+            );
+        }
         if solver == Solver::Dopri5 {
             let (next, n) = dopri5(field, &x, t0, t1, y, tol)?;
             x = next;
@@ -159,7 +177,7 @@ pub fn integrate_counted<'a>(
         x = match solver {
             Solver::Euler => (&x + (v0 * h)?)?,
             Solver::HeunEulerLast if last => (&x + (v0 * h)?)?,
-            Solver::Heun | Solver::HeunEulerLast | Solver::Dopri5 => {
+            Solver::Heun | Solver::HeunEulerLast | Solver::Dopri5 | Solver::EulerMaruyama => {
                 let x_pred = (&x + (&v0 * h)?)?;
                 let v1 = field.velocity(&x_pred, &time(t1, b, x.dtype(), x.device())?, y)?;
                 evals += 1;

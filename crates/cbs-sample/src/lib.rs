@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use cbs_core::rng::{self, Purpose};
+use cbs_flow::sde::{integrate_sde, BrownianStreams};
 use cbs_flow::solver::{integrate_counted, Solver};
 use cbs_flow::VelocityField;
 use rand_distr::{Distribution, StandardNormal};
@@ -49,6 +50,8 @@ pub struct SampleOptions {
     pub batch: usize,
     /// Tolerances of the adaptive solver (ignored by the fixed-step ones).
     pub tolerances: cbs_flow::adaptive::Tolerances,
+    /// The model's path and the diffusion of the SDE sampler (`Solver::EulerMaruyama`).
+    pub sde: Option<cbs_flow::sde::SdeSettings>,
 }
 
 /// Per-sample shape and the label space of the field being sampled.
@@ -214,15 +217,35 @@ pub fn generate_counted<'a>(
             None => None,
         };
         let done = bi * steps;
-        let (x, n) = integrate_counted(
-            &x0,
-            &opts.grid,
-            opts.solver,
-            opts.tolerances,
-            y.as_ref(),
-            field_for_step,
-            &mut |i, _| progress(done + i, total),
-        )?;
+        let (x, n) = if opts.solver.is_stochastic() {
+            let sde = opts.sde.ok_or_else(|| SampleError::Invalid {
+                option: "solver",
+                message: "euler-maruyama needs the SDE settings (path, diffusion)".into(),
+            })?;
+            let streams = (start..start + len)
+                .map(|i| rng::stream(opts.seed, Purpose::SdeNoise, i as u64))
+                .collect();
+            let mut brownian = BrownianStreams::new(streams, &shape.dims, x0.dtype(), x0.device());
+            integrate_sde(
+                &x0,
+                &opts.grid,
+                &sde,
+                y.as_ref(),
+                field_for_step,
+                &mut |_| brownian.draw(),
+                &mut |i, _| progress(done + i, total),
+            )?
+        } else {
+            integrate_counted(
+                &x0,
+                &opts.grid,
+                opts.solver,
+                opts.tolerances,
+                y.as_ref(),
+                field_for_step,
+                &mut |i, _| progress(done + i, total),
+            )?
+        };
         evals += n;
         outs.push(x);
     }

@@ -24,6 +24,7 @@ fn opts(num: usize, grid: Vec<f64>, batch: usize) -> SampleOptions {
         noise: None,
         batch,
         tolerances: Default::default(),
+        sde: None,
     }
 }
 
@@ -240,4 +241,70 @@ fn non_finite_noise_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("not found") && e.contains("missing.npy"), "{e}");
+}
+
+/// `v = 1 − x` (elementwise): a field whose SDE noise is visible in the samples.
+struct Pull;
+
+impl VelocityField for Pull {
+    fn velocity(&self, x: &Tensor, _t: &Tensor, _y: Option<&Tensor>) -> CResult<Tensor> {
+        x.affine(-1.0, 1.0)
+    }
+}
+
+/// Euler–Maruyama sampling: each sample's Brownian noise comes from its own stream, so the
+/// batch size changes nothing; the seed changes the samples; without SDE settings it is an
+/// error, not an ODE in disguise.
+#[test]
+fn sde_sampling_is_independent_of_the_batch_size() {
+    let shape = points();
+    let run = |batch: usize, seed: u64| {
+        let mut o = opts(10, uniform_grid(20), batch);
+        o.solver = Solver::EulerMaruyama;
+        o.seed = seed;
+        o.sde = Some(cbs_flow::sde::SdeSettings {
+            path: cbs_flow::path::Interpolant::Linear,
+            diffusion: cbs_flow::sde::Diffusion::Sigma,
+            norm: 1.0,
+        });
+        generate(
+            &|_| &Pull as &dyn VelocityField,
+            &shape,
+            &o,
+            &Device::Cpu,
+            &mut |_, _| {},
+        )
+        .unwrap()
+        .0
+    };
+    let a = run(3, 1);
+    assert_eq!(bits(&a), bits(&run(10, 1)));
+    assert_ne!(bits(&a), bits(&run(3, 2)));
+    // Not the ODE: the same noise integrated without the SDE terms differs.
+    let mut o = opts(10, uniform_grid(20), 3);
+    o.solver = Solver::Euler;
+    o.seed = 1;
+    assert_ne!(
+        bits(&a),
+        bits(
+            &generate(
+                &|_| &Pull as &dyn VelocityField,
+                &shape,
+                &o,
+                &Device::Cpu,
+                &mut |_, _| {}
+            )
+            .unwrap()
+            .0
+        )
+    );
+    o.solver = Solver::EulerMaruyama;
+    assert!(generate(
+        &|_| &Pull as &dyn VelocityField,
+        &shape,
+        &o,
+        &Device::Cpu,
+        &mut |_, _| {}
+    )
+    .is_err());
 }

@@ -984,3 +984,213 @@ fn bootstrap_errors() {
     assert_eq!(iv.len(), 1);
     assert_eq!((iv[0].lo, iv[0].knot, iv[0].hi), (0.5, 0.5, 0.5));
 }
+
+// ---------------------------------------------------------------- SDE sampling
+
+mod sde {
+    use super::{ring8, GmmOracle, GmmSpec};
+    use candle_core::{DType, Device, Tensor};
+    use cbs_flow::path::Interpolant;
+    use cbs_flow::sde::{integrate_sde, BrownianStreams, Diffusion, SdeSettings};
+    use cbs_flow::solver::uniform_grid;
+    use cbs_flow::VelocityField;
+    use rand::SeedableRng;
+
+    const PATHS: [Interpolant; 3] = [Interpolant::Linear, Interpolant::Gvp, Interpolant::Vp];
+
+    fn gaussian(path: Interpolant) -> GmmOracle {
+        GmmOracle::new(GmmSpec::new(vec![vec![1.5, -0.7]], vec![0.4], vec![1.0]))
+            .unwrap()
+            .with_path(path)
+    }
+
+    /// The score recovered from the exact velocity is the exact score of p_t:
+    /// `−(x − αμ) / (α²s² + σ²)` for one Gaussian component, on every path.
+    #[test]
+    fn score_from_velocity_is_the_exact_score() {
+        for path in PATHS {
+            let oracle = gaussian(path);
+            let settings = SdeSettings {
+                path,
+                diffusion: Diffusion::Sbdm,
+                norm: 1.0,
+            };
+            for &t in &[0.1, 0.4, 0.75, 0.95] {
+                let x = Tensor::new(&[[0.3f64, 2.0], [-1.0, 0.5]], &Device::Cpu).unwrap();
+                let tt = Tensor::full(t, 2, &Device::Cpu).unwrap();
+                let v = oracle.velocity(&x, &tt, None).unwrap();
+                let s = settings.score_from_velocity(&v, &x, t).unwrap();
+                let c = path.coefficients(t);
+                let var = (c.alpha * 0.4).powi(2) + c.sigma * c.sigma;
+                let mu = Tensor::new(&[[1.5f64, -0.7]], &Device::Cpu).unwrap();
+                let want = ((x.broadcast_sub(&(mu * c.alpha).unwrap()).unwrap()) / -var).unwrap();
+                let err = (s - &want).unwrap().abs().unwrap().max_all().unwrap();
+                let err = err.to_scalar::<f64>().unwrap();
+                assert!(err < 1e-9, "{path} t={t}: {err}");
+            }
+        }
+    }
+
+    /// `n` SDE samples of `oracle` from t = 0 to `t_end` with `steps` steps.
+    fn sde_samples(
+        oracle: &GmmOracle,
+        settings: &SdeSettings,
+        n: usize,
+        steps: usize,
+        t_end: f64,
+    ) -> Vec<Vec<f64>> {
+        let d = oracle.dim();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let x0 = {
+            use rand_distr::{Distribution, StandardNormal};
+            let v: Vec<f64> = (0..n * d)
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect();
+            Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap()
+        };
+        let streams = (0..n as u64)
+            .map(|i| cbs_core::rng::stream(9, cbs_core::rng::Purpose::SdeNoise, i))
+            .collect();
+        let mut bm = BrownianStreams::new(streams, &[d], DType::F64, &Device::Cpu);
+        let grid: Vec<f64> = uniform_grid(steps).iter().map(|t| t * t_end).collect();
+        let (x, evals) = integrate_sde(
+            &x0,
+            &grid,
+            settings,
+            None,
+            &|_| oracle as &dyn VelocityField,
+            &mut |_| bm.draw(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(evals, steps);
+        x.to_vec2::<f64>().unwrap()
+    }
+
+    fn moments(xs: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+        let (n, d) = (xs.len() as f64, xs[0].len());
+        let mean: Vec<f64> = (0..d)
+            .map(|i| xs.iter().map(|x| x[i]).sum::<f64>() / n)
+            .collect();
+        let std = (0..d)
+            .map(|i| (xs.iter().map(|x| (x[i] - mean[i]).powi(2)).sum::<f64>() / n).sqrt())
+            .collect();
+        (mean, std)
+    }
+
+    /// SDE samples of one Gaussian have the exact marginal's mean and spread at t = 0.5 and
+    /// at t = 1, on every path and for several diffusions (an ODE-only bug, a wrong score or
+    /// a wrong noise scale would each move the spread).
+    #[test]
+    fn marginals_of_one_gaussian_match_the_exact_ones() {
+        for path in PATHS {
+            let oracle = gaussian(path);
+            for diffusion in [Diffusion::Sbdm, Diffusion::Sigma, Diffusion::Constant] {
+                let settings = SdeSettings {
+                    path,
+                    diffusion,
+                    norm: 1.0,
+                };
+                for t_end in [0.5, 1.0] {
+                    let xs = sde_samples(&oracle, &settings, 4000, 400, t_end);
+                    let (mean, std) = moments(&xs);
+                    let c = path.coefficients(t_end);
+                    let want_std = ((c.alpha * 0.4).powi(2) + c.sigma * c.sigma).sqrt();
+                    for (i, mu) in [1.5, -0.7].iter().enumerate() {
+                        let m_err = (mean[i] - c.alpha * mu).abs();
+                        let s_rel = (std[i] / want_std - 1.0).abs();
+                        assert!(
+                            m_err < 0.04 && s_rel < 0.06,
+                            "{path} {diffusion:?} t={t_end}: mean {} vs {}, std {} vs {want_std}",
+                            mean[i],
+                            c.alpha * mu,
+                            std[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// On the ring mixture the SDE samples land on the ring with the data's spread and
+    /// visit every component evenly; their mean log-density matches the data's.
+    #[test]
+    fn ring_mixture_samples_match_the_data() {
+        let oracle = ring8();
+        let settings = SdeSettings {
+            path: Interpolant::Linear,
+            diffusion: Diffusion::Sbdm,
+            norm: 1.0,
+        };
+        let xs = sde_samples(&oracle, &settings, 4000, 500, 1.0);
+        let mut counts = [0usize; 8];
+        let mut loglik = 0.0;
+        for x in &xs {
+            let a = x[1].atan2(x[0]).rem_euclid(2.0 * std::f64::consts::PI);
+            counts[((a / (std::f64::consts::PI / 4.0)).round() as usize) % 8] += 1;
+            loglik += oracle.log_density(x).unwrap();
+        }
+        let loglik = loglik / xs.len() as f64;
+        let data = oracle.sample(4000, 3);
+        let truth: f64 = data
+            .chunks(2)
+            .map(|x| oracle.log_density(x).unwrap())
+            .sum::<f64>()
+            / 4000.0;
+        assert!((loglik - truth).abs() < 0.15, "{loglik} vs {truth}");
+        for c in counts {
+            assert!((400..600).contains(&c), "{counts:?}");
+        }
+    }
+}
+
+/// dopri5 on the exact field of one Gaussian lands on the closed-form flow map
+/// `μ + √(s² + σ(1)²)·z` within its tolerance, on every path, and across expert segments.
+#[test]
+fn dopri5_follows_the_exact_gaussian_flow() {
+    use cbs_flow::adaptive::{dopri5, Tolerances};
+    let (mu, s) = ([1.5, -0.7], 0.4);
+    for path in [Interpolant::Linear, Interpolant::Gvp, Interpolant::Vp] {
+        let oracle = GmmOracle::new(GmmSpec::new(vec![mu.to_vec()], vec![s], vec![1.0]))
+            .unwrap()
+            .with_path(path);
+        let std_at = |t: f64| {
+            let c = path.coefficients(t);
+            ((c.alpha * s).powi(2) + c.sigma * c.sigma).sqrt()
+        };
+        let z = [[0.3, -1.2], [-2.0, 0.8]];
+        let c0 = path.coefficients(0.0);
+        let x0: Vec<f64> = z
+            .iter()
+            .flat_map(|zi| (0..2).map(move |i| c0.alpha * mu[i] + std_at(0.0) * zi[i]))
+            .collect();
+        let mut x = Tensor::from_vec(x0, (2, 2), &Device::Cpu).unwrap();
+        let tol = Tolerances {
+            atol: 1e-8,
+            rtol: 1e-8,
+        };
+        // Two segments, as expert switching integrates them.
+        let mut evals = 0;
+        for (a, b) in [(0.0, 0.4), (0.4, 1.0)] {
+            let (next, n) = dopri5(&oracle, &x, a, b, None, tol).unwrap();
+            x = next;
+            evals += n;
+        }
+        let got: Vec<Vec<f64>> = x.to_vec2().unwrap();
+        let c1 = path.coefficients(1.0);
+        // VP's coefficients stop at t = 1 − 1e-5, so its field over that last stretch is not
+        // the exact flow's: O(1e-5) there.
+        let tol = if path == Interpolant::Vp { 1e-5 } else { 1e-6 };
+        for (k, zk) in z.iter().enumerate() {
+            for i in 0..2 {
+                let want = c1.alpha * mu[i] + std_at(1.0) * zk[i];
+                assert!(
+                    (got[k][i] - want).abs() < tol,
+                    "{path}: {} vs {want}",
+                    got[k][i]
+                );
+            }
+        }
+        assert!(evals < 2000, "{path}: {evals} evaluations");
+    }
+}

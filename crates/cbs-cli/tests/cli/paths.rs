@@ -105,6 +105,16 @@ fn gvp_training_learns_the_gvp_velocity_and_is_recorded() {
     let o = cbs(&args);
     let e = stderr(&o);
     assert!(!o.status.success() && e.contains("gvp path"), "{e}");
+
+    // SDE sampling takes the recorded path for the score.
+    let mut args = vec!["sample", "--out"];
+    let sde = s(&d.join("sde"));
+    args.push(&sde);
+    args.extend_from_slice(&common);
+    args.extend_from_slice(&["--solver", "euler-maruyama", "--diffusion", "sigma"]);
+    let o = cbs(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(d.join("sde/samples.npz").is_file());
 }
 
 #[test]
