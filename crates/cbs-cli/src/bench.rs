@@ -78,6 +78,7 @@ fn random_batch(c: &BenchCommon, shape: &[usize], classes: usize, dev: &Device) 
         t: Tensor::from_vec(t, c.batch, dev)?,
         y: Tensor::from_vec(y, c.batch, dev)?,
         dropout_seed: 0,
+        w: None,
     })
 }
 

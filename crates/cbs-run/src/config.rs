@@ -407,6 +407,38 @@ pub struct TrainSection {
     /// three). The network learns that path's velocity; sampling and the monitors take the
     /// recorded path. JiT (clean-image prediction) trains on `linear` only.
     pub path: cbs_flow::path::Interpolant,
+    /// Per-sample loss weight w(t): `none` (default), `erd_l1` / `erd_rms` (ERD: how much of
+    /// the target x_t expresses, ω = |c_x|α + |c_ε|σ or √(c_x²α² + c_ε²σ²) for the target
+    /// c_x·x1 + c_ε·x0), or `min_snr` (Min-SNR-γ for velocity targets, min(SNR, γ)/(SNR + 1)).
+    /// Normalised to mean 1 under the run's time distribution.
+    pub loss_weighting: LossWeighting,
+    /// Where the weights have mean 1: over the run's interval (`interval`, the default: each
+    /// expert on its own) or over [0, 1] with the same kind of time distribution (`global`).
+    pub loss_weighting_norm: WeightNorm,
+    /// γ of `min_snr` (5, as Hang et al.).
+    pub min_snr_gamma: f64,
+}
+
+/// How the per-sample training loss is weighted over time (`train.loss_weighting`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum LossWeighting {
+    #[default]
+    None,
+    ErdL1,
+    ErdRms,
+    MinSnr,
+}
+
+/// Where loss weights are normalised to mean 1 (`train.loss_weighting_norm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum WeightNorm {
+    #[default]
+    Interval,
+    Global,
 }
 
 fn is_ema(w: &crate::WeightsKind) -> bool {
@@ -437,6 +469,9 @@ impl Default for TrainSection {
             init_from: None,
             init_weights: crate::WeightsKind::Ema,
             path: cbs_flow::path::Interpolant::Linear,
+            loss_weighting: LossWeighting::None,
+            loss_weighting_norm: WeightNorm::Interval,
+            min_snr_gamma: 5.0,
         }
     }
 }
@@ -480,6 +515,13 @@ impl TrainConfig {
         };
         if t.steps == 0 {
             return bad("train.steps", "0".into(), "a positive number of steps");
+        }
+        if !(t.min_snr_gamma.is_finite() && t.min_snr_gamma > 0.0) {
+            return bad(
+                "train.min_snr_gamma",
+                t.min_snr_gamma.to_string(),
+                "a positive number (5 is the usual)",
+            );
         }
         if t.path != cbs_flow::path::Interpolant::Linear {
             // JiT predicts the clean image and turns it into the linear path's velocity.

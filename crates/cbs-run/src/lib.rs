@@ -26,7 +26,9 @@ pub mod torch_checkpoint;
 
 pub use cbs_models::Precision;
 pub use checkpoint::{LoadedModel, RngState, WeightsKind};
-pub use config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
+pub use config::{
+    DataConfig, DataSource, LossWeighting, TimeSampling, TrainConfig, TrainSection, WeightNorm,
+};
 pub use lock::RunLock;
 pub use splits::{KnotIntervalEntry, SplitSettings, SplitsFile};
 

@@ -18,6 +18,7 @@ use rand_distr::StandardNormal;
 use crate::config::TrainConfig;
 use crate::step::Batch;
 use crate::times::TimeDist;
+use crate::weighting::LossWeights;
 use crate::Result;
 
 /// Batches the loader thread keeps ready ahead of the step that consumes them.
@@ -30,6 +31,8 @@ pub struct HostBatch {
     pub times: Vec<f32>,
     pub noise: Vec<f32>,
     pub dropout_seed: u64,
+    /// Per-sample loss weights w(t) (`train.loss_weighting`), `None` for unweighted.
+    pub weights: Option<Vec<f32>>,
 }
 
 impl HostBatch {
@@ -42,6 +45,10 @@ impl HostBatch {
             t: Tensor::from_vec(self.times, b, device)?,
             y: Tensor::from_vec(self.labels, b, device)?,
             dropout_seed: self.dropout_seed,
+            w: self
+                .weights
+                .map(|w| Tensor::from_vec(w, b, device))
+                .transpose()?,
         })
     }
 }
@@ -57,6 +64,7 @@ pub struct BatchPlan<'a> {
     drop_p: f64,
     null: Option<u32>,
     times: TimeDist,
+    weights: Option<LossWeights>,
 }
 
 impl<'a> BatchPlan<'a> {
@@ -76,6 +84,7 @@ impl<'a> BatchPlan<'a> {
             drop_p: arch.class_dropout_prob(),
             null: arch.null_class(),
             times: TimeDist::resolve(tc, arch),
+            weights: LossWeights::resolve(tc, arch),
         })
     }
 
@@ -99,12 +108,20 @@ impl<'a> BatchPlan<'a> {
         let noise: Vec<f32> = (0..b * self.per_sample)
             .map(|_| rng.sample::<f32, _>(StandardNormal))
             .collect();
+        // Computed from the times, drawing nothing: the batch stream is the same weighted or not.
+        let weights = self.weights.map(|w| {
+            times
+                .iter()
+                .map(|&t| w.weight(f64::from(t)) as f32)
+                .collect()
+        });
         Ok(HostBatch {
             pixels,
             labels,
             times,
             noise,
             dropout_seed: rng.random::<u64>(),
+            weights,
         })
     }
 

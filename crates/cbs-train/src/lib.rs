@@ -15,10 +15,13 @@ pub mod optim;
 pub mod step;
 pub mod times;
 mod trainer;
+pub mod weighting;
 
 pub use cbs_run::config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
 pub use cbs_run::{checkpoint, config};
-pub use trainer::{load_data, load_dataset, train, StepReport, TrainOptions, TrainSummary};
+pub use trainer::{
+    load_data, load_dataset, train, StepReport, TrainOptions, TrainSummary, LOSS_T_BINS,
+};
 
 use std::path::PathBuf;
 

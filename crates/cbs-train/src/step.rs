@@ -2,7 +2,7 @@
 //! training loop and `cbs bench train`, so the benchmark times exactly what training runs.
 
 use candle_core::{DType, Device, Tensor, Var};
-use cbs_flow::interpolant::velocity_mse;
+use cbs_flow::interpolant::{expand_time, velocity_mse};
 use cbs_flow::path::Interpolant;
 use cbs_models::{Architecture, Kernels, Trainable};
 
@@ -19,13 +19,18 @@ pub struct Batch {
     pub y: Tensor,
     /// Seed of the dropout masks of this step (backbones with dropout only).
     pub dropout_seed: u64,
+    /// Per-sample loss weights `[B]` (`train.loss_weighting`), `None` for unweighted.
+    pub w: Option<Tensor>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum StepOutcome {
     Updated {
         loss: f64,
         grad_norm: f64,
+        /// Each sample's unweighted squared error, mean over its elements (`[B]`): the
+        /// per-time-bin losses of `metrics.jsonl`.
+        per_sample: Vec<f32>,
     },
     /// The loss or the gradient norm was NaN or infinite; nothing was updated.
     NonFinite {
@@ -147,7 +152,25 @@ impl Stepper {
             Interpolant::Linear => self.net.arch.training_target(&b.x0, &b.x1, &xt, &b.t)?,
             path => path.target(&b.x0, &b.x1, &b.t)?,
         };
-        let loss = velocity_mse(&pred, &target, self.kernels)?;
+        let per_sample = (&pred - &target)?
+            .detach()
+            .sqr()?
+            .flatten_from(1)?
+            .mean(1)? // [B]
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        // Σ w·(p − y)² as the plain MSE of √w-scaled operands keeps the fused loss kernel.
+        let loss = match &b.w {
+            Some(w) => {
+                let sw = expand_time(&w.sqrt()?.to_dtype(pred.dtype())?, &pred)?;
+                velocity_mse(
+                    &pred.broadcast_mul(&sw)?,
+                    &target.broadcast_mul(&sw)?,
+                    self.kernels,
+                )?
+            }
+            None => velocity_mse(&pred, &target, self.kernels)?,
+        };
         let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_val.is_finite() {
             return Ok(StepOutcome::NonFinite {
@@ -181,6 +204,7 @@ impl Stepper {
         Ok(StepOutcome::Updated {
             loss: loss_val,
             grad_norm: gnorm,
+            per_sample,
         })
     }
 }

@@ -138,6 +138,38 @@ pub fn load_data(d: &DataConfig, seed: u64) -> Result<Box<dyn Dataset>> {
     }
 }
 
+/// Bins of `[0, 1]` the per-time training loss of `metrics.jsonl` is reported on.
+pub const LOSS_T_BINS: usize = 10;
+
+/// The unweighted per-sample losses since the last log line, summed per time bin.
+#[derive(Default)]
+struct LossBins {
+    sum: [f64; LOSS_T_BINS],
+    count: [u64; LOSS_T_BINS],
+}
+
+impl LossBins {
+    fn add(&mut self, times: &[f32], losses: &[f32]) {
+        for (&t, &l) in times.iter().zip(losses) {
+            let j = ((f64::from(t) * LOSS_T_BINS as f64) as usize).min(LOSS_T_BINS - 1);
+            self.sum[j] += f64::from(l);
+            self.count[j] += 1;
+        }
+    }
+
+    /// The mean loss of each bin (`null` where no time fell), and a fresh start.
+    fn take(&mut self) -> Vec<Option<f64>> {
+        let out = self
+            .sum
+            .iter()
+            .zip(&self.count)
+            .map(|(&s, &c)| (c > 0).then(|| s / c as f64))
+            .collect();
+        *self = LossBins::default();
+        out
+    }
+}
+
 fn lr_at(cfg: &TrainConfig, step: u64) -> f64 {
     let t = &cfg.train;
     if t.warmup_steps > 0 && step < t.warmup_steps {
@@ -209,6 +241,7 @@ pub fn train(
     let shape: Vec<usize> = std::iter::once(b).chain(data.sample_shape()).collect();
     let plan = BatchPlan::new(cfg, &arch, data)?;
     let mut losses = Vec::new();
+    let mut bins = LossBins::default();
     let mut last_ckpt = existing;
     let started = Instant::now();
 
@@ -222,10 +255,18 @@ pub fn train(
                 value: format!("no batch for step {step}"),
                 expected: "the loader thread to prepare every step's batch".into(),
             })??;
+            let times = host.times.clone();
             let batch = host.upload(&shape, device)?;
             let lr = lr_at(cfg, s);
             let (loss_val, gnorm) = match st.step(&batch, lr)? {
-                StepOutcome::Updated { loss, grad_norm } => (loss, grad_norm),
+                StepOutcome::Updated {
+                    loss,
+                    grad_norm,
+                    per_sample,
+                } => {
+                    bins.add(&times, &per_sample);
+                    (loss, grad_norm)
+                }
                 StepOutcome::NonFinite { loss, grad_norm } => {
                     return Err(TrainError::NonFinite {
                         step,
@@ -242,6 +283,7 @@ pub fn train(
                 let line = serde_json::json!({
                     "step": step, "loss": loss_val, "lr": lr,
                     "grad_norm": gnorm, "images_per_s": images_per_s,
+                    "loss_t_bins": bins.take(),
                 });
                 writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
                 tracing::info!(step, loss = loss_val, lr, grad_norm = gnorm, images_per_s);

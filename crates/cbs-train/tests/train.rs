@@ -1284,3 +1284,120 @@ fn init_from_starts_from_a_checkpoint_or_a_pytorch_file() {
         "{err}"
     );
 }
+
+/// ERD and Min-SNR weights: ERD-l1 leaves the linear-path velocity loss unweighted, ERD-rms is
+/// √(t² + (1 − t)²) there, JiT's l1 is ∝ t; every weighting has mean 1 under the run's time
+/// distribution (per interval by default, over [0, 1] with `global`).
+#[test]
+fn loss_weights_follow_erd_and_are_normalised() {
+    use cbs_train::config::{LossWeighting, WeightNorm};
+    use cbs_train::times::TimeDist;
+    use cbs_train::weighting::LossWeights;
+    let sit = ModelSpec::new("sit-nano-4").resolve(&[1, 8, 8], 3).unwrap();
+    let jit = ModelSpec::new("jit-nano-4").resolve(&[1, 8, 8], 3).unwrap();
+    let mut tc = cbs_train::TrainSection::default();
+    assert!(LossWeights::resolve(&tc, &sit).is_none());
+    tc.loss_weighting = LossWeighting::ErdL1;
+    let w = LossWeights::resolve(&tc, &sit).unwrap();
+    for t in [0.0, 0.3, 0.9] {
+        assert!((w.weight(t) - 1.0).abs() < 1e-12);
+    }
+    tc.loss_weighting = LossWeighting::ErdRms;
+    let w = LossWeights::resolve(&tc, &sit).unwrap();
+    let ratio = w.weight(0.5) / w.weight(0.0);
+    assert!((ratio - 0.5f64.sqrt()).abs() < 1e-12, "{ratio}");
+    tc.loss_weighting = LossWeighting::ErdL1;
+    let w = LossWeights::resolve(&tc, &jit).unwrap();
+    assert!((w.weight(0.8) / w.weight(0.2) - 4.0).abs() < 1e-9);
+
+    // Mean 1 under the distribution the weights were normalised for.
+    let mean_under = |w: &LossWeights, d: &TimeDist| {
+        let n = 100_000;
+        (0..n)
+            .map(|i| w.weight(d.time((i as f64 + 0.5) / n as f64)))
+            .sum::<f64>()
+            / n as f64
+    };
+    for (kind, path) in [
+        (LossWeighting::ErdRms, cbs_flow::path::Interpolant::Linear),
+        (LossWeighting::MinSnr, cbs_flow::path::Interpolant::Linear),
+        (LossWeighting::ErdL1, cbs_flow::path::Interpolant::Gvp),
+    ] {
+        tc.loss_weighting = kind;
+        tc.path = path;
+        tc.t_range = [0.6, 1.0];
+        tc.loss_weighting_norm = WeightNorm::Interval;
+        let w = LossWeights::resolve(&tc, &sit).unwrap();
+        let d = TimeDist::resolve(&tc, &sit);
+        assert!((mean_under(&w, &d) - 1.0).abs() < 1e-6, "{kind:?} interval");
+        tc.loss_weighting_norm = WeightNorm::Global;
+        let wg = LossWeights::resolve(&tc, &sit).unwrap();
+        let mut all = tc.clone();
+        all.t_range = [0.0, 1.0];
+        let dg = TimeDist::resolve(&all, &sit);
+        assert!((mean_under(&wg, &dg) - 1.0).abs() < 1e-6, "{kind:?} global");
+        assert!(
+            (mean_under(&wg, &d) - 1.0).abs() > 1e-3,
+            "{kind:?}: the two norms differ"
+        );
+    }
+    // Min-SNR-γ for velocity targets: min(SNR, γ)/(SNR + 1) (linear: SNR = t²/(1 − t)²).
+    tc.loss_weighting = LossWeighting::MinSnr;
+    tc.path = cbs_flow::path::Interpolant::Linear;
+    tc.t_range = [0.0, 1.0];
+    let w = LossWeights::resolve(&tc, &sit).unwrap();
+    let snr = |t: f64| (t / (1.0 - t)).powi(2);
+    let want = |t: f64| snr(t).min(5.0) / (snr(t) + 1.0);
+    assert!((w.omega(0.3) - want(0.3)).abs() < 1e-12);
+    assert!((w.omega(0.9) - want(0.9)).abs() < 1e-12);
+}
+
+/// The weighted loss of a step is the mean of `w_b` times each sample's squared error.
+#[test]
+fn weighted_step_loss_is_the_weighted_mean() {
+    use cbs_train::step::{Batch, StepOutcome, Stepper};
+    let cfg = toy_config(1);
+    let arch = cfg.model.resolve(&[1, 8, 8], 3).unwrap();
+    let dev = Device::Cpu;
+    let mut st = Stepper::new(&arch, &cfg.train, &dev).unwrap();
+    let r = |seed: u64| Tensor::randn(0f32, 1.0, (4, 1, 8, 8), &dev).unwrap() * (seed as f64);
+    let w = [0.5f32, 2.0, 1.0, 0.25];
+    let batch = Batch {
+        x0: r(1).unwrap(),
+        x1: r(1).unwrap(),
+        t: Tensor::new(&[0.1f32, 0.4, 0.6, 0.95], &dev).unwrap(),
+        y: Tensor::new(&[0u32, 1, 2, 0], &dev).unwrap(),
+        dropout_seed: 0,
+        w: Some(Tensor::new(&w, &dev).unwrap()),
+    };
+    let StepOutcome::Updated {
+        loss, per_sample, ..
+    } = st.step(&batch, 0.0).unwrap()
+    else {
+        panic!("non-finite")
+    };
+    let want: f64 = per_sample
+        .iter()
+        .zip(w)
+        .map(|(l, w)| f64::from(*l) * f64::from(w))
+        .sum::<f64>()
+        / 4.0;
+    assert!((loss - want).abs() < 1e-5 * want, "{loss} vs {want}");
+}
+
+/// A weighted run trains and logs the per-time-bin losses.
+#[test]
+fn weighted_training_logs_loss_per_time_bin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = toy_config(4);
+    cfg.train.loss_weighting = cbs_train::config::LossWeighting::ErdRms;
+    run(dir.path(), &cfg, false).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let bins = first["loss_t_bins"].as_array().unwrap();
+    assert_eq!(bins.len(), cbs_train::LOSS_T_BINS);
+    let filled: Vec<f64> = bins.iter().filter_map(|b| b.as_f64()).collect();
+    // One step of 8 samples: at most 8 bins have a loss, each positive.
+    assert!(!filled.is_empty() && filled.len() <= 8);
+    assert!(filled.iter().all(|&l| l > 0.0 && l.is_finite()));
+}
