@@ -50,6 +50,9 @@ pub enum Command {
     TrainClassifier(TrainClassifierArgs),
     /// Mean log-likelihood and sliced W2 of point samples against the true Gaussian mixture.
     EvalGmm(EvalGmmArgs),
+    /// A Gaussian-mixture run's training loss per time bin next to the exact Bayes floor
+    /// (the least achievable loss) and the excess loss = loss − floor; also as CSV.
+    LossFloor(LossFloorArgs),
     /// Print the parameter names, shapes and total count of a model preset.
     Inspect(InspectArgs),
     /// Time training or sampling steps of a preset (median step ms, images/s, peak memory).
@@ -310,6 +313,21 @@ pub struct SampleArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LossFloorArgs {
+    /// A run directory trained on `source = "gmm"` data (train-aux, or one expert-<i>/).
+    pub run: PathBuf,
+    /// Average the per-bin losses of this many of the last log lines of metrics.jsonl.
+    #[arg(long, default_value_t = 20)]
+    pub last: usize,
+    /// Exact draws of x_t per time at which the floor is evaluated (8 times per bin).
+    #[arg(long, default_value_t = 4000)]
+    pub points: usize,
+    /// Also write the table as CSV (`t_lo,t_hi,loss,floor,excess`) [default: RUN/loss-floor.csv].
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

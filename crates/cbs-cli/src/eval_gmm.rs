@@ -1,9 +1,10 @@
-//! `cbs eval-gmm`: quality of point samples against the true Gaussian mixture.
+//! `cbs eval-gmm`: quality of point samples against the true Gaussian mixture; `cbs
+//! loss-floor`: a mixture run's training loss against the exact Bayes floor.
 
 use anyhow::{bail, Result};
 use cbs_split::GmmOracle;
 
-use crate::cli::EvalGmmArgs;
+use crate::cli::{EvalGmmArgs, LossFloorArgs};
 
 pub fn eval_gmm(a: EvalGmmArgs) -> Result<()> {
     let path = if a.samples.is_dir() {
@@ -59,5 +60,38 @@ pub fn eval_gmm(a: EvalGmmArgs) -> Result<()> {
             m.mean_log_likelihood, m.reference_log_likelihood, m.sliced_w2, m.projections
         );
     }
+    Ok(())
+}
+
+pub fn loss_floor(a: LossFloorArgs) -> Result<()> {
+    let rows = cbs_train::floor::loss_floor(&a.run, a.last, a.points)?;
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+    println!(
+        "{:>11}  {:>9}  {:>9}  {:>9}",
+        "t", "loss", "floor", "excess"
+    );
+    let mut csv = String::from("t_lo,t_hi,loss,floor,excess\n");
+    let cell = |v: Option<f64>| v.map_or(String::new(), |x| x.to_string());
+    for r in &rows {
+        println!(
+            "[{:.1}, {:.1})  {:>9}  {:>9}  {:>9}",
+            r.lo,
+            r.hi,
+            fmt(r.loss),
+            fmt(r.floor),
+            fmt(r.excess)
+        );
+        csv += &format!(
+            "{},{},{},{},{}\n",
+            r.lo,
+            r.hi,
+            cell(r.loss),
+            cell(r.floor),
+            cell(r.excess)
+        );
+    }
+    let path = a.csv.unwrap_or_else(|| a.run.join("loss-floor.csv"));
+    cbs_core::atomic::write_text(&path, &csv)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }

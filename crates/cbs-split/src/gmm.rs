@@ -385,6 +385,54 @@ impl GmmOracle {
         Ok((u, jac))
     }
 
+    /// The Bayes floor of velocity regression at time `t`: the least mean squared error per
+    /// element, `E‖y − E[y | x_t]‖² / d` for the target `y = α'·x1 + σ'·x0` of this oracle's
+    /// path (`E[y | x_t]` is the exact velocity). Given `x_t` and the component `k`, `y` is
+    /// Gaussian with per-element variance `V_k = α'²σ_k² + σ'² − (α'ασ_k² + σ'σ)² / s_k²`, so the
+    /// conditional error `Σ_k w_k (V_k + ‖u_k − u‖² / d)` is exact at each point; only the outer
+    /// expectation over `x_t` is estimated, from `n` points drawn exactly from `p_t` (seeded).
+    pub fn bayes_floor(&self, t: f64, n: usize, seed: u64) -> Result<f64> {
+        self.check_point(&vec![0.0; self.d], t)?;
+        if n == 0 {
+            return Err(SplitError::InvalidOption {
+                name: "n",
+                value: "0".into(),
+                reason: "need at least one point".into(),
+            });
+        }
+        let co = self.path.coefficients(t);
+        let (a, sg, da, ds) = (co.alpha, co.sigma, co.d_alpha, co.d_sigma);
+        let d = self.d;
+        let x1 = self.sample(n, seed);
+        let mut rng = stream(seed, Purpose::GmmSample, 1);
+        let mut total = 0.0;
+        for i in 0..n {
+            let x: Vec<f64> = (0..d)
+                .map(|j| {
+                    let e: f64 = StandardNormal.sample(&mut rng);
+                    a * x1[i * d + j] + sg * e
+                })
+                .collect();
+            let p = self.posterior(&x, t);
+            let uk = self.component_velocities(&p);
+            let mut u = vec![0.0; d];
+            for k in 0..self.c {
+                for j in 0..d {
+                    u[j] += p.w[k] * uk[k * d + j];
+                }
+            }
+            let mut err = 0.0;
+            for k in 0..self.c {
+                let cov = da * a * self.var[k] + ds * sg;
+                let v = da * da * self.var[k] + ds * ds - cov * cov / p.s2[k];
+                let spread: f64 = (0..d).map(|j| (uk[k * d + j] - u[j]).powi(2)).sum();
+                err += p.w[k] * (v + spread / d as f64);
+            }
+            total += err;
+        }
+        Ok(total / n as f64)
+    }
+
     /// `n` samples of the data distribution (`t = 1`), `n × d` row-major.
     pub fn sample(&self, n: usize, seed: u64) -> Vec<f64> {
         let mut rng = stream(seed, Purpose::GmmSample, 0);

@@ -1194,3 +1194,45 @@ fn dopri5_follows_the_exact_gaussian_flow() {
         assert!(evals < 2000, "{path}: {evals} evaluations");
     }
 }
+
+/// The Bayes floor agrees with a brute-force Monte Carlo of `‖y − u(x_t)‖²/d` over pairs
+/// `(x1, x0)` on every path (y = α'x1 + σ'x0, u the exact velocity); at t = 0 on the linear
+/// path it is the data variance per element (nothing of x1 is in x_t = x0).
+#[test]
+fn bayes_floor_matches_brute_force_monte_carlo() {
+    use rand_distr::{Distribution, StandardNormal};
+    for path in [Interpolant::Linear, Interpolant::Gvp, Interpolant::Vp] {
+        let oracle = ring8().with_path(path);
+        for &t in &[0.2, 0.5, 0.8] {
+            let floor = oracle.bayes_floor(t, 4000, 1).unwrap();
+            let c = path.coefficients(t);
+            let n = 20000;
+            let x1 = oracle.sample(n, 2);
+            let mut rng = ChaCha8Rng::seed_from_u64(3);
+            let mut errs = Vec::with_capacity(n);
+            for i in 0..n {
+                let x0: Vec<f64> = (0..2).map(|_| StandardNormal.sample(&mut rng)).collect();
+                let xt: Vec<f64> = (0..2)
+                    .map(|j| c.alpha * x1[2 * i + j] + c.sigma * x0[j])
+                    .collect();
+                let u = oracle.velocity_f64(&xt, t).unwrap();
+                let e: f64 = (0..2)
+                    .map(|j| (c.d_alpha * x1[2 * i + j] + c.d_sigma * x0[j] - u[j]).powi(2))
+                    .sum::<f64>()
+                    / 2.0;
+                errs.push(e);
+            }
+            let mean = errs.iter().sum::<f64>() / n as f64;
+            let se = (errs.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / n as f64).sqrt()
+                / (n as f64).sqrt();
+            assert!(
+                (floor - mean).abs() < 4.0 * se + 0.01 * mean,
+                "{path} t={t}: floor {floor} vs brute force {mean} ± {se}"
+            );
+        }
+    }
+    // Linear path, t = 0: E[y | x0] = E[x1] − x0, so the floor is Var(x1) per element:
+    // radius² / 2 + std² = 4.5 + 0.04 for the ring.
+    let f0 = ring8().bayes_floor(0.0, 2000, 1).unwrap();
+    assert!((f0 - 4.54).abs() < 1e-9, "{f0}");
+}

@@ -11,6 +11,7 @@
 pub mod batches;
 pub mod classifier;
 pub mod ema;
+pub mod floor;
 pub mod optim;
 pub mod step;
 pub mod times;

@@ -88,6 +88,40 @@ fn gvp_training_learns_the_gvp_velocity_and_is_recorded() {
     eprintln!("mean squared distance to the GVP field {to_gvp:.4}, to the linear {to_linear:.4}");
     assert!(to_gvp < 0.25 * to_linear, "{to_gvp} vs {to_linear}");
 
+    // The training loss per time bin never goes below the exact Bayes floor of the GVP path
+    // (beyond the noise of the estimates), and is above it somewhere.
+    let csv = d.join("floor.csv");
+    let o = cbs(&[
+        "loss-floor",
+        &s(&run),
+        "--last",
+        "5",
+        "--points",
+        "1500",
+        "--csv",
+        &s(&csv),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split(',')
+                .map(|v| v.parse().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 10);
+    for r in &rows {
+        let (loss, floor, excess) = (r[2], r[3], r[4]);
+        assert!(floor > 0.0, "{text}");
+        if loss.is_finite() {
+            assert!(excess > -0.1 * floor, "{text}");
+        }
+    }
+    assert!(rows.iter().any(|r| r[4] > 0.0), "{text}");
+
     // Sampling takes the recorded path and refuses another.
     let common = ["--checkpoint", &s(&run), "--num", "16", "--steps", "8"];
     let mut args = vec!["sample", "--out"];
@@ -163,6 +197,13 @@ fn jit_refuses_a_non_linear_path_and_the_oracle_knots_follow_the_path() {
             .knots
     };
     let (lin, gvp) = (knots("linear"), knots("gvp"));
+    // The floor is known for mixture data only.
+    let o = cbs(&["loss-floor", &s(d)]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("config.toml"),
+        "{}",
+        stderr(&o)
+    );
     eprintln!("ring8 acceleration knots: linear {lin:?}, gvp {gvp:?}");
     assert!(lin.iter().zip(&gvp).any(|(a, b)| (a - b).abs() > 0.02));
 }

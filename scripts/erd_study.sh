@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# docs/results.md, ERD study: on the ring (2-D) and a 16-D mixture (configs/toy/mix16.json),
+# train with and without ERD loss weighting (train.loss_weighting = "erd_rms"; on the linear
+# path "erd_l1" is the unweighted loss) a monolithic mlp-128 and three CBS experts on the
+# knots of that monolithic model (each expert S steps, the paper's protocol). Reports per run
+# the excess loss over the exact Bayes floor per time bin (`cbs loss-floor`), sample quality
+# (`cbs eval-gmm`) and the knots. Finished runs are kept (rerun to resume).
+#   scripts/erd_study.sh [OUT_DIR]     (≈ 10 minutes on 2 cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/erd-study}
+S=${S:-4000}
+NUM=${NUM:-10000}
+cargo build --release -q -p cbs-cli
+CBS=target/release/cbs
+mkdir -p "$OUT"
+summary="$OUT/summary.tsv"
+printf 'data\tweighting\tmodel\tknots\tmean_log_likelihood\tsliced_w2\texcess_per_bin\n' > "$summary"
+done_run() { [ -f "$1/checkpoints/latest" ] && [ "$(sed -n 's/.*"step": *\([0-9]*\).*/\1/p' "$1/metrics.jsonl" | tail -1)" = "$2" ]; }
+excess() { # run dir → the excess column of loss-floor, comma separated
+  $CBS loss-floor "$1" --last 10 --points 2000 --csv "$1/loss-floor.csv" > /dev/null
+  awk -F, 'NR > 1 { printf "%s%s", (NR > 2 ? "," : ""), ($5 == "" ? "-" : sprintf("%.3f", $5)) }' "$1/loss-floor.csv"
+}
+quality() { # sample dir, gmm → "mean_ll<TAB>sw2"
+  local j; j=$($CBS eval-gmm "$1" --gmm "$2" --json --seed 100)
+  printf '%s\t%s' "$(echo "$j" | sed -n 's/.*"mean_log_likelihood": \(.*\),/\1/p')" \
+    "$(echo "$j" | sed -n 's/.*"sliced_w2": \(.*\),/\1/p')"
+}
+for data in ring8 mix16; do
+  gmm=configs/toy/$data.json
+  for w in none erd_rms; do
+    d="$OUT/$data-$w"; mkdir -p "$d"
+    cfg="$d/config.toml"
+    sed -e "s|^gmm = .*|gmm = \"$gmm\"|" -e "s/^steps = .*/steps = $S\nloss_weighting = \"$w\"/" \
+      configs/toy/ring8-mlp.toml > "$cfg"
+    done_run "$d/mono" "$S" || { rm -rf "$d/mono"; $CBS train-aux --config "$cfg" --out "$d/mono" 2>/dev/null; }
+    [ -f "$d/splits/splits.toml" ] || $CBS estimate-splits --aux "$d/mono" --experts 3 \
+      --trajectories 2048 --bootstrap 0 --out "$d/splits" > /dev/null 2>&1
+    knots=$(sed -n 's/^knots = \[\(.*\)\]/\1/p' "$d/splits/splits.toml" | tr -d ' ')
+    [ -f "$d/experts/expert-2/checkpoints/latest" ] || { rm -rf "$d/experts"; $CBS train-experts \
+      --splits "$d/splits/splits.toml" --config "$cfg" --out "$d/experts" 2>/dev/null; }
+    for m in mono experts; do
+      src=(--checkpoint "$d/mono"); [ $m = experts ] && src=(--experts "$d/experts")
+      [ -f "$d/$m-samples/samples.npz" ] || $CBS sample "${src[@]}" --num "$NUM" --batch "$NUM" \
+        --seed 7 --out "$d/$m-samples" 2>/dev/null
+      if [ $m = mono ]; then ex=$(excess "$d/mono"); else
+        ex=$(for i in 0 1 2; do excess "$d/experts/expert-$i"; echo -n " "; done | \
+          awk '{ n = split($0, parts, " "); for (b = 1; b <= 10; b++) { v = "-";
+            for (p = 1; p <= n; p++) { split(parts[p], x, ","); if (x[b] != "-") v = x[b] }
+            printf "%s%s", (b > 1 ? "," : ""), v } }'); fi
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$data" "$w" "$m" "$knots" \
+        "$(quality "$d/$m-samples" "$gmm")" "$ex" >> "$summary"
+    done
+  done
+done
+column -t -s $'\t' "$summary"
