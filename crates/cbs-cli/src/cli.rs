@@ -53,6 +53,9 @@ pub enum Command {
     /// A Gaussian-mixture run's training loss per time bin next to the exact Bayes floor
     /// (the least achievable loss) and the excess loss = loss − floor; also as CSV.
     LossFloor(LossFloorArgs),
+    /// Training-loss curves of runs from their metrics.jsonl on one chart (an experts
+    /// directory adds one curve per expert).
+    Plot(PlotArgs),
     /// Print the parameter names, shapes and total count of a model preset.
     Inspect(InspectArgs),
     /// Time training or sampling steps of a preset (median step ms, images/s, peak memory).
@@ -316,6 +319,16 @@ pub struct SampleArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// Run directories (or `train-experts` directories).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long, default_value = "loss.png")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct LossFloorArgs {
     /// A run directory trained on `source = "gmm"` data (train-aux, or one expert-<i>/).
     pub run: PathBuf,
@@ -325,7 +338,8 @@ pub struct LossFloorArgs {
     /// Exact draws of x_t per time at which the floor is evaluated (8 times per bin).
     #[arg(long, default_value_t = 4000)]
     pub points: usize,
-    /// Also write the table as CSV (`t_lo,t_hi,loss,floor,excess`) [default: RUN/loss-floor.csv].
+    /// Also write the table as CSV (`t_lo,t_hi,loss,floor,excess`) and the chart beside it
+    /// (same name, .png) [default: RUN/loss-floor.csv].
     #[arg(long)]
     pub csv: Option<PathBuf>,
 }
@@ -522,9 +536,8 @@ Outputs in --out:
   splits.toml  knots, settings (source: checkpoint dir or oracle:<json>) and bootstrap intervals
   monitor.csv  t,m,cumulative: grid point t_j, mass m_j of cell [t_j, t_{j+1}] (empty on the
                last row), cumulative mass C(t_j)
-  monitor.png  white 800x500 plot, t from 0 (left) to 1 (right): blue = m(t) / max m,
-               orange = C(t) / C(1), light grey horizontal lines = targets i/N of C,
-               dark vertical lines = knots, light blue bands = their bootstrap intervals
+  monitor.png  800x500 chart against t (0 = noise, 1 = data), with a legend: m(t) / max m,
+               C(t) / C(1), grey targets i/N of C, the knots and their bootstrap intervals
 Stdout: `knots = [..]` and `intervals = [[lo, hi], ..]`.";
 
 /// Arguments of `cbs estimate-splits` (the outputs are described in [`ESTIMATE_OUTPUTS`]).

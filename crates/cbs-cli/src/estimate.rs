@@ -211,6 +211,12 @@ fn write_outputs(out: &Path, curve: &MonitorCurve, splits: &SplitsFile) -> Resul
     monitor_png(
         &out.join(MONITOR_PNG),
         &MonitorPlot {
+            title: format!(
+                "{} monitor, {} trajectories, N = {}",
+                format!("{:?}", splits.settings.monitor).to_lowercase(),
+                splits.settings.trajectories,
+                splits.settings.experts
+            ),
             grid: &curve.grid,
             mass: &curve.mass,
             cumulative: &c,

@@ -4,7 +4,8 @@
 use anyhow::{bail, Result};
 use cbs_split::GmmOracle;
 
-use crate::cli::{EvalGmmArgs, LossFloorArgs};
+use crate::cli::{EvalGmmArgs, LossFloorArgs, PlotArgs};
+use crate::plot::{loss_curves_png, loss_floor_png, FloorBin};
 
 pub fn eval_gmm(a: EvalGmmArgs) -> Result<()> {
     let path = if a.samples.is_dir() {
@@ -92,6 +93,53 @@ pub fn loss_floor(a: LossFloorArgs) -> Result<()> {
     }
     let path = a.csv.unwrap_or_else(|| a.run.join("loss-floor.csv"));
     cbs_core::atomic::write_text(&path, &csv)?;
-    eprintln!("wrote {}", path.display());
+    let png = path.with_extension("png");
+    let bins: Vec<FloorBin> = rows
+        .iter()
+        .map(|r| FloorBin {
+            lo: r.lo,
+            hi: r.hi,
+            loss: r.loss,
+            floor: r.floor,
+        })
+        .collect();
+    let title = format!("loss per time bin vs the Bayes floor: {}", a.run.display());
+    loss_floor_png(&png, &title, &bins)?;
+    eprintln!("wrote {} and {}", path.display(), png.display());
+    Ok(())
+}
+
+/// `cbs plot`: training-loss curves of runs (or expert directories) from `metrics.jsonl`.
+pub fn plot(a: PlotArgs) -> Result<()> {
+    let mut runs = Vec::new();
+    for dir in &a.runs {
+        let expanded: Vec<std::path::PathBuf> = if dir.join("expert-0").is_dir() {
+            (0..)
+                .map(|i| dir.join(format!("expert-{i}")))
+                .take_while(|d| d.is_dir())
+                .collect()
+        } else {
+            vec![dir.clone()]
+        };
+        for d in expanded {
+            let path = d.join(cbs_run::checkpoint::METRICS_FILE);
+            let text = cbs_core::read_text(&path)?;
+            let mut pts = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+                    anyhow::anyhow!("{}: line {}: not JSON: {e}", path.display(), i + 1)
+                })?;
+                if let (Some(s), Some(l)) = (v["step"].as_f64(), v["loss"].as_f64()) {
+                    pts.push((s, l));
+                }
+            }
+            runs.push((d.display().to_string(), pts));
+        }
+    }
+    if runs.is_empty() {
+        bail!("give at least one run directory");
+    }
+    loss_curves_png(&a.out, "training loss", &runs)?;
+    eprintln!("wrote {} ({} curves)", a.out.display(), runs.len());
     Ok(())
 }

@@ -61,6 +61,7 @@ fn run(command: cli::Command) -> anyhow::Result<()> {
         Command::DeviceCheck(a) => device_check::device_check(a),
         Command::EvalGmm(a) => eval_gmm::eval_gmm(a),
         Command::LossFloor(a) => eval_gmm::loss_floor(a),
+        Command::Plot(a) => eval_gmm::plot(a),
         Command::EstimateSplits(a) => estimate::estimate_splits(a),
         Command::TrainExperts(a) => experts::train_experts(a),
         Command::EvalFid(a) => eval_fid::eval_fid(a),

@@ -121,6 +121,11 @@ fn gvp_training_learns_the_gvp_velocity_and_is_recorded() {
         }
     }
     assert!(rows.iter().any(|r| r[4] > 0.0), "{text}");
+    let png = image::open(d.join("floor.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (800, 500));
+    let curves = d.join("loss.png");
+    let o = cbs(&["plot", &s(&run), "--out", &s(&curves)]);
+    assert!(o.status.success() && curves.is_file(), "{}", stderr(&o));
 
     // Sampling takes the recorded path and refuses another.
     let common = ["--checkpoint", &s(&run), "--num", "16", "--steps", "8"];
