@@ -44,7 +44,8 @@ pub struct EncodeLatentsArgs {
     /// Images per VAE call.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Replace an existing output file.
+    /// Replace an existing output file. (An interrupted run is resumed from the shards in
+    /// OUT.parts/ by running the same command again.)
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
@@ -115,11 +116,25 @@ pub fn encode_latents(a: EncodeLatentsArgs) -> Result<()> {
         seed: a.seed,
         flips: a.flip,
     };
+    // Shards of an interrupted run are reused only for the same encoding.
+    let settings = format!(
+        "vae {} config {} posterior {} seed {} flip {}\n",
+        a.vae.display(),
+        a.config.display(),
+        a.posterior.name(),
+        a.seed,
+        a.flip
+    );
+    let parts = cbs_sample::vae::parts_dir(&a.out);
+    if parts.is_dir() {
+        eprintln!("resuming from the finished shards in {}", parts.display());
+    }
     let result = cbs_sample::vae::encode_dataset(
         &vae,
         data.as_ref(),
         &a.out,
         &opts,
+        &settings,
         &dev,
         &mut |done, _| pb.set_position(done as u64),
     );

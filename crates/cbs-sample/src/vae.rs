@@ -57,8 +57,8 @@ pub struct EncodeSummary {
     pub images: usize,
     /// `[C, H, W]` of one latent.
     pub latent_shape: [usize; 3],
-    /// Mean and standard deviation of the stored (unscaled) latents: the scaled standard
-    /// deviation should be near 1 for the scaling factor to suit the data.
+    /// Mean and standard deviation of the stored (unscaled) latents of the unflipped images:
+    /// the scaled standard deviation should be near 1 for the scaling factor to suit the data.
     pub mean: f64,
     pub std: f64,
 }
@@ -71,14 +71,29 @@ fn model_err(e: cbs_models::ModelError) -> SampleError {
     invalid("vae", e.to_string())
 }
 
+/// Images encoded per shard of a resumable [`encode_dataset`] (each shard is written
+/// crash-safe as soon as it is complete).
+pub const SHARD_IMAGES: usize = 1024;
+
+/// The directory of finished shards next to the output: `OUT.parts/`.
+pub fn parts_dir(out: &Path) -> std::path::PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".parts");
+    out.with_file_name(name)
+}
+
 /// Encodes every image of `data` (in [−1, 1], `[C, H, W]` with H and W multiples of the
-/// VAE's downscale factor) and writes the latents file `out` crash-safe. `progress(done,
-/// total)` counts images encoded (twice the data set with flips).
+/// VAE's downscale factor) and writes the latents file `out` crash-safe. Work is done in
+/// shards of [`SHARD_IMAGES`] images kept in [`parts_dir`] until the file is complete, so a
+/// killed run continues where it stopped (with the same settings; `settings` is recorded
+/// there and a different one is refused). `progress(done, total)` counts images encoded
+/// (twice the data set with flips), resumed ones included.
 pub fn encode_dataset(
     vae: &AutoencoderKl,
     data: &dyn Dataset,
     out: &Path,
     opts: &EncodeOptions,
+    settings: &str,
     device: &Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EncodeSummary> {
@@ -112,19 +127,50 @@ pub fn encode_dataset(
     let per = latent_shape.iter().product::<usize>();
     let passes: &[bool] = if opts.flips { &[false, true] } else { &[false] };
     let total = n * passes.len();
-    let (mut sum, mut sum_sq, mut count) = (0f64, 0f64, 0usize);
+
+    let parts = parts_dir(out);
+    let file_err = |p: &Path, e: &dyn std::fmt::Display| SampleError::File {
+        path: p.to_path_buf(),
+        message: e.to_string(),
+    };
+    cbs_core::atomic::create_dir_all(&parts).map_err(|e| file_err(&parts, &e))?;
+    let settings_path = parts.join("settings.txt");
+    match std::fs::read_to_string(&settings_path) {
+        Ok(old) if old != settings => {
+            return Err(file_err(
+                &parts,
+                &format!(
+                    "holds shards of another encoding ({}); delete it to start over",
+                    old.trim()
+                ),
+            ))
+        }
+        Ok(_) => {}
+        Err(_) => cbs_core::atomic::write_text(&settings_path, settings)?,
+    }
+    let shard_path = |flip: bool, k: usize| parts.join(format!("{}-{k:06}.f32", u8::from(flip)));
+    let labels_path = |k: usize| parts.join(format!("labels-{k:06}.u32"));
+    let shards = n.div_ceil(SHARD_IMAGES);
     let mut done = 0;
-    cbs_core::atomic::write_with_path(out, |tmp| -> Result<()> {
-        let mut writer = LatentWriter::create(tmp, n, latent_shape)?;
-        let mut labels = Vec::with_capacity(n);
-        for &flip in passes {
-            writer.begin(flip)?;
-            for start in (0..n).step_by(opts.batch) {
-                let idx: Vec<usize> = (start..(start + opts.batch).min(n)).collect();
+    for &flip in passes {
+        for k in 0..shards {
+            let lo = k * SHARD_IMAGES;
+            let hi = (lo + SHARD_IMAGES).min(n);
+            let path = shard_path(flip, k);
+            let want = (hi - lo) * per * 4;
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() as usize == want)
+                && (flip || labels_path(k).exists())
+            {
+                done += hi - lo;
+                progress(done, total);
+                continue;
+            }
+            let mut values = Vec::with_capacity((hi - lo) * per);
+            let mut labels = Vec::with_capacity(hi - lo);
+            for start in (lo..hi).step_by(opts.batch) {
+                let idx: Vec<usize> = (start..(start + opts.batch).min(hi)).collect();
                 let (pixels, l) = data.batch(&idx, &vec![flip; idx.len()])?;
-                if !flip {
-                    labels.extend(l);
-                }
+                labels.extend(l);
                 let x = Tensor::from_vec(pixels, (idx.len(), c, h, w), device)?;
                 let post = vae.encode(&x).map_err(model_err)?;
                 let z = match opts.draw {
@@ -136,19 +182,62 @@ pub fn encode_dataset(
                     }
                 };
                 let v = z.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                for &x in &v {
-                    sum += f64::from(x);
-                    sum_sq += f64::from(x) * f64::from(x);
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(invalid(
+                        "vae",
+                        format!(
+                            "the VAE gave a non-finite latent for image {}",
+                            start + i / per
+                        ),
+                    ));
                 }
-                count += v.len();
-                writer.append(&v)?;
+                values.extend(v);
                 done += idx.len();
                 progress(done, total);
+            }
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            cbs_core::atomic::write_bytes(&path, &bytes)?;
+            if !flip {
+                let lb: Vec<u8> = labels.iter().flat_map(|v| v.to_le_bytes()).collect();
+                cbs_core::atomic::write_bytes(&labels_path(k), &lb)?;
+            }
+        }
+    }
+
+    // Every shard is on disk: assemble the file, one shard in memory at a time.
+    let (mut sum, mut sum_sq, mut count) = (0f64, 0f64, 0usize);
+    cbs_core::atomic::write_with_path(out, |tmp| -> Result<()> {
+        let mut writer = LatentWriter::create(tmp, n, latent_shape)?;
+        let mut labels = Vec::with_capacity(n);
+        for &flip in passes {
+            writer.begin(flip)?;
+            for k in 0..shards {
+                let path = shard_path(flip, k);
+                let bytes = std::fs::read(&path).map_err(|e| file_err(&path, &e))?;
+                let v: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                if !flip {
+                    for &x in &v {
+                        sum += f64::from(x);
+                        sum_sq += f64::from(x) * f64::from(x);
+                    }
+                    count += v.len();
+                    let lp = labels_path(k);
+                    let lb = std::fs::read(&lp).map_err(|e| file_err(&lp, &e))?;
+                    labels.extend(
+                        lb.chunks_exact(4)
+                            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    );
+                }
+                writer.append(&v)?;
             }
         }
         writer.finish(&labels)?;
         Ok(())
     })?;
+    std::fs::remove_dir_all(&parts).map_err(|e| file_err(&parts, &e))?;
     let mean = sum / count as f64;
     Ok(EncodeSummary {
         images: n,

@@ -308,3 +308,93 @@ fn sde_sampling_is_independent_of_the_batch_size() {
     )
     .is_err());
 }
+
+/// A data set of `n` 3×16×16 images that fails (once armed) on any batch reaching
+/// `fail_from`, and counts the images it served.
+struct Flaky {
+    n: usize,
+    fail_from: Option<usize>,
+    served: std::sync::atomic::AtomicUsize,
+}
+
+impl cbs_data::Dataset for Flaky {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn sample_shape(&self) -> Vec<usize> {
+        vec![3, 16, 16]
+    }
+    fn num_classes(&self) -> usize {
+        4
+    }
+    fn batch(&self, idx: &[usize], flips: &[bool]) -> cbs_data::Result<(Vec<f32>, Vec<u32>)> {
+        if let Some(f) = self.fail_from {
+            if idx.iter().any(|&i| i >= f) {
+                return Err(cbs_data::DataError::Invalid {
+                    field: "test",
+                    reason: "simulated failure".into(),
+                });
+            }
+        }
+        self.served
+            .fetch_add(idx.len(), std::sync::atomic::Ordering::SeqCst);
+        let mut v = Vec::with_capacity(idx.len() * 768);
+        for (&i, &flip) in idx.iter().zip(flips) {
+            for k in 0..768 {
+                let x = k % 16;
+                let x = if flip { 15 - x } else { x };
+                v.push(((i * 7 + x * 3 + k / 16) % 50) as f32 / 25.0 - 1.0);
+            }
+        }
+        Ok((v, idx.iter().map(|&i| (i % 4) as u32).collect()))
+    }
+}
+
+/// An encoding stopped by a failure keeps its finished shards; the same command continues
+/// from them, encodes only the rest, and writes the file an uninterrupted run writes.
+#[test]
+fn encode_latents_resumes_from_finished_shards() {
+    use cbs_sample::vae::{encode_dataset, EncodeOptions, PosteriorDraw, SHARD_IMAGES};
+    let vae_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cbs-models/tests/fixtures/vae-tiny/vae");
+    let vae = cbs_models::vae::AutoencoderKl::load(&vae_dir, &Device::Cpu, Kernels::Fused).unwrap();
+    let n = SHARD_IMAGES + 40;
+    let opts = EncodeOptions {
+        batch: 256,
+        draw: PosteriorDraw::Sample,
+        seed: 3,
+        flips: true,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.npz"), dir.path().join("b.npz"));
+    let whole = Flaky {
+        n,
+        fail_from: None,
+        served: Default::default(),
+    };
+    encode_dataset(&vae, &whole, &a, &opts, "s", &Device::Cpu, &mut |_, _| {}).unwrap();
+    // Fails in the second shard of the first pass.
+    let broken = Flaky {
+        n,
+        fail_from: Some(SHARD_IMAGES + 10),
+        served: Default::default(),
+    };
+    assert!(encode_dataset(&vae, &broken, &b, &opts, "s", &Device::Cpu, &mut |_, _| {}).is_err());
+    assert!(!b.exists() && cbs_sample::vae::parts_dir(&b).is_dir());
+    // Other settings are refused; the same ones resume.
+    let other = encode_dataset(&vae, &whole, &b, &opts, "t", &Device::Cpu, &mut |_, _| {});
+    assert!(other.unwrap_err().to_string().contains("another encoding"));
+    let rest = Flaky {
+        n,
+        fail_from: None,
+        served: Default::default(),
+    };
+    encode_dataset(&vae, &rest, &b, &opts, "s", &Device::Cpu, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        rest.served.load(std::sync::atomic::Ordering::SeqCst),
+        2 * n - SHARD_IMAGES,
+        "the finished shard is not encoded again"
+    );
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert!(!cbs_sample::vae::parts_dir(&b).exists());
+}
