@@ -5,7 +5,7 @@
 # (each expert S steps, the paper's protocol). Reports per run
 # the excess loss over the exact Bayes floor per time bin (`cbs loss-floor`), sample quality
 # (`cbs eval-gmm`) and the knots. Finished runs are kept (rerun to resume).
-#   scripts/erd_study.sh [OUT_DIR]     (≈ 10 minutes on 2 cores)
+#   scripts/erd_study.sh [OUT_DIR]     (≈ 25 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/erd-study}
