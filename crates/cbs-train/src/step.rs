@@ -9,7 +9,7 @@ use cbs_models::{Architecture, Kernels, Trainable};
 use crate::config::TrainSection;
 use crate::ema::Ema;
 use crate::optim::{grad_norm, AdamW, AdamWParams};
-use crate::Result;
+use crate::{Result, TrainError};
 
 /// Noise, data, times and labels of one step (`x0`, `x1`: `[B, ...]`, `t`, `y`: `[B]`).
 pub struct Batch {
@@ -99,6 +99,24 @@ impl Stepper {
         let Some(path) = &tc.init_from else {
             return Ok(None);
         };
+        // A cbs checkpoint records its path: its velocity is that path's, and fine-tuning it
+        // on another would start from the wrong field. (PyTorch files record none.)
+        if !cbs_run::torch_checkpoint::is_torch_file(path) {
+            let dir = cbs_run::checkpoint::resolve(path)?;
+            let cfg = crate::config::TrainConfig::from_file(
+                &dir.join(cbs_run::checkpoint::CONFIG_FILE),
+            )?;
+            if cfg.train.path != tc.path {
+                return Err(TrainError::Invalid {
+                    field: "train.init_from",
+                    value: path.display().to_string(),
+                    expected: format!(
+                        "a model trained on this run's path ({}); it was trained on {}",
+                        tc.path, cfg.train.path
+                    ),
+                });
+            }
+        }
         let (tensors, source) =
             cbs_run::torch_checkpoint::load_weights(path, &self.net.arch, tc.init_weights)?;
         for (name, var) in &self.vars {

@@ -1228,6 +1228,13 @@ fn init_from_starts_from_a_checkpoint_or_a_pytorch_file() {
         assert_eq!(var_bits(&st), want, "{which:?}");
         assert_ne!(var_bits(&st), fresh);
     }
+    // A model of another interpolation path is refused (its velocity is another field).
+    let mut tc = toy_config(1).train;
+    tc.init_from = Some(trained.path().to_path_buf());
+    tc.path = cbs_flow::path::Interpolant::Gvp;
+    let mut st = cbs_train::step::Stepper::new(&arch, &tc, &Device::Cpu).unwrap();
+    let e = st.init_from(&tc).unwrap_err().to_string();
+    assert!(e.contains("train.init_from") && e.contains("linear"), "{e}");
     // The same EMA weights in JiT's checkpoint layout (`model_ema1`, keys under `net.`).
     let ema =
         cbs_models::weights::load_safetensors(&ckpt.join("ema.safetensors"), &Device::Cpu).unwrap();
