@@ -103,9 +103,8 @@ impl Stepper {
         // on another would start from the wrong field. (PyTorch files record none.)
         if !cbs_run::torch_checkpoint::is_torch_file(path) {
             let dir = cbs_run::checkpoint::resolve(path)?;
-            let cfg = crate::config::TrainConfig::from_file(
-                &dir.join(cbs_run::checkpoint::CONFIG_FILE),
-            )?;
+            let cfg =
+                crate::config::TrainConfig::from_file(&dir.join(cbs_run::checkpoint::CONFIG_FILE))?;
             if cfg.train.path != tc.path {
                 return Err(TrainError::Invalid {
                     field: "train.init_from",
