@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 /// Complexity-Balanced Splitting for flow-matching image models.
 ///
 /// The pipeline: train-aux → estimate-splits → train-experts → sample → eval-fid.
-/// Time runs from t = 0 (noise) to t = 1 (data); x_t = t·x1 + (1 − t)·x0.
+/// Time runs from t = 0 (noise) to t = 1 (data); x_t = t·x1 + (1 − t)·x0 on the default linear
+/// path (train.path = "gvp" or "vp": x_t = α(t)·x1 + σ(t)·x0).
 #[derive(Parser, Debug)]
 #[command(
     name = "cbs",
