@@ -284,6 +284,10 @@ pub struct SampleArgs {
     /// model's samples go to latents.npz only (unscaled by 0.18215; `cbs decode` reads it).
     #[arg(long, value_name = "DIR")]
     pub vae: Option<PathBuf>,
+    /// Latents decoded per VAE call with --vae (the decoder's activations at 256² take about
+    /// 0.5 GB per image).
+    #[arg(long, default_value_t = 8, requires = "vae")]
+    pub vae_batch: usize,
     /// The interpolation path the model was trained on (`linear`, `gvp`, `vp`): checked
     /// against the path a cbs run records (a model is never sampled as another path's);
     /// the path of a PyTorch checkpoint file, which records none [default: the recorded one,

@@ -214,7 +214,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             let z = (x / vae.config().scaling_factor)?;
             cbs_core::atomic::create_dir_all(&a.out)?;
             cbs_sample::vae::write_latents(&a.out.join(LATENTS_NPZ), &z, labels.as_deref())?;
-            let images = crate::vae::decode_with_bar(&vae, &z, a.batch)?;
+            let images = crate::vae::decode_with_bar(&vae, &z, a.vae_batch)?;
             images::write_outputs(&a.out, &images, labels.as_deref(), &out_opts)?;
         }
         (Some(dir), false) => bail!(
