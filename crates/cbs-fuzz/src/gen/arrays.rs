@@ -94,6 +94,21 @@ fn npz_arrays(rng: &mut ChaCha8Rng) -> Vec<(String, NpyArray)> {
             if rng.random_bool(0.7) {
                 v.push(("labels".to_string(), labels(rng)));
             }
+            // The flipped images' latents of `cbs encode-latents --flip`: usually the same
+            // shape, sometimes not (the reader must refuse a mismatch).
+            if rng.random_bool(0.5) {
+                let mut flip_shape = shape;
+                if rng.random_bool(0.2) {
+                    flip_shape[3] = dim(rng, 4);
+                }
+                let flipped: Vec<f32> = (0..flip_shape.iter().product::<usize>())
+                    .map(|_| rng.random_range(-4.0..4.0))
+                    .collect();
+                v.push((
+                    "latents_flip".to_string(),
+                    NpyArray::from_f32(&flip_shape, &flipped).expect("shape"),
+                ));
+            }
             v
         }
         _ => (0..rng.random_range(1..=3))
