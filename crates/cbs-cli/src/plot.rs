@@ -62,6 +62,25 @@ fn legend_line(c: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
 }
 
+/// The legend box every chart uses, at `position`.
+fn draw_legend<'a, X, Y>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
+) -> Result<()>
+where
+    X: Ranged,
+    Y: Ranged,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 13))
+        .draw()
+        .map_err(plot_err)
+}
+
 /// What [`monitor_png`] draws.
 pub struct MonitorPlot<'a> {
     /// e.g. "acceleration monitor of runs/aux, N = 3".
@@ -157,14 +176,7 @@ pub fn monitor_png(path: &Path, p: &MonitorPlot) -> Result<()> {
             .map_err(plot_err)?
             .label("knots")
             .legend(legend_line(KNOT));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(plot_err)
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
     })
 }
 
@@ -222,14 +234,7 @@ pub fn loss_floor_png(path: &Path, title: &str, bins: &[FloorBin]) -> Result<()>
                 .draw_series(values.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .map_err(plot_err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(plot_err)
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
     })
 }
 
@@ -274,13 +279,6 @@ pub fn loss_curves_png(path: &Path, title: &str, runs: &[(String, Vec<(f64, f64)
                 .label(name.as_str())
                 .legend(legend_line(color));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(plot_err)
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
     })
 }

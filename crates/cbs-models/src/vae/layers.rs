@@ -231,6 +231,24 @@ impl Module for MidBlock {
     }
 }
 
+/// `resnets.0 … resnets.{layers − 1}`: the first maps `c_in` to `c_out` channels, the rest
+/// keep `c_out` (shared by the down and up blocks).
+fn resnet_stack(
+    c_in: usize,
+    c_out: usize,
+    layers: usize,
+    groups: usize,
+    k: Kernels,
+    vb: &VarBuilder,
+) -> Result<Vec<ResnetBlock>> {
+    (0..layers)
+        .map(|j| {
+            let ci = if j == 0 { c_in } else { c_out };
+            ResnetBlock::new(ci, c_out, groups, k, vb.pp(format!("resnets.{j}")))
+        })
+        .collect()
+}
+
 /// `DownEncoderBlock2D`: `layers` resnets, then (except at the last level) a stride-2
 /// convolution `downsamplers.0.conv` after padding bottom and right.
 pub struct DownBlock {
@@ -248,12 +266,7 @@ impl DownBlock {
         k: Kernels,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|j| {
-                let ci = if j == 0 { c_in } else { c_out };
-                ResnetBlock::new(ci, c_out, groups, k, vb.pp(format!("resnets.{j}")))
-            })
-            .collect::<Result<_>>()?;
+        let resnets = resnet_stack(c_in, c_out, layers, groups, k, &vb)?;
         let downsample = downsample
             .then(|| {
                 let vb = vb.pp("downsamplers.0.conv");
@@ -298,12 +311,7 @@ impl UpBlock {
         k: Kernels,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|j| {
-                let ci = if j == 0 { c_in } else { c_out };
-                ResnetBlock::new(ci, c_out, groups, k, vb.pp(format!("resnets.{j}")))
-            })
-            .collect::<Result<_>>()?;
+        let resnets = resnet_stack(c_in, c_out, layers, groups, k, &vb)?;
         let upsample = upsample
             .then(|| {
                 let vb = vb.pp("upsamplers.0.conv");
