@@ -57,6 +57,11 @@ pub enum Command {
     /// Training-loss curves of runs from their metrics.jsonl on one chart (an experts
     /// directory adds one curve per expert).
     Plot(PlotArgs),
+    /// Run a declared grid of arms × seeds (monolithic, uniform split, CBS, ...) end to end —
+    /// training, splits, sampling, metrics with bootstrap intervals, per-time velocity error —
+    /// and write results.tsv, summary.md and charts. Finished stages are skipped: the same
+    /// command continues a killed experiment. See configs/experiments/.
+    Experiment(ExperimentArgs),
     /// Print the parameter names, shapes and total count of a model preset.
     Inspect(InspectArgs),
     /// Time training or sampling steps of a preset (median step ms, images/s, peak memory).
@@ -139,7 +144,8 @@ pub struct TrainArgs {
 /// How a training command runs, shared by `train-aux` and `train-experts`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Continue from the latest checkpoint(s) in --out (exactly: same batches and noise).
+    /// Continue from the latest checkpoint(s) in --out (exactly: same batches and noise);
+    /// with train-experts, an expert without a checkpoint yet starts fresh.
     #[arg(long)]
     pub resume: bool,
     /// Override train.steps (the total per run, not the number of additional steps).
@@ -317,6 +323,19 @@ pub struct SampleArgs {
     pub individual: bool,
     /// Output directory: grid.png, samples.npz (arr_0 = uint8 [N, H, W, C]), labels.txt
     /// (point models: samples.npz with float32 [N, D] and scatter.png).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    /// The experiment file (TOML: seeds, [train], [aux.NAME], [splits], [sample], [metrics],
+    /// [[arm]]s); see configs/experiments/.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Output directory (created; an existing one is continued).
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]

@@ -25,7 +25,7 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         Some(i) => bail!("--expert {i}: the splits define experts 0..={}", n - 1),
         None => (0..n).collect(),
     };
-    let opts = TrainOptions {
+    let mut opts = TrainOptions {
         resume: a.run.resume,
         device: a.run.device.open()?,
         stop: Some(crate::signals::stop_after_step()),
@@ -35,12 +35,14 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         let cfg = expert_config(&base, &splits, i);
         let [lo, hi] = cfg.train.t_range;
         let dir = expert_dir(&a.out, i);
+        // Continuing a set of experts: one not started yet starts fresh.
+        opts.resume = a.run.resume && cbs_run::checkpoint::latest(&dir)?.is_some();
         eprintln!(
             "expert {i}/{n}: t in [{lo:.4}, {hi:.4}], {} steps → {}",
             cfg.train.steps,
             dir.display()
         );
-        crate::commands::print_init(&cfg.train, a.run.resume);
+        crate::commands::print_init(&cfg.train, opts.resume);
         let pb = bar(cfg.train.steps, "steps");
         let res = cbs_train::train(&dir, &cfg, data.as_ref(), &opts, &mut |r| {
             pb.set_position(r.step);

@@ -10,6 +10,7 @@ mod device_check;
 mod estimate;
 mod eval_fid;
 mod eval_gmm;
+mod experiment;
 mod experts;
 mod forward;
 mod plot;
@@ -62,6 +63,7 @@ fn run(command: cli::Command) -> anyhow::Result<()> {
         Command::EvalGmm(a) => eval_gmm::eval_gmm(a),
         Command::LossFloor(a) => eval_gmm::loss_floor(a),
         Command::Plot(a) => eval_gmm::plot(a),
+        Command::Experiment(a) => experiment::experiment(a),
         Command::EstimateSplits(a) => estimate::estimate_splits(a),
         Command::TrainExperts(a) => experts::train_experts(a),
         Command::EvalFid(a) => eval_fid::eval_fid(a),

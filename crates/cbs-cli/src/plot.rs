@@ -282,3 +282,149 @@ pub fn loss_curves_png(path: &Path, title: &str, runs: &[(String, Vec<(f64, f64)
         draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
     })
 }
+
+/// One bar of [`bars_png`]: a mean with its interval, and the values it summarises.
+pub struct Bar {
+    pub label: String,
+    pub mean: f64,
+    /// NaN when there is one value only (no interval drawn).
+    pub lo: f64,
+    pub hi: f64,
+    pub values: Vec<f64>,
+}
+
+/// A bar per arm with its interval as an error bar and every value as a dot.
+pub fn bars_png(path: &Path, title: &str, y_desc: &str, bars: &[Bar]) -> Result<()> {
+    let finite = |v: f64| v.is_finite().then_some(v);
+    let all = bars.iter().flat_map(|b| {
+        [finite(b.mean), finite(b.lo), finite(b.hi)]
+            .into_iter()
+            .flatten()
+            .chain(b.values.iter().copied())
+    });
+    let hi = all.fold(0.0f64, f64::max).max(1e-9) * 1.15;
+    let n = bars.len();
+    png(path, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 18))
+            .margin(12)
+            .x_label_area_size(60)
+            .y_label_area_size(65)
+            .build_cartesian_2d(-0.5f64..n as f64 - 0.5, 0f64..hi)
+            .map_err(plot_err)?;
+        let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
+        chart
+            .configure_mesh()
+            .y_desc(y_desc)
+            .x_labels(n.max(1))
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+                    labels[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .disable_x_mesh()
+            .light_line_style(WHITE)
+            .bold_line_style(MESH)
+            .label_style((FONT, 13))
+            .draw()
+            .map_err(plot_err)?;
+        for (i, b) in bars.iter().enumerate() {
+            let x = i as f64;
+            let color = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x - 0.3, 0.0), (x + 0.3, b.mean)],
+                    color.mix(0.6).filled(),
+                )))
+                .map_err(plot_err)?;
+            if b.lo.is_finite() && b.hi.is_finite() {
+                chart
+                    .draw_series(std::iter::once(ErrorBar::new_vertical(
+                        x,
+                        b.lo.max(0.0),
+                        b.mean,
+                        b.hi,
+                        BLACK.stroke_width(2),
+                        12,
+                    )))
+                    .map_err(plot_err)?;
+            }
+            chart
+                .draw_series(
+                    b.values
+                        .iter()
+                        .map(|&v| Circle::new((x + 0.15, v), 3, BLACK.filled())),
+                )
+                .map_err(plot_err)?;
+        }
+        Ok(())
+    })
+}
+
+/// One curve of [`per_t_png`].
+pub struct Curve {
+    pub label: String,
+    /// `(t, error)`.
+    pub points: Vec<(f64, f64)>,
+    pub knots: Vec<f64>,
+}
+
+/// Per-time error curves, log scale, each curve's knots as dashed vertical lines in its colour.
+pub fn per_t_png(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
+    let (mut lo, mut hi) = (f64::INFINITY, 0.0f64);
+    for c in curves {
+        for &(_, v) in &c.points {
+            if v > 0.0 && v.is_finite() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+    }
+    if !lo.is_finite() {
+        (lo, hi) = (1e-3, 1.0);
+    }
+    png(path, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 16))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d(0f64..1f64, (lo * 0.8..hi * 1.25).log_scale())
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("t (0 = noise, 1 = data)")
+            .y_desc("velocity MSE (log scale)")
+            .light_line_style(WHITE)
+            .bold_line_style(MESH)
+            .label_style((FONT, 14))
+            .draw()
+            .map_err(plot_err)?;
+        for (i, c) in curves.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            for &k in &c.knots {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        vec![(k, lo * 0.8), (k, hi * 1.25)],
+                        6,
+                        4,
+                        color.stroke_width(1),
+                    ))
+                    .map_err(plot_err)?;
+            }
+            let v: Vec<(f64, f64)> = c.points.iter().copied().filter(|p| p.1 > 0.0).collect();
+            chart
+                .draw_series(LineSeries::new(v.clone(), color.stroke_width(2)))
+                .map_err(plot_err)?
+                .label(c.label.as_str())
+                .legend(legend_line(color));
+            chart
+                .draw_series(v.into_iter().map(|p| Circle::new(p, 2, color.filled())))
+                .map_err(plot_err)?;
+        }
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
+    })
+}

@@ -9,6 +9,8 @@ use candle_core::{Device, Tensor};
 
 #[path = "cli/errors.rs"]
 mod errors;
+#[path = "cli/experiment.rs"]
+mod experiment;
 #[path = "cli/paths.rs"]
 mod paths;
 #[path = "cli/vae.rs"]

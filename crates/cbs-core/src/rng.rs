@@ -72,11 +72,17 @@ pub enum Purpose {
     /// The Brownian increments of SDE sampling: counter `i` for sample `i` (its own stream,
     /// step after step, so the noise does not depend on the batch size).
     SdeNoise,
+    /// Bootstrap resample `counter` of a set of samples (the metric intervals of
+    /// `cbs experiment`): the image indices drawn with replacement.
+    MetricBootstrap,
+    /// The noise of the per-time velocity error: counter `j·N + i` for image `i` at time `j`
+    /// of the grid (common to every model evaluated with one seed; independent of the batch).
+    VelocityError,
 }
 
 impl Purpose {
     /// Every purpose, for tests and documentation.
-    pub const ALL: [Purpose; 17] = [
+    pub const ALL: [Purpose; 19] = [
         Purpose::TrainStep,
         Purpose::SampleNoise,
         Purpose::ClassifierStep,
@@ -94,6 +100,8 @@ impl Purpose {
         Purpose::KidSubsets,
         Purpose::LatentPosterior,
         Purpose::SdeNoise,
+        Purpose::MetricBootstrap,
+        Purpose::VelocityError,
     ];
 
     /// XORed into the seed before seeding ChaCha8 (0: the legacy shared key space).
@@ -104,6 +112,8 @@ impl Purpose {
             Purpose::ClassifierStep | Purpose::ClassifierRealSample => 0x636c_6173_7300_0003,
             Purpose::LatentPosterior => 0x6c61_7465_6e00_0004,
             Purpose::SdeNoise => 0x7364_6500_0000_0005,
+            Purpose::MetricBootstrap => 0x626f_6f74_0000_0006,
+            Purpose::VelocityError => 0x7665_6c65_7200_0007,
             _ => 0,
         }
     }

@@ -2,6 +2,7 @@
 //! builds it), its preprocessing, and the statistics computed from its features — FID, sFID,
 //! Inception Score, precision/recall and KID.
 
+pub mod bootstrap;
 pub mod error;
 pub mod extractors;
 pub mod features;

@@ -157,9 +157,28 @@ fn fraction_covered(
     ref_sq_radii: &[f64],
     device: &Device,
 ) -> Result<f64> {
+    let hit = covered(queries, refs, ref_sq_radii, device)?;
+    Ok(hit.iter().filter(|&&h| h).count() as f64 / hit.len().max(1) as f64)
+}
+
+/// For every row of `queries`: is it within the radius of at least one row of `refs`
+/// (`ref_sq_radii` squared)? Precision is the mean of this over the samples, recall over the
+/// reference points, so resampling these indicators bootstraps both.
+pub fn covered(
+    queries: &Tensor,
+    refs: &Tensor,
+    ref_sq_radii: &[f64],
+    device: &Device,
+) -> Result<Vec<bool>> {
     let (nq, _) = queries.dims2()?;
     let (nr, _) = refs.dims2()?;
-    let mut covered = 0usize;
+    if ref_sq_radii.len() != nr {
+        return Err(EvalError::Invalid(format!(
+            "{} radii for {nr} reference rows",
+            ref_sq_radii.len()
+        )));
+    }
+    let mut all = Vec::with_capacity(nq);
     for qs in (0..nq).step_by(ROW_BLOCK) {
         let q = ROW_BLOCK.min(nq - qs);
         let a = block(queries, qs, q, device)?;
@@ -177,9 +196,9 @@ fn fraction_covered(
                 *h |= v <= 0.0;
             }
         }
-        covered += hit.iter().filter(|&&h| h).count();
+        all.extend(hit);
     }
-    Ok(covered as f64 / nq as f64)
+    Ok(all)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

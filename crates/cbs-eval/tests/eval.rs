@@ -1252,3 +1252,99 @@ mod metrics_tests {
         eprintln!("FID 2048-d: {f} in {:.1}s", t.elapsed().as_secs_f64());
     }
 }
+
+mod bootstrap {
+    use candle_core::{Device, Tensor};
+    use cbs_eval::bootstrap::{
+        bootstrap_metrics, paired_fid_difference, percentile_interval, resample_indices,
+        BootstrapOptions, Reference,
+    };
+    use cbs_eval::features::Features;
+    use cbs_eval::fid::Stats;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+
+    fn gaussian(n: usize, d: usize, shift: f32, seed: u64) -> Tensor {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..n * d)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .map(|x: f32| x + shift)
+            .collect();
+        Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap()
+    }
+
+    fn feats(pool: Tensor) -> Features {
+        Features {
+            pool,
+            logits: None,
+            spatial: None,
+        }
+    }
+
+    #[test]
+    fn percentiles_and_indices() {
+        let v: Vec<f64> = (0..=100).map(f64::from).collect();
+        let (lo, hi) = percentile_interval(&v, 0.9);
+        assert!(
+            (lo - 5.0).abs() < 1e-9 && (hi - 95.0).abs() < 1e-9,
+            "{lo} {hi}"
+        );
+        let (lo, hi) = percentile_interval(&[3.0, 1.0, 2.0], 0.5);
+        assert!(
+            (lo - 1.5).abs() < 1e-12 && (hi - 2.5).abs() < 1e-12,
+            "{lo} {hi}"
+        );
+        let a = resample_indices(50, 3, 7);
+        assert_eq!(a, resample_indices(50, 3, 7));
+        assert_ne!(a, resample_indices(50, 4, 7));
+        assert!(a.iter().all(|&i| i < 50));
+    }
+
+    #[test]
+    fn intervals_cover_the_estimate_and_separate_a_shifted_set() {
+        let dev = Device::Cpu;
+        let reference = Reference::new(feats(gaussian(800, 4, 0.0, 1)), 3, &dev).unwrap();
+        let opts = BootstrapOptions {
+            replicates: 100,
+            ..Default::default()
+        };
+        let near =
+            bootstrap_metrics(&feats(gaussian(400, 4, 0.0, 2)), &reference, &opts, &dev).unwrap();
+        let far =
+            bootstrap_metrics(&feats(gaussian(400, 4, 1.0, 3)), &reference, &opts, &dev).unwrap();
+        for r in [&near, &far] {
+            assert!(
+                r.fid.lo <= r.fid.value + 0.05 && r.fid.value <= r.fid.hi + 0.05,
+                "{r:?}"
+            );
+            assert!(r.precision.lo <= r.precision.value && r.precision.value <= r.precision.hi);
+        }
+        // A mean shift of 1 in 4 dimensions adds ≈ 4 to the FID.
+        assert!(far.fid.lo > near.fid.hi + 2.0, "{near:?} {far:?}");
+        assert!(
+            (far.fid.value - near.fid.value - 4.0).abs() < 1.0,
+            "{far:?}"
+        );
+        assert!(far.precision.value < near.precision.value);
+    }
+
+    #[test]
+    fn a_set_paired_with_itself_differs_by_nothing_and_with_a_shift_by_the_shift() {
+        let x = gaussian(300, 3, 0.0, 4);
+        let stats = Stats::from_features(&gaussian(600, 3, 0.0, 5)).unwrap();
+        let opts = BootstrapOptions {
+            replicates: 50,
+            ..Default::default()
+        };
+        let (d, reps) = paired_fid_difference(&x, &x, &stats, &opts).unwrap();
+        assert_eq!(d, 0.0);
+        assert!(reps.iter().all(|&r| r == 0.0));
+        // The same rows shifted by 0.5 in every coordinate: the paired replicates vary far
+        // less than independent sets would, and centre near the difference.
+        let y = (&x + 0.5).unwrap();
+        let (d, reps) = paired_fid_difference(&y, &x, &stats, &opts).unwrap();
+        let (lo, hi) = percentile_interval(&reps, 0.95);
+        assert!(lo < d && d < hi && hi - lo < 0.6, "{d} [{lo}, {hi}]");
+        assert!((d - 0.75).abs() < 0.3, "{d}");
+    }
+}

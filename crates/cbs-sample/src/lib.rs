@@ -4,6 +4,7 @@
 pub mod experts;
 pub mod images;
 pub mod vae;
+pub mod velocity_error;
 
 use std::path::{Path, PathBuf};
 

@@ -398,3 +398,126 @@ fn encode_latents_resumes_from_finished_shards() {
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert!(!cbs_sample::vae::parts_dir(&b).exists());
 }
+
+mod velocity_error {
+    use candle_core::{DType, Device, Result as CResult, Tensor};
+    use cbs_flow::path::Interpolant;
+    use cbs_flow::VelocityField;
+    use cbs_sample::velocity_error::{
+        midpoint_times, segment_means, velocity_error, ErrorGrid, Reference,
+    };
+    use cbs_split::gmm::{GmmOracle, GmmSpec};
+
+    fn oracle(path: Interpolant) -> GmmOracle {
+        let spec = GmmSpec::new(
+            vec![vec![2.0, 0.0], vec![-1.0, 1.5], vec![0.0, -2.0]],
+            vec![0.3, 0.5, 0.2],
+            vec![1.0, 2.0, 1.0],
+        );
+        GmmOracle::new(spec).unwrap().with_path(path)
+    }
+
+    /// The oracle plus a constant offset `c` in every coordinate.
+    struct Shifted<'a>(&'a GmmOracle, f64);
+    impl VelocityField for Shifted<'_> {
+        fn velocity(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> CResult<Tensor> {
+            self.0.velocity(x, t, y)? + self.1
+        }
+    }
+
+    fn data(o: &GmmOracle, n: usize) -> Tensor {
+        Tensor::from_vec(o.sample(n, 5), (n, 2), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn the_exact_field_has_zero_error_and_an_offset_its_square() {
+        for path in [Interpolant::Linear, Interpolant::Gvp] {
+            let o = oracle(path);
+            let x = data(&o, 300);
+            let times = midpoint_times(5);
+            let grid = ErrorGrid {
+                data: &x,
+                labels: None,
+                path,
+                times: &times,
+                seed: 3,
+                batch: 64,
+            };
+            let exact = Reference::Field(&o);
+            let zero = velocity_error(&|_| &o, &exact, &grid, &mut |_, _| {}).unwrap();
+            assert!(zero.iter().all(|&e| e == 0.0), "{zero:?}");
+            let shifted = Shifted(&o, 0.25);
+            let e = velocity_error(&|_| &shifted, &exact, &grid, &mut |_, _| {}).unwrap();
+            for v in e {
+                assert!((v - 0.0625).abs() < 1e-12, "{v}");
+            }
+        }
+    }
+
+    /// Against the conditional target, the exact field's error is the Bayes floor (computed
+    /// independently, in closed form given x_t, by the oracle).
+    #[test]
+    fn the_exact_fields_conditional_error_is_the_bayes_floor() {
+        for path in [Interpolant::Linear, Interpolant::Vp] {
+            let o = oracle(path);
+            let x = data(&o, 6000);
+            let times = [0.2, 0.5, 0.8, 0.95];
+            let grid = ErrorGrid {
+                data: &x,
+                labels: None,
+                path,
+                times: &times,
+                seed: 9,
+                batch: 1000,
+            };
+            let e =
+                velocity_error(&|_| &o, &Reference::Conditional, &grid, &mut |_, _| {}).unwrap();
+            for (&t, &v) in times.iter().zip(&e) {
+                let floor = o.bayes_floor(t, 6000, 1).unwrap();
+                assert!(
+                    (v - floor).abs() < 0.06 * floor + 1e-3,
+                    "{path} t = {t}: error {v}, floor {floor}"
+                );
+            }
+        }
+    }
+
+    /// The noise of image i at time j does not depend on the batch size, and the owner of each
+    /// time is asked for that time.
+    #[test]
+    fn batch_size_changes_nothing_and_each_time_goes_to_its_owner() {
+        let o = oracle(Interpolant::Linear);
+        let x = data(&o, 50).to_dtype(DType::F32).unwrap();
+        let times = midpoint_times(4);
+        let run = |batch: usize, off: f64| {
+            let grid = ErrorGrid {
+                data: &x,
+                labels: None,
+                path: Interpolant::Linear,
+                times: &times,
+                seed: 1,
+                batch,
+            };
+            let a = Shifted(&o, 0.0);
+            let b = Shifted(&o, off);
+            let owner = |t: f64| -> &dyn VelocityField {
+                if t < 0.5 {
+                    &a
+                } else {
+                    &b
+                }
+            };
+            velocity_error(&owner, &Reference::Conditional, &grid, &mut |_, _| {}).unwrap()
+        };
+        let (one, many) = (run(7, 0.0), run(50, 0.0));
+        for (a, b) in one.iter().zip(&many) {
+            assert!((a - b).abs() < 1e-9 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        let shifted = run(16, 1.0);
+        assert!((shifted[0] - one[0]).abs() < 1e-9 && (shifted[1] - one[1]).abs() < 1e-9);
+        assert!(shifted[2] > one[2] + 0.5 && shifted[3] > one[3] + 0.5);
+        let seg = segment_means(&times, &one, &[0.0, 0.5, 1.0]);
+        assert!((seg[0] - (one[0] + one[1]) / 2.0).abs() < 1e-12);
+        assert!((seg[1] - (one[2] + one[3]) / 2.0).abs() < 1e-12);
+    }
+}
