@@ -41,6 +41,7 @@ pub fn train_aux(a: TrainArgs) -> Result<()> {
         resume: a.run.resume,
         device: a.run.device.open()?,
         stop: Some(crate::signals::stop_after_step()),
+        ..Default::default()
     };
     let data = cbs_train::load_dataset(&cfg)?;
     print_init(&cfg.train, a.run.resume);

@@ -29,6 +29,7 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         resume: a.run.resume,
         device: a.run.device.open()?,
         stop: Some(crate::signals::stop_after_step()),
+        ..Default::default()
     };
     let data = cbs_train::load_dataset(&base)?;
     for i in which {

@@ -36,6 +36,24 @@ pub struct HostBatch {
 }
 
 impl HostBatch {
+    /// Rank `rank`'s contiguous shard of `world` equal shards (`per_sample` values per sample);
+    /// the dropout seed is offset by the rank so that ranks draw different masks.
+    pub fn shard(self, rank: usize, world: usize, per_sample: usize) -> HostBatch {
+        if world == 1 {
+            return self;
+        }
+        let r = crate::dist::shard_range(self.times.len(), rank, world);
+        let rows = |v: Vec<f32>, width: usize| v[r.start * width..r.end * width].to_vec();
+        HostBatch {
+            pixels: rows(self.pixels, per_sample),
+            labels: self.labels[r.clone()].to_vec(),
+            times: rows(self.times, 1),
+            noise: rows(self.noise, per_sample),
+            dropout_seed: self.dropout_seed.wrapping_add(rank as u64),
+            weights: self.weights.map(|w| rows(w, 1)),
+        }
+    }
+
     /// Copies the batch to `device`; `shape` is `[B, …sample]`.
     pub fn upload(self, shape: &[usize], device: &Device) -> Result<Batch> {
         let b = shape[0];

@@ -10,6 +10,7 @@
 
 pub mod batches;
 pub mod classifier;
+pub mod dist;
 pub mod ema;
 pub mod floor;
 pub mod optim;
@@ -21,7 +22,7 @@ pub mod weighting;
 pub use cbs_run::config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
 pub use cbs_run::{checkpoint, config};
 pub use trainer::{
-    load_data, load_dataset, train, StepReport, TrainOptions, TrainSummary, LOSS_T_BINS,
+    load_data, load_dataset, train, Dist, StepReport, TrainOptions, TrainSummary, LOSS_T_BINS,
 };
 
 use std::path::PathBuf;

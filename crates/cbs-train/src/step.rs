@@ -1,12 +1,15 @@
 //! One flow-matching optimisation step: batch in, updated weights and EMA out. Shared by the
 //! training loop and `cbs bench train`, so the benchmark times exactly what training runs.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor, Var};
 use cbs_flow::interpolant::{expand_time, velocity_mse};
 use cbs_flow::path::Interpolant;
 use cbs_models::{Architecture, Kernels, Trainable};
 
 use crate::config::TrainSection;
+use crate::dist::{Collective, Single};
 use crate::ema::Ema;
 use crate::optim::{grad_norm, AdamW, AdamWParams};
 use crate::{Result, TrainError};
@@ -65,6 +68,9 @@ pub struct Stepper {
     pub compute_dtype: DType,
     /// The interpolation path of `x_t` and the target.
     pub path: Interpolant,
+    /// The data-parallel group: the loss and gradients are averaged over it after the
+    /// backward pass ([`Single`]: training on one device).
+    pub dist: Arc<dyn Collective>,
 }
 
 impl Stepper {
@@ -89,6 +95,7 @@ impl Stepper {
             kernels: tc.kernels,
             compute_dtype: tc.precision.compute_dtype(),
             path: tc.path,
+            dist: Arc::new(Single),
         })
     }
 
@@ -188,16 +195,47 @@ impl Stepper {
             }
             None => velocity_mse(&pred, &target, self.kernels)?,
         };
-        let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !loss_val.is_finite() {
-            return Ok(StepOutcome::NonFinite {
-                loss: loss_val,
-                grad_norm: None,
-            });
-        }
-        lap(|t| &mut t.forward_ms)?;
-        let grads = loss.backward()?;
-        lap(|t| &mut t.backward_ms)?;
+        let world = self.dist.world_size();
+        let (loss_val, grads) = if world == 1 {
+            let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !loss_val.is_finite() {
+                return Ok(StepOutcome::NonFinite {
+                    loss: loss_val,
+                    grad_norm: None,
+                });
+            }
+            lap(|t| &mut t.forward_ms)?;
+            let grads = loss.backward()?;
+            lap(|t| &mut t.backward_ms)?;
+            (loss_val, grads)
+        } else {
+            // Every rank runs its backward, then the ranks average the loss and gradients in
+            // one collective: a rank's non-finite loss makes the sum non-finite on every rank,
+            // so all of them skip the update together.
+            lap(|t| &mut t.forward_ms)?;
+            let mut grads = loss.backward()?;
+            lap(|t| &mut t.backward_ms)?;
+            let mut local = vec![loss.to_dtype(DType::F32)?.reshape(1)?];
+            for (_, v) in &self.vars {
+                local.push(match grads.get(v) {
+                    Some(g) => g.clone(),
+                    None => v.zeros_like()?,
+                });
+            }
+            let summed = self.dist.all_reduce_sum(&local)?;
+            let inv = 1.0 / world as f64;
+            let loss_val = summed[0].to_dtype(DType::F64)?.to_vec1::<f64>()?[0] * inv;
+            if !loss_val.is_finite() {
+                return Ok(StepOutcome::NonFinite {
+                    loss: loss_val,
+                    grad_norm: None,
+                });
+            }
+            for ((_, v), g) in self.vars.iter().zip(&summed[1..]) {
+                grads.insert(v, (g * inv)?);
+            }
+            (loss_val, grads)
+        };
         let gnorm = grad_norm(&self.vars, &grads, self.kernels)?;
         // A finite loss can still have an overflowing gradient: never let it reach the weights
         // or the optimizer state.

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -12,6 +13,7 @@ use serde::Serialize;
 use crate::batches::BatchPlan;
 use crate::checkpoint::{self, CheckpointData, CheckpointState, RngState};
 use crate::config::{DataConfig, DataSource, TrainConfig};
+use crate::dist::{Collective, Single};
 use crate::step::{StepOutcome, Stepper};
 use crate::{io_err, Result, TrainError};
 
@@ -24,6 +26,8 @@ pub struct TrainOptions {
     /// Set (by a signal handler, say) to stop after the current step: a checkpoint of that
     /// step is written and [`train`] returns [`TrainError::Interrupted`].
     pub stop: Option<&'static AtomicBool>,
+    /// This process's place in a data-parallel group (see [`crate::dist`]).
+    pub dist: Dist,
 }
 
 impl Default for TrainOptions {
@@ -32,7 +36,24 @@ impl Default for TrainOptions {
             resume: false,
             device: Device::Cpu,
             stop: None,
+            dist: Dist::default(),
         }
+    }
+}
+
+/// A handle on a [`Collective`] (a world of one by default).
+#[derive(Clone)]
+pub struct Dist(pub Arc<dyn Collective>);
+
+impl Default for Dist {
+    fn default() -> Self {
+        Dist(Arc::new(Single))
+    }
+}
+
+impl std::fmt::Debug for Dist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rank {} of {}", self.0.rank(), self.0.world_size())
     }
 }
 
@@ -196,11 +217,27 @@ pub fn train(
         .resolve(&data.sample_shape(), data.num_classes())?;
     check_geometry(&arch, data)?;
 
+    let dist = opts.dist.0.clone();
+    let (rank, world) = (dist.rank(), dist.world_size());
+    if world == 0 || rank >= world || tc.batch_size % world != 0 {
+        return Err(TrainError::Invalid {
+            field: "train.batch_size",
+            value: format!("{} on rank {rank} of {world}", tc.batch_size),
+            expected: "a global batch divisible by the number of data-parallel ranks".into(),
+        });
+    }
+    let writer = rank == 0;
+
     // Model, optimizer and EMA, fresh or from the latest checkpoint.
     let mut st = Stepper::new(&arch, tc, device)?;
+    st.dist = dist.clone();
     cbs_core::atomic::create_dir_all(run_dir).map_err(io_err(run_dir))?;
-    // One writer per run directory, for the whole call.
-    let _lock = cbs_run::RunLock::acquire(run_dir)?;
+    // One writer per run directory, for the whole call (rank 0 of a data-parallel group).
+    let _lock = if writer {
+        Some(cbs_run::RunLock::acquire(run_dir)?)
+    } else {
+        None
+    };
     let existing = checkpoint::latest(run_dir)?;
     let start = match (&existing, opts.resume) {
         (Some(dir), true) => restore(dir, &arch, &mut st, device)?,
@@ -225,20 +262,38 @@ pub fn train(
             0
         }
     };
+    if world > 1 {
+        // Every rank starts from rank 0's weights (also a barrier: no rank writes a checkpoint
+        // before every rank has read the directory).
+        let local: Vec<candle_core::Tensor> =
+            st.vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+        for ((_, v), t) in st.vars.iter().zip(dist.broadcast(&local, 0)?) {
+            v.set(&t)?;
+        }
+    }
     if start >= tc.steps {
         tracing::info!(start, total = tc.steps, "run already complete");
     }
-    cfg.write(&run_dir.join(checkpoint::CONFIG_FILE))?;
     let metrics_path = run_dir.join(checkpoint::METRICS_FILE);
-    truncate_metrics(&metrics_path, start)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(io_err(&metrics_path))?;
+    let mut metrics = if writer {
+        cfg.write(&run_dir.join(checkpoint::CONFIG_FILE))?;
+        truncate_metrics(&metrics_path, start)?;
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(io_err(&metrics_path))?,
+        )
+    } else {
+        None
+    };
 
     let b = tc.batch_size;
-    let shape: Vec<usize> = std::iter::once(b).chain(data.sample_shape()).collect();
+    let per_sample: usize = data.sample_shape().iter().product();
+    let shape: Vec<usize> = std::iter::once(b / world)
+        .chain(data.sample_shape())
+        .collect();
     let plan = BatchPlan::new(cfg, &arch, data)?;
     let mut losses = Vec::new();
     let mut bins = LossBins::default();
@@ -255,6 +310,7 @@ pub fn train(
                 value: format!("no batch for step {step}"),
                 expected: "the loader thread to prepare every step's batch".into(),
             })??;
+            let host = host.shard(rank, world, per_sample);
             let times = host.times.clone();
             let batch = host.upload(&shape, device)?;
             let lr = lr_at(cfg, s);
@@ -279,13 +335,14 @@ pub fn train(
             let images_per_s = b as f64 / t0.elapsed().as_secs_f64();
             losses.push((step, loss_val));
 
-            if step % tc.log_every == 0 || step == tc.steps {
+            if let (true, Some(m)) = (step % tc.log_every == 0 || step == tc.steps, &mut metrics) {
+                // loss_t_bins: rank 0's shard (the loss itself is the global batch's).
                 let line = serde_json::json!({
                     "step": step, "loss": loss_val, "lr": lr,
                     "grad_norm": gnorm, "images_per_s": images_per_s,
                     "loss_t_bins": bins.take(),
                 });
-                writeln!(metrics, "{line}").map_err(io_err(&metrics_path))?;
+                writeln!(m, "{line}").map_err(io_err(&metrics_path))?;
                 tracing::info!(step, loss = loss_val, lr, grad_norm = gnorm, images_per_s);
             }
             let mut report = StepReport {
@@ -297,10 +354,16 @@ pub fn train(
                 images_per_s,
                 checkpoint: None,
             };
-            let stop = opts.stop.is_some_and(|f| f.load(Ordering::SeqCst));
-            if step % tc.checkpoint_every == 0 || step == tc.steps || stop {
+            let mut stop = opts.stop.is_some_and(|f| f.load(Ordering::SeqCst));
+            if world > 1 {
+                // A stop asked of any rank stops all of them at the same step.
+                let flag = candle_core::Tensor::new(&[f32::from(u8::from(stop))], device)?;
+                stop = dist.all_reduce_sum(&[flag])?[0].to_vec1::<f32>()?[0] > 0.0;
+            }
+            let save = step % tc.checkpoint_every == 0 || step == tc.steps || stop;
+            if let (true, Some(m)) = (save, &mut metrics) {
                 let dir = save_checkpoint(run_dir, cfg, &arch, &st, step, loss_val)?;
-                metrics.flush().map_err(io_err(&metrics_path))?;
+                m.flush().map_err(io_err(&metrics_path))?;
                 report.checkpoint = Some(dir.clone());
                 last_ckpt = Some(dir);
             }
@@ -314,6 +377,14 @@ pub fn train(
         }
         Ok(())
     })?;
+    if world > 1 {
+        // Rank 0 has written the last checkpoint before it arrives here.
+        dist.all_reduce_sum(&[candle_core::Tensor::zeros(
+            1,
+            candle_core::DType::F32,
+            device,
+        )?])?;
+    }
     let checkpoint = match last_ckpt {
         Some(c) => c,
         None => checkpoint::latest(run_dir)?.ok_or_else(|| TrainError::Checkpoint {

@@ -9,6 +9,9 @@ use cbs_train::checkpoint::{self, WeightsKind};
 use cbs_train::optim::{AdamW, AdamWParams};
 use cbs_train::{train, TrainConfig, TrainError, TrainOptions};
 
+#[path = "train/dist.rs"]
+mod dist;
+
 /// 48 grey 8×8 images in 3 classes: a class pattern (top half, left half, checkerboard)
 /// plus a little noise.
 fn toy_data() -> ImageDataset {
@@ -67,7 +70,7 @@ fn run(dir: &Path, cfg: &TrainConfig, resume: bool) -> cbs_train::Result<cbs_tra
     let opts = TrainOptions {
         resume,
         device: Device::Cpu,
-        stop: None,
+        ..TrainOptions::default()
     };
     train(dir, cfg, &toy_data(), &opts, &mut |_| {})
 }
