@@ -703,41 +703,59 @@ fn charts(out: &Path, cfg: &ExperimentConfig, rows: &[ArmResult]) -> Result<()> 
             )?;
         }
     }
-    let mut curves = vec![];
+    // Per arm and seed: the per-time error curve, and the arm's knots in that seed.
+    let mut per_seed: Vec<Vec<Option<(Vec<f64>, Vec<f64>)>>> = vec![];
     for arm in &cfg.arms {
-        let mut sum: Vec<f64> = vec![];
-        let mut count = 0usize;
-        let mut times = vec![];
-        let mut knots = vec![];
+        let mut v = vec![];
         for &seed in &cfg.seeds {
             let csv = layout::arm_dir(out, seed, arm).join(layout::PER_T_CSV);
-            let Some((t, v)) = read_csv_pairs(&csv)? else {
-                continue;
-            };
-            if sum.is_empty() {
-                sum = vec![0.0; v.len()];
-                times = t;
-                knots = rows
-                    .iter()
-                    .find(|r| r.arm == arm.name && r.seed == seed)
-                    .map(|r| r.knots.clone())
-                    .unwrap_or_default();
-            }
-            if v.len() == sum.len() {
-                sum.iter_mut().zip(&v).for_each(|(s, x)| *s += x);
-                count += 1;
-            }
+            v.push(read_csv_pairs(&csv)?);
         }
-        if count > 0 {
-            let pts = times
-                .iter()
-                .zip(&sum)
-                .map(|(&t, &s)| (t, s / count as f64))
-                .collect();
+        per_seed.push(v);
+    }
+    let knots_of = |arm: &ArmSpec| -> Vec<f64> {
+        rows.iter()
+            .find(|r| r.arm == arm.name)
+            .map(|r| r.knots.clone())
+            .unwrap_or_default()
+    };
+    // The mean over the seeds where `f` gives a curve.
+    let mean_curve =
+        |f: &dyn Fn(usize) -> Option<(Vec<f64>, Vec<f64>)>| -> Option<Vec<(f64, f64)>> {
+            let got: Vec<(Vec<f64>, Vec<f64>)> = (0..cfg.seeds.len()).filter_map(f).collect();
+            let (t, _) = got.first()?;
+            let n = got.len() as f64;
+            Some(
+                t.iter()
+                    .enumerate()
+                    .map(|(j, &tj)| (tj, got.iter().map(|g| g.1[j]).sum::<f64>() / n))
+                    .collect(),
+            )
+        };
+    let mut curves = vec![];
+    let mut diffs = vec![];
+    for (a, arm) in cfg.arms.iter().enumerate() {
+        if let Some(points) = mean_curve(&|s| per_seed[a][s].clone()) {
             curves.push(crate::plot::Curve {
                 label: arm.name.clone(),
-                points: pts,
-                knots,
+                points,
+                knots: knots_of(arm),
+            });
+        }
+        if a == 0 {
+            continue;
+        }
+        // Paired by seed against the first arm: the data's floor cancels.
+        let paired = |s: usize| -> Option<(Vec<f64>, Vec<f64>)> {
+            let (t, x) = per_seed[a][s].clone()?;
+            let (t0, y) = per_seed[0][s].clone()?;
+            (t == t0).then(|| (t, x.iter().zip(&y).map(|(p, q)| p - q).collect()))
+        };
+        if let Some(points) = mean_curve(&paired) {
+            diffs.push(crate::plot::Curve {
+                label: format!("{} − {}", arm.name, cfg.arms[0].name),
+                points,
+                knots: knots_of(arm),
             });
         }
     }
@@ -746,6 +764,17 @@ fn charts(out: &Path, cfg: &ExperimentConfig, rows: &[ArmResult]) -> Result<()> 
             &out.join("per-t-error.png"),
             "velocity error on test images against t (mean over seeds; knots dashed)",
             &curves,
+        )?;
+    }
+    if !diffs.is_empty() {
+        crate::plot::per_t_difference_png(
+            &out.join("per-t-difference.png"),
+            &format!(
+                "per-time error minus {}'s, paired by seed (mean over seeds)",
+                cfg.arms[0].name
+            ),
+            "velocity MSE difference",
+            &diffs,
         )?;
     }
     Ok(())

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{anyhow, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -372,6 +373,41 @@ pub struct Curve {
     pub knots: Vec<f64>,
 }
 
+/// Draws each curve with its knots (dashed, in its colour, from `y_lo` to `y_hi`) and a legend.
+fn draw_curves<'a, Y>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    curves: &[Curve],
+    (y_lo, y_hi): (f64, f64),
+    keep: impl Fn(f64) -> bool,
+) -> Result<()>
+where
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, c) in curves.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        for &k in &c.knots {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(k, y_lo), (k, y_hi)],
+                    6,
+                    4,
+                    color.stroke_width(1),
+                ))
+                .map_err(plot_err)?;
+        }
+        let v: Vec<(f64, f64)> = c.points.iter().copied().filter(|p| keep(p.1)).collect();
+        chart
+            .draw_series(LineSeries::new(v.clone(), color.stroke_width(2)))
+            .map_err(plot_err)?
+            .label(c.label.as_str())
+            .legend(legend_line(color));
+        chart
+            .draw_series(v.into_iter().map(|p| Circle::new(p, 2, color.filled())))
+            .map_err(plot_err)?;
+    }
+    draw_legend(chart, SeriesLabelPosition::UpperRight)
+}
+
 /// Per-time error curves, log scale, each curve's knots as dashed vertical lines in its colour.
 pub fn per_t_png(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
     let (mut lo, mut hi) = (f64::INFINITY, 0.0f64);
@@ -386,13 +422,14 @@ pub fn per_t_png(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
     if !lo.is_finite() {
         (lo, hi) = (1e-3, 1.0);
     }
+    let (lo, hi) = (lo * 0.8, hi * 1.25);
     png(path, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 16))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(65)
-            .build_cartesian_2d(0f64..1f64, (lo * 0.8..hi * 1.25).log_scale())
+            .build_cartesian_2d(0f64..1f64, (lo..hi).log_scale())
             .map_err(plot_err)?;
         chart
             .configure_mesh()
@@ -403,28 +440,46 @@ pub fn per_t_png(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
             .label_style((FONT, 14))
             .draw()
             .map_err(plot_err)?;
-        for (i, c) in curves.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            for &k in &c.knots {
-                chart
-                    .draw_series(DashedLineSeries::new(
-                        vec![(k, lo * 0.8), (k, hi * 1.25)],
-                        6,
-                        4,
-                        color.stroke_width(1),
-                    ))
-                    .map_err(plot_err)?;
-            }
-            let v: Vec<(f64, f64)> = c.points.iter().copied().filter(|p| p.1 > 0.0).collect();
-            chart
-                .draw_series(LineSeries::new(v.clone(), color.stroke_width(2)))
-                .map_err(plot_err)?
-                .label(c.label.as_str())
-                .legend(legend_line(color));
-            chart
-                .draw_series(v.into_iter().map(|p| Circle::new(p, 2, color.filled())))
-                .map_err(plot_err)?;
-        }
-        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)
+        draw_curves(&mut chart, curves, (lo, hi), |v| v > 0.0)
+    })
+}
+
+/// Differences of per-time errors (linear scale, a zero line), knots as in [`per_t_png`].
+pub fn per_t_difference_png(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    curves: &[Curve],
+) -> Result<()> {
+    let vals = curves.iter().flat_map(|c| c.points.iter().map(|p| p.1));
+    let (lo, hi) = vals
+        .filter(|v| v.is_finite())
+        .fold((0f64, 0f64), |(a, b), v| (a.min(v), b.max(v)));
+    let pad = 0.1 * (hi - lo).max(1e-9);
+    let (lo, hi) = (lo - pad, hi + pad);
+    png(path, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 16))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(75)
+            .build_cartesian_2d(0f64..1f64, lo..hi)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("t (0 = noise, 1 = data)")
+            .y_desc(y_desc)
+            .light_line_style(WHITE)
+            .bold_line_style(MESH)
+            .label_style((FONT, 14))
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.0, 0.0), (1.0, 0.0)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(plot_err)?;
+        draw_curves(&mut chart, curves, (lo, hi), f64::is_finite)
     })
 }
