@@ -195,6 +195,7 @@ fn bench_train(c: BenchCommon) -> Result<()> {
         lr: 1e-4,
         kernels: c.kernels,
         precision: c.precision,
+        activation_checkpointing: c.activation_checkpointing,
         ..Default::default()
     };
     let mut st = Stepper::new(&arch, &tc, &dev)?;

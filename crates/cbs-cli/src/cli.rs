@@ -453,6 +453,10 @@ pub struct BenchCommon {
     /// timings of the two.
     #[arg(long, value_enum, default_value_t = cbs_kernels::Kernels::Fused)]
     pub kernels: cbs_kernels::Kernels,
+    /// bench train: recompute each transformer block's activations in the backward pass
+    /// (`train.activation_checkpointing`); compare `peak_rss_mb` with and without.
+    #[arg(long)]
+    pub activation_checkpointing: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }

@@ -29,7 +29,7 @@ pub mod weights;
 pub use backbone::{all_preset_names, Backbone};
 pub use cbs_kernels::{Kernels, Precision};
 pub use sit::{Sit, SitConfig};
-pub use spec::{Architecture, Model, ModelSpec, Trainable};
+pub use spec::{Architecture, Model, ModelSpec, Staged, Trainable};
 
 /// Errors of model construction and weight I/O.
 #[derive(Debug, thiserror::Error)]

@@ -269,6 +269,17 @@ impl Model {
         out.to_dtype(x.dtype())
     }
 
+    /// The transformer backbones as a chain of stages, for activation checkpointing (a block's
+    /// activations recomputed in the backward pass): `None` for the UNet and the MLP.
+    /// `stem(x, t, y)` → `(h0, ctx)`; `stage(i, h, ctx)` for `i < stages`; `head(h, ctx, x, t)`
+    /// gives what [`Model::forward_train`] gives.
+    pub fn staged(&self) -> Option<Staged<'_>> {
+        match &self.net {
+            Net::Sit(_) | Net::Jit(_) => Some(Staged { model: self }),
+            Net::Unet(_) | Net::Mlp(_) => None,
+        }
+    }
+
     /// Fixed buffers that belong in the reference `state_dict` (saved, never trained).
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
         match &self.net {
@@ -285,6 +296,52 @@ impl Model {
             Net::Jit(m) => Backbone::null_class(m.config()),
             Net::Unet(m) => m.config().null_class(),
             Net::Mlp(_) => None,
+        }
+    }
+}
+
+/// A transformer [`Model`] seen as stem → blocks → head (see [`Model::staged`]).
+pub struct Staged<'a> {
+    model: &'a Model,
+}
+
+impl Staged<'_> {
+    pub fn stages(&self) -> usize {
+        match &self.model.net {
+            Net::Sit(m) => m.num_stages(),
+            Net::Jit(m) => m.num_stages(),
+            _ => 0,
+        }
+    }
+
+    /// The embeddings: the token sequence and the conditioning tensors every block reads.
+    pub fn stem(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> CResult<(Tensor, Vec<Tensor>)> {
+        let xc = x.to_dtype(self.model.dtype)?;
+        match &self.model.net {
+            Net::Sit(m) => m.stem(&xc, t, y),
+            Net::Jit(m) => m.stem(&xc, t, y),
+            _ => candle_core::bail!("not a staged backbone"),
+        }
+    }
+
+    pub fn stage(&self, i: usize, h: &Tensor, ctx: &[Tensor]) -> CResult<Tensor> {
+        match &self.model.net {
+            Net::Sit(m) => m.stage(i, h, ctx),
+            Net::Jit(m) => m.stage(i, h, ctx),
+            _ => candle_core::bail!("not a staged backbone"),
+        }
+    }
+
+    /// The output of [`Model::forward_train`] from the last block's tokens (`x`, `t` as given
+    /// to the stem).
+    pub fn head(&self, h: &Tensor, ctx: &[Tensor], x: &Tensor, t: &Tensor) -> CResult<Tensor> {
+        match &self.model.net {
+            Net::Sit(m) => m.head(h, ctx)?.to_dtype(x.dtype()),
+            Net::Jit(m) => {
+                let x_hat = m.head(h, ctx)?.to_dtype(x.dtype())?;
+                jit::x_to_velocity(&x_hat, x, t, jit::JIT_T_CLAMP)
+            }
+            _ => candle_core::bail!("not a staged backbone"),
         }
     }
 }

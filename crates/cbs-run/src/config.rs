@@ -361,6 +361,11 @@ pub struct TrainSection {
     /// (half-precision products and attention; f32 weights, optimizer state, EMA, norm
     /// statistics and loss).
     pub precision: cbs_models::Precision,
+    /// Recompute each transformer block's activations in the backward pass instead of
+    /// keeping them (SiT and JiT): less memory for one more forward pass of the blocks; the
+    /// same gradients up to rounding.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
     pub batch_size: usize,
     pub lr: f64,
     /// AdamW decoupled weight decay (SiT trains with 0).
@@ -451,6 +456,7 @@ impl Default for TrainSection {
             steps: 1000,
             kernels: cbs_models::Kernels::Fused,
             precision: cbs_models::Precision::F32,
+            activation_checkpointing: false,
             batch_size: 64,
             lr: 1e-4,
             weight_decay: 0.0,

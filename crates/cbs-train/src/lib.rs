@@ -9,6 +9,7 @@
 //! `cbs-run` (re-exported here as [`config`] and [`checkpoint`]).
 
 pub mod batches;
+pub mod checkpointing;
 pub mod classifier;
 pub mod dist;
 pub mod ema;

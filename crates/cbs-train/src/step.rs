@@ -68,6 +68,8 @@ pub struct Stepper {
     pub compute_dtype: DType,
     /// The interpolation path of `x_t` and the target.
     pub path: Interpolant,
+    /// Recompute block activations in the backward pass (`train.activation_checkpointing`).
+    pub checkpointing: bool,
     /// The data-parallel group: the loss and gradients are averaged over it after the
     /// backward pass ([`Single`]: training on one device).
     pub dist: Arc<dyn Collective>,
@@ -95,6 +97,7 @@ impl Stepper {
             kernels: tc.kernels,
             compute_dtype: tc.precision.compute_dtype(),
             path: tc.path,
+            checkpointing: tc.activation_checkpointing,
             dist: Arc::new(Single),
         })
     }
@@ -170,11 +173,43 @@ impl Stepper {
             cast = self.net.cast_model(self.compute_dtype)?;
             &cast
         };
-        // In the batch's dtype (f32) whatever the compute dtype, so the loss reduces in f32.
-        let pred = model.forward_train(&xt, &b.t, &b.y, b.dropout_seed)?;
         let target = match self.path {
             Interpolant::Linear => self.net.arch.training_target(&b.x0, &b.x1, &xt, &b.t)?,
             path => path.target(&b.x0, &b.x1, &b.t)?,
+        };
+        // Σ w·(p − y)² as the plain MSE of √w-scaled operands keeps the fused loss kernel.
+        let kernels = self.kernels;
+        let loss_of = |pred: &Tensor| -> Result<Tensor> {
+            Ok(match &b.w {
+                Some(w) => {
+                    let sw = expand_time(&w.sqrt()?.to_dtype(pred.dtype())?, pred)?;
+                    velocity_mse(
+                        &pred.broadcast_mul(&sw)?,
+                        &target.broadcast_mul(&sw)?,
+                        kernels,
+                    )?
+                }
+                None => velocity_mse(pred, &target, kernels)?,
+            })
+        };
+        // With checkpointing the backward pass runs here, block by block.
+        let staged = match (self.checkpointing, model.staged()) {
+            (true, Some(net)) => Some(crate::checkpointing::forward_backward(
+                &net, &self.vars, &xt, &b.t, &b.y, &loss_of,
+            )?),
+            (true, None) => {
+                return Err(TrainError::Invalid {
+                    field: "train.activation_checkpointing",
+                    value: "true".into(),
+                    expected: "a transformer backbone (SiT or JiT)".into(),
+                })
+            }
+            (false, _) => None,
+        };
+        // In the batch's dtype (f32) whatever the compute dtype, so the loss reduces in f32.
+        let pred = match &staged {
+            Some(c) => c.output.clone(),
+            None => model.forward_train(&xt, &b.t, &b.y, b.dropout_seed)?,
         };
         let per_sample = (&pred - &target)?
             .detach()
@@ -183,17 +218,15 @@ impl Stepper {
             .mean(1)? // [B]
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?;
-        // Σ w·(p − y)² as the plain MSE of √w-scaled operands keeps the fused loss kernel.
-        let loss = match &b.w {
-            Some(w) => {
-                let sw = expand_time(&w.sqrt()?.to_dtype(pred.dtype())?, &pred)?;
-                velocity_mse(
-                    &pred.broadcast_mul(&sw)?,
-                    &target.broadcast_mul(&sw)?,
-                    self.kernels,
-                )?
-            }
-            None => velocity_mse(&pred, &target, self.kernels)?,
+        let (loss, mut staged_grads) = match staged {
+            Some(c) => (c.loss, Some(c.grads)),
+            None => (loss_of(&pred)?, None),
+        };
+        let mut backward = || -> Result<candle_core::backprop::GradStore> {
+            Ok(match staged_grads.take() {
+                Some(g) => g,
+                None => loss.backward()?,
+            })
         };
         let world = self.dist.world_size();
         let (loss_val, grads) = if world == 1 {
@@ -205,7 +238,7 @@ impl Stepper {
                 });
             }
             lap(|t| &mut t.forward_ms)?;
-            let grads = loss.backward()?;
+            let grads = backward()?;
             lap(|t| &mut t.backward_ms)?;
             (loss_val, grads)
         } else {
@@ -213,7 +246,7 @@ impl Stepper {
             // one collective: a rank's non-finite loss makes the sum non-finite on every rank,
             // so all of them skip the update together.
             lap(|t| &mut t.forward_ms)?;
-            let mut grads = loss.backward()?;
+            let mut grads = backward()?;
             lap(|t| &mut t.backward_ms)?;
             let mut local = vec![loss.to_dtype(DType::F32)?.reshape(1)?];
             for (_, v) in &self.vars {

@@ -9,6 +9,8 @@ use cbs_train::checkpoint::{self, WeightsKind};
 use cbs_train::optim::{AdamW, AdamWParams};
 use cbs_train::{train, TrainConfig, TrainError, TrainOptions};
 
+#[path = "train/checkpointing.rs"]
+mod checkpointing;
 #[path = "train/dist.rs"]
 mod dist;
 

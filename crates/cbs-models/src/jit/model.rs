@@ -97,6 +97,44 @@ impl Jit {
         self.unpatchify(&out)
     }
 
+    /// The stages of [`Jit::forward`] for activation checkpointing: the embeddings (`h0`, and
+    /// the conditioning `[c, y_emb]`: the label embedding also makes the class tokens), block
+    /// `i` (block `in_context_start` first prepends the class tokens), and the head (the class
+    /// tokens stripped, final layer, unpatchify: x̂).
+    pub(crate) fn stem(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let t_emb = self.t_embedder.forward(t)?; // [B, hidden]
+        let y_emb = self.y_embedder.forward(y)?; // [B, hidden]
+        let c = (&t_emb + &y_emb)?;
+        let h = self.x_embedder.forward(x)?.broadcast_add(&self.pos_embed)?; // [B, N, hidden]
+        Ok((h, vec![c, y_emb]))
+    }
+
+    pub(crate) fn stage(&self, i: usize, h: &Tensor, ctx: &[Tensor]) -> Result<Tensor> {
+        let start = self.cfg.in_context_start;
+        let mut h = h.clone();
+        if let (Some(posemb), true) = (&self.in_context_posemb, i == start) {
+            let tokens = ctx[1].unsqueeze(1)?.broadcast_add(posemb)?; // [B, L, hidden]
+            h = Tensor::cat(&[&tokens, &h], 1)?; // [B, L + N, hidden]
+        }
+        let rope = if i < start {
+            &self.feat_rope
+        } else {
+            &self.feat_rope_incontext
+        };
+        self.blocks[i].forward(&h, &ctx[0], rope)
+    }
+
+    pub(crate) fn head(&self, h: &Tensor, ctx: &[Tensor]) -> Result<Tensor> {
+        let prepended = h.dim(1)? - self.cfg.num_patches();
+        let h = h.narrow(1, prepended, self.cfg.num_patches())?; // strip the class tokens
+        let out = self.final_layer.forward(&h, &ctx[0])?; // [B, N, p²·C]
+        self.unpatchify(&out)
+    }
+
+    pub(crate) fn num_stages(&self) -> usize {
+        self.blocks.len()
+    }
+
     /// `[B, N, p²·c]` → `[B, c, H, W]` (the reference's `nhwpqc → nchpwq`).
     fn unpatchify(&self, x: &Tensor) -> Result<Tensor> {
         let (b, _, _) = x.dims3()?;

@@ -69,6 +69,33 @@ impl Sit {
         self.unpatchify(&out) // [B, out_channels, H, W]
     }
 
+    /// The stages of [`Sit::forward`] for activation checkpointing: the embeddings
+    /// (`h0` `[B, N, hidden]` and the conditioning `[c]`), block `i`, and the head (final layer,
+    /// unpatchify, the velocity channels).
+    pub(crate) fn stem(&self, x: &Tensor, t: &Tensor, y: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let h = self.x_embedder.forward(x)?.broadcast_add(&self.pos_embed)?; // [B, N, hidden]
+        let c = (self.t_embedder.forward(t)? + self.y_embedder.forward(y)?)?; // [B, hidden]
+        Ok((h, vec![c]))
+    }
+
+    pub(crate) fn stage(&self, i: usize, h: &Tensor, ctx: &[Tensor]) -> Result<Tensor> {
+        self.blocks[i].forward(h, &ctx[0])
+    }
+
+    pub(crate) fn head(&self, h: &Tensor, ctx: &[Tensor]) -> Result<Tensor> {
+        let out = self.final_layer.forward(h, &ctx[0])?; // [B, N, p²·out_channels]
+        let img = self.unpatchify(&out)?; // [B, out_channels, H, W]
+        if self.cfg.learn_sigma {
+            img.narrow(1, 0, self.cfg.in_channels)
+        } else {
+            Ok(img)
+        }
+    }
+
+    pub(crate) fn num_stages(&self) -> usize {
+        self.blocks.len()
+    }
+
     /// `[B, N, p²·c]` → `[B, c, H, W]` (the reference's `nhwpqc → nchpwq`).
     fn unpatchify(&self, x: &Tensor) -> Result<Tensor> {
         let (b, _, _) = x.dims3()?;
