@@ -108,9 +108,19 @@ fn record_config(out: &Path, cfg: &ExperimentConfig) -> Result<()> {
     Ok(())
 }
 
-/// Writes a resolved training config (the base with overrides) once.
+/// Writes a resolved training config (the base with overrides); a different one already
+/// there means a config file the experiment reads was edited since it started.
 fn write_config(path: &Path, cfg: &TrainConfig) -> Result<()> {
-    cbs_core::atomic::write_text(path, &cfg.to_toml())?;
+    let text = cfg.to_toml();
+    if path.is_file() && std::fs::read_to_string(path)? != text {
+        bail!(
+            "{} differs from the training config the experiment started with (was a config \
+             file it reads edited?); finished arms would mix two configurations: use another \
+             --out, or restore the file",
+            path.display()
+        );
+    }
+    cbs_core::atomic::write_text(path, &text)?;
     Ok(())
 }
 

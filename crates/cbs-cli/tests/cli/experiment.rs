@@ -160,6 +160,19 @@ fn a_tiny_grid_runs_resumes_after_a_kill_and_skips_finished_work() {
         "the resumed experiment differs"
     );
 
+    // An edited model config under a running experiment is refused, naming the file.
+    let model = dir.path().join("model.toml");
+    let original = read(&model);
+    std::fs::write(&model, original.replace("lr = 2e-3", "lr = 3e-3")).unwrap();
+    let o = run(&exp, &a);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("configs/train.toml differs"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&model, original).unwrap();
+
     // Another configuration in the same directory is refused, naming the file.
     std::fs::write(&exp, read(&exp).replace("num = 8", "num = 9")).unwrap();
     let o = run(&exp, &a);
