@@ -232,6 +232,14 @@ pub struct TrainExpertsArgs {
     /// Train only expert i (run experts as separate processes or machines).
     #[arg(long)]
     pub expert: Option<usize>,
+    /// Train the experts on N GPUs at once, one process per expert on cuda:0 … cuda:N−1
+    /// (more experts than GPUs: each GPU takes the next expert when one finishes).
+    #[arg(long, value_name = "N", conflicts_with_all = ["expert", "devices"])]
+    pub gpus: Option<usize>,
+    /// As --gpus with the devices listed, e.g. `cuda:0,cuda:2` or `cpu,cpu` (on the CPU each
+    /// process gets its share of the cores unless RAYON_NUM_THREADS is set).
+    #[arg(long, value_delimiter = ',', conflicts_with = "expert")]
+    pub devices: Option<Vec<String>>,
     #[command(flatten)]
     pub run: RunArgs,
 }

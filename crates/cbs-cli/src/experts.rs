@@ -20,6 +20,9 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
     let mut base = TrainConfig::from_file(&a.config)?;
     a.run.apply(&mut base);
     let n = splits.edges().len() - 1;
+    if let Some(devices) = parallel_devices(&a)? {
+        return parallel::run(&a, n, &devices);
+    }
     let which: Vec<usize> = match a.expert {
         Some(i) if i < n => vec![i],
         Some(i) => bail!("--expert {i}: the splits define experts 0..={}", n - 1),
@@ -63,4 +66,121 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The devices of `--gpus N` / `--devices LIST`, if given.
+fn parallel_devices(a: &TrainExpertsArgs) -> Result<Option<Vec<String>>> {
+    Ok(match (a.gpus, &a.devices) {
+        (Some(0), _) => bail!("--gpus 0: give at least one GPU"),
+        (Some(g), _) => Some((0..g).map(|i| format!("cuda:{i}")).collect()),
+        (None, Some(d)) if d.is_empty() => bail!("--devices: give at least one device"),
+        (None, Some(d)) => Some(d.clone()),
+        (None, None) => None,
+    })
+}
+
+/// Expert parallelism: every expert in its own `cbs train-experts --expert i --device D`
+/// process, at most one per device at a time.
+mod parallel {
+    use std::collections::VecDeque;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+
+    use anyhow::{bail, Context, Result};
+
+    use crate::cli::{DeviceArgs, TrainExpertsArgs};
+
+    /// This command line without the parallelism flags and the device (each child gets its
+    /// expert and device).
+    fn base_args() -> Vec<String> {
+        let mut out = vec![];
+        let mut args = std::env::args().skip(1);
+        while let Some(x) = args.next() {
+            let flag = x.split('=').next().unwrap_or("").to_string();
+            if matches!(flag.as_str(), "--gpus" | "--devices" | "--device") {
+                if !x.contains('=') {
+                    args.next();
+                }
+                continue;
+            }
+            out.push(x);
+        }
+        out
+    }
+
+    pub fn run(a: &TrainExpertsArgs, n: usize, devices: &[String]) -> Result<()> {
+        for d in devices {
+            // Fails early, and clearly, on a device this binary or machine cannot open.
+            DeviceArgs { device: d.clone() }.open()?;
+        }
+        let args = base_args();
+        if !args.iter().any(|x| x == "train-experts") {
+            bail!("--gpus/--devices: run from the `cbs train-experts` command line");
+        }
+        let exe = std::env::current_exe().context("locating the cbs binary")?;
+        let cpus = devices.iter().filter(|d| d.as_str() == "cpu").count();
+        let threads = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let mut queue: VecDeque<usize> = (0..n).collect();
+        let mut running: Vec<(usize, String, Child, std::thread::JoinHandle<()>)> = vec![];
+        let mut failed = vec![];
+        eprintln!(
+            "{n} experts on {} device(s): {} → {}",
+            devices.len(),
+            devices.join(", "),
+            a.out.display()
+        );
+        loop {
+            // Start an expert on every free device.
+            for d in devices {
+                if running.iter().any(|r| &r.1 == d) {
+                    continue;
+                }
+                let Some(i) = queue.pop_front() else { break };
+                let mut cmd = Command::new(&exe);
+                cmd.args(&args)
+                    .args(["--expert", &i.to_string(), "--device", d])
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::piped());
+                if d == "cpu" && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+                    cmd.env(
+                        "RAYON_NUM_THREADS",
+                        (threads / cpus.max(1)).max(1).to_string(),
+                    );
+                }
+                let mut child = cmd.spawn().context("starting an expert process")?;
+                let err = child.stderr.take().expect("piped");
+                let echo = std::thread::spawn(move || {
+                    for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+                        eprintln!("[expert {i}] {line}");
+                    }
+                });
+                running.push((i, d.clone(), child, echo));
+            }
+            if running.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut k = 0;
+            while k < running.len() {
+                if let Some(status) = running[k].2.try_wait()? {
+                    let (i, d, _, echo) = running.remove(k);
+                    let _ = echo.join();
+                    if !status.success() {
+                        failed.push(format!("expert {i} on {d} ({status})"));
+                    }
+                } else {
+                    k += 1;
+                }
+            }
+        }
+        if !failed.is_empty() {
+            bail!(
+                "{} failed; the others finished. Rerun the same command with --resume to \
+                 continue",
+                failed.join(", ")
+            );
+        }
+        eprintln!("all {n} experts trained → {}", a.out.display());
+        Ok(())
+    }
 }

@@ -11,6 +11,8 @@ use candle_core::{Device, Tensor};
 mod errors;
 #[path = "cli/experiment.rs"]
 mod experiment;
+#[path = "cli/parallel.rs"]
+mod parallel;
 #[path = "cli/paths.rs"]
 mod paths;
 #[path = "cli/vae.rs"]
