@@ -714,7 +714,7 @@ fn charts(out: &Path, cfg: &ExperimentConfig, rows: &[ArmResult]) -> Result<()> 
         }
     }
     // Per arm and seed: the per-time error curve, and the arm's knots in that seed.
-    let mut per_seed: Vec<Vec<Option<(Vec<f64>, Vec<f64>)>>> = vec![];
+    let mut per_seed: Vec<Vec<Option<TimeCurve>>> = vec![];
     for arm in &cfg.arms {
         let mut v = vec![];
         for &seed in &cfg.seeds {
@@ -732,7 +732,7 @@ fn charts(out: &Path, cfg: &ExperimentConfig, rows: &[ArmResult]) -> Result<()> 
     // The mean over the seeds where `f` gives a curve.
     let mean_curve =
         |f: &dyn Fn(usize) -> Option<(Vec<f64>, Vec<f64>)>| -> Option<Vec<(f64, f64)>> {
-            let got: Vec<(Vec<f64>, Vec<f64>)> = (0..cfg.seeds.len()).filter_map(f).collect();
+            let got: Vec<TimeCurve> = (0..cfg.seeds.len()).filter_map(f).collect();
             let (t, _) = got.first()?;
             let n = got.len() as f64;
             Some(
@@ -756,7 +756,7 @@ fn charts(out: &Path, cfg: &ExperimentConfig, rows: &[ArmResult]) -> Result<()> 
             continue;
         }
         // Paired by seed against the first arm: the data's floor cancels.
-        let paired = |s: usize| -> Option<(Vec<f64>, Vec<f64>)> {
+        let paired = |s: usize| -> Option<TimeCurve> {
             let (t, x) = per_seed[a][s].clone()?;
             let (t0, y) = per_seed[0][s].clone()?;
             (t == t0).then(|| (t, x.iter().zip(&y).map(|(p, q)| p - q).collect()))
@@ -790,7 +790,10 @@ fn charts(out: &Path, cfg: &ExperimentConfig, rows: &[ArmResult]) -> Result<()> 
     Ok(())
 }
 
-fn read_csv_pairs(csv: &Path) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+/// Times and values of a per-time curve.
+type TimeCurve = (Vec<f64>, Vec<f64>);
+
+fn read_csv_pairs(csv: &Path) -> Result<Option<TimeCurve>> {
     if !csv.is_file() {
         return Ok(None);
     }

@@ -71,6 +71,9 @@ struct Round {
     readers: usize,
 }
 
+/// Every rank's tensors as host vectors (one `Vec<f64>` per tensor), in rank order.
+type Contributions = [Vec<Vec<f64>>];
+
 /// One rank of an in-process group of threads (see the module documentation).
 #[derive(Clone)]
 pub struct ThreadGroup {
@@ -104,7 +107,7 @@ impl ThreadGroup {
     fn exchange(
         &self,
         mine: Vec<Vec<f64>>,
-        combine: &dyn Fn(&[Vec<Vec<f64>>]) -> Vec<Vec<f64>>,
+        combine: &dyn Fn(&Contributions) -> Vec<Vec<f64>>,
     ) -> Result<Arc<Vec<Vec<f64>>>> {
         let sh = &*self.shared;
         let deadline = Instant::now() + sh.timeout;

@@ -219,7 +219,7 @@ pub fn train(
 
     let dist = opts.dist.0.clone();
     let (rank, world) = (dist.rank(), dist.world_size());
-    if world == 0 || rank >= world || tc.batch_size % world != 0 {
+    if world == 0 || rank >= world || !tc.batch_size.is_multiple_of(world) {
         return Err(TrainError::Invalid {
             field: "train.batch_size",
             value: format!("{} on rank {rank} of {world}", tc.batch_size),

@@ -134,7 +134,7 @@ fn the_thread_collective_sums_in_rank_order_and_a_missing_rank_is_an_error() {
                 s.spawn(move || {
                     let r = g.rank() as f32;
                     let t = Tensor::new(&[r, 10.0 * r], &Device::Cpu).unwrap();
-                    let b = g.broadcast(&[t.clone()], 2).unwrap();
+                    let b = g.broadcast(std::slice::from_ref(&t), 2).unwrap();
                     assert_eq!(b[0].to_vec1::<f32>().unwrap(), vec![2.0, 20.0]);
                     g.all_reduce_sum(&[t]).unwrap()[0].to_vec1::<f32>().unwrap()
                 })
