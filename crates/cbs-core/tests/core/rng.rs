@@ -91,7 +91,7 @@ fn distinct_keyed_purposes_give_distinct_streams() {
         .into_iter()
         .filter(|p| !p.is_legacy())
         .collect();
-    assert_eq!(keyed.len(), 6);
+    assert_eq!(keyed.len(), 8);
     for (i, &a) in keyed.iter().enumerate() {
         for &b in &keyed[i + 1..] {
             for seed in [0u64, 9] {

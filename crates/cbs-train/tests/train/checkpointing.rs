@@ -30,6 +30,17 @@ fn batch(b: usize, side: usize, seed: u64) -> Batch {
     }
 }
 
+fn norm(t: &Tensor) -> f64 {
+    let sq = t
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    sq.to_scalar::<f64>().unwrap().sqrt()
+}
+
 /// One step with and without checkpointing from the same weights: the same loss, gradient
 /// norm and updated weights, up to rounding.
 #[test]
@@ -71,28 +82,8 @@ fn recomputing_blocks_gives_the_gradients_of_the_plain_backward() {
             );
         }
         for ((name, a), (_, b)) in plain.vars.iter().zip(&ck.vars) {
-            let d = (a.as_tensor() - b.as_tensor())
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-                .sqrt();
-            let n = a
-                .as_tensor()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-                .sqrt();
+            let d = norm(&(a.as_tensor() - b.as_tensor()).unwrap());
+            let n = norm(a.as_tensor());
             assert!(
                 d <= 1e-4 * (n + 1.0),
                 "{preset}: {name} differs by {d} (norm {n})"
