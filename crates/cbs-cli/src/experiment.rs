@@ -220,7 +220,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
             let (knots, models) = ctx.train()?;
             check_stop()?;
             let per_t = ctx.per_t_error(&models, &test_x, test_y.as_ref(), &times, &dev)?;
-            let edges = edges(&knots);
+            let edges = SplitsFile::edges_of(&knots);
             let seg = segment_means(&times, &per_t, &edges);
             for &scale in &cfg.sample.cfg_scales {
                 let result = layout::result_file(&dir, scale);
@@ -249,7 +249,8 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
                     cfg_scale: scale,
                     experts: arm.experts(cfg.experts),
                     steps: arm.steps.unwrap_or(cfg.train.steps),
-                    monitor: (arm.kind == ArmKind::Cbs).then(|| monitor_name(arm).to_string()),
+                    monitor: (arm.kind == ArmKind::Cbs)
+                        .then(|| layout::monitor_name(arm.monitor()).to_string()),
                     aux: (arm.kind == ArmKind::Cbs).then(|| arm.aux().to_string()),
                     knot_shift: arm.knot_shift,
                     knots: knots.clone(),
@@ -281,20 +282,6 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
         out.join(layout::SUMMARY_MD).display()
     );
     Ok(())
-}
-
-fn monitor_name(arm: &ArmSpec) -> &'static str {
-    match arm.monitor() {
-        cbs_split::MonitorKind::Acceleration => "acceleration",
-        cbs_split::MonitorKind::Dirichlet => "dirichlet",
-    }
-}
-
-fn edges(knots: &[f64]) -> Vec<f64> {
-    let mut e = vec![0.0];
-    e.extend(knots);
-    e.push(1.0);
-    e
 }
 
 /// Everything one arm of one seed needs.
@@ -398,7 +385,7 @@ impl ArmCtx<'_> {
                 vec![
                     s(&aux_run),
                     "--monitor".into(),
-                    monitor_name(self.arm).into(),
+                    layout::monitor_name(self.arm.monitor()).into(),
                 ],
                 vec!["--experts".into(), n.to_string()],
                 vec!["--trajectories".into(), sp.trajectories.to_string()],
@@ -516,20 +503,7 @@ fn solver_arg(s: cbs_flow::solver::Solver) -> String {
 
 /// `per-t.csv` if it was written for these times.
 fn read_per_t(csv: &Path, times: &[f64]) -> Result<Option<Vec<f64>>> {
-    if !csv.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(csv)?;
-    let mut ts = vec![];
-    let mut v = vec![];
-    for line in text.lines().skip(1) {
-        let (t, e) = line
-            .split_once(',')
-            .with_context(|| format!("{}: line `{line}`", csv.display()))?;
-        ts.push(t.parse::<f64>()?);
-        v.push(e.parse::<f64>()?);
-    }
-    Ok((ts == times).then_some(v))
+    Ok(read_csv_pairs(csv)?.and_then(|(ts, v)| (ts == times).then_some(v)))
 }
 
 /// The first `n` test images (no flips) and labels of the training data's source.

@@ -45,11 +45,16 @@ pub fn aux_dir(out: &Path, seed: u64, aux: &str) -> PathBuf {
     seed_dir(out, seed).join(format!("aux-{aux}"))
 }
 
-pub fn splits_dir(out: &Path, seed: u64, aux: &str, monitor: MonitorKind, n: usize) -> PathBuf {
-    let m = match monitor {
+/// A monitor as the command line and the file names spell it.
+pub fn monitor_name(monitor: MonitorKind) -> &'static str {
+    match monitor {
         MonitorKind::Acceleration => "acceleration",
         MonitorKind::Dirichlet => "dirichlet",
-    };
+    }
+}
+
+pub fn splits_dir(out: &Path, seed: u64, aux: &str, monitor: MonitorKind, n: usize) -> PathBuf {
+    let m = monitor_name(monitor);
     seed_dir(out, seed).join(format!("splits-{aux}-{m}-n{n}"))
 }
 

@@ -76,8 +76,13 @@ impl SplitsFile {
 
     /// Segment edges `[0, t_1, …, t_{N−1}, 1]`.
     pub fn edges(&self) -> Vec<f64> {
+        Self::edges_of(&self.knots)
+    }
+
+    /// The segment edges of interior `knots` (no knots: `[0, 1]`).
+    pub fn edges_of(knots: &[f64]) -> Vec<f64> {
         let mut e = vec![0.0];
-        e.extend_from_slice(&self.knots);
+        e.extend_from_slice(knots);
         e.push(1.0);
         e
     }
