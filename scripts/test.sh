@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# A fresh clone gains nothing from incremental caches, which would double the build on disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # rustfmt and clippy come with rustup's default profile; a minimal toolchain lacks them.
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
