@@ -62,6 +62,14 @@ pub enum Command {
     /// and write results.tsv, summary.md and charts. Finished stages are skipped: the same
     /// command continues a killed experiment. See configs/experiments/.
     Experiment(ExperimentArgs),
+    /// Start one process per GPU of this node for a training command (data parallelism), as
+    /// `torchrun --no-python` does: each gets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+    /// MASTER_PORT; the first to fail stops the others.
+    ///
+    /// Example: `cbs launch --gpus 4 -- train-aux --config c.toml --out runs/aux --device cuda`.
+    /// Several nodes: the same command on each with --nnodes, --node-rank, --master-addr and
+    /// --master-port (or torchrun; see the README).
+    Launch(crate::launch::LaunchArgs),
     /// Print the parameter names, shapes and total count of a model preset.
     Inspect(InspectArgs),
     /// Time training or sampling steps of a preset (median step ms, images/s, peak memory).
@@ -177,6 +185,8 @@ pub struct RunArgs {
     pub init_weights: Option<WeightsKind>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub dist: crate::launch::DistArgs,
 }
 
 fn parse_memory_limit(s: &str) -> Result<cbs_data::MemoryLimit, String> {
@@ -187,6 +197,19 @@ fn parse_memory_limit(s: &str) -> Result<cbs_data::MemoryLimit, String> {
 }
 
 impl RunArgs {
+    /// The device (`cuda` = this node's GPU LOCAL_RANK in a group), the data-parallel group
+    /// joined, --resume and the stop-after-step signal handler.
+    pub fn options(&self) -> anyhow::Result<cbs_train::TrainOptions> {
+        let device = self.device.open_local(self.dist.local_rank)?;
+        let dist = self.dist.connect(&device)?;
+        Ok(cbs_train::TrainOptions {
+            resume: self.resume,
+            device,
+            stop: Some(crate::signals::stop_after_step()),
+            dist,
+        })
+    }
+
     /// Apply --steps, --seed, --kernels, --precision, --max-memory-gib, --init-from and
     /// --init-weights to a configuration.
     pub fn apply(&self, cfg: &mut cbs_run::TrainConfig) {

@@ -10,7 +10,6 @@ use cbs_run::outputs::LATENTS_NPZ;
 use cbs_run::TrainConfig;
 use cbs_sample::images::{self, OutputOptions};
 use cbs_sample::{SampleOptions, SampleShape};
-use cbs_train::TrainOptions;
 
 use crate::cli::{InspectArgs, SampleArgs, TrainArgs};
 use crate::progress::bar;
@@ -37,24 +36,26 @@ pub fn train_aux(a: TrainArgs) -> Result<()> {
             );
         }
     }
-    let opts = TrainOptions {
-        resume: a.run.resume,
-        device: a.run.device.open()?,
-        stop: Some(crate::signals::stop_after_step()),
-        ..Default::default()
-    };
+    let opts = a.run.options()?;
     let data = cbs_train::load_dataset(&cfg)?;
-    print_init(&cfg.train, a.run.resume);
-    eprintln!(
-        "training {} on {} samples of shape {:?} for {} steps, batch {} → {}",
-        cfg.model.preset,
-        data.len(),
-        data.sample_shape(),
-        cfg.train.steps,
-        cfg.train.batch_size,
-        a.out.display()
-    );
-    let pb = bar(cfg.train.steps, "steps");
+    let main = a.run.dist.is_main();
+    if main {
+        print_init(&cfg.train, a.run.resume);
+        eprintln!(
+            "training {} on {} samples of shape {:?} for {} steps, batch {} → {}",
+            cfg.model.preset,
+            data.len(),
+            data.sample_shape(),
+            cfg.train.steps,
+            cfg.train.batch_size,
+            a.out.display()
+        );
+    }
+    let pb = if main {
+        bar(cfg.train.steps, "steps")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let summary = cbs_train::train(&a.out, &cfg, data.as_ref(), &opts, &mut |r| {
         pb.set_position(r.step);
         pb.set_message(format!("loss {:.4} | {:.1} img/s", r.loss, r.images_per_s));
@@ -64,6 +65,9 @@ pub fn train_aux(a: TrainArgs) -> Result<()> {
     });
     pb.finish_and_clear();
     let summary = summary?;
+    if !main {
+        return Ok(());
+    }
     let last = summary.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
     let steps_run = summary.final_step - summary.start_step;
     eprintln!(

@@ -8,7 +8,18 @@ use crate::cli::DeviceArgs;
 impl DeviceArgs {
     /// `cpu`, `cuda` or `cuda:N` → a candle device.
     pub fn open(&self) -> Result<Device> {
+        self.open_local(None)
+    }
+
+    /// As [`DeviceArgs::open`], with `cuda` meaning `cuda:LOCAL_RANK` in a data-parallel group.
+    pub fn open_local(&self, local_rank: Option<usize>) -> Result<Device> {
         let d = self.device.trim();
+        if let (Some(l), "cuda") = (local_rank, d) {
+            return DeviceArgs {
+                device: format!("cuda:{l}"),
+            }
+            .open();
+        }
         if d == "cpu" {
             return Ok(Device::Cpu);
         }

@@ -4,7 +4,6 @@
 use anyhow::{bail, Context, Result};
 use cbs_run::experts::{expert_config, expert_dir, init_dir};
 use cbs_run::{SplitsFile, TrainConfig};
-use cbs_train::TrainOptions;
 
 use crate::cli::TrainExpertsArgs;
 use crate::progress::bar;
@@ -16,11 +15,21 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         (None, Some(_)) => bail!("--uniform N needs N ≥ 1"),
         _ => bail!("give exactly one of --splits FILE (from estimate-splits) or --uniform N"),
     };
-    init_dir(&a.out, &splits)?;
+    if a.run.dist.is_main() {
+        // One writer per directory: the other ranks of a group only read.
+        init_dir(&a.out, &splits)?;
+    }
     let mut base = TrainConfig::from_file(&a.config)?;
     a.run.apply(&mut base);
     let n = splits.edges().len() - 1;
     if let Some(devices) = parallel_devices(&a)? {
+        if a.run.dist.is_distributed() {
+            bail!(
+                "--gpus/--devices start one process per expert; within a data-parallel group \
+                 (WORLD_SIZE {}) every rank trains the same expert: give --expert i instead",
+                a.run.dist.world_size
+            );
+        }
         return parallel::run(&a, n, &devices);
     }
     let which: Vec<usize> = match a.expert {
@@ -28,12 +37,8 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         Some(i) => bail!("--expert {i}: the splits define experts 0..={}", n - 1),
         None => (0..n).collect(),
     };
-    let mut opts = TrainOptions {
-        resume: a.run.resume,
-        device: a.run.device.open()?,
-        stop: Some(crate::signals::stop_after_step()),
-        ..Default::default()
-    };
+    let mut opts = a.run.options()?;
+    let main = a.run.dist.is_main();
     let data = cbs_train::load_dataset(&base)?;
     for i in which {
         let cfg = expert_config(&base, &splits, i);
@@ -41,13 +46,19 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         let dir = expert_dir(&a.out, i);
         // Continuing a set of experts: one not started yet starts fresh.
         opts.resume = a.run.resume && cbs_run::checkpoint::latest(&dir)?.is_some();
-        eprintln!(
-            "expert {i}/{n}: t in [{lo:.4}, {hi:.4}], {} steps → {}",
-            cfg.train.steps,
-            dir.display()
-        );
-        crate::commands::print_init(&cfg.train, opts.resume);
-        let pb = bar(cfg.train.steps, "steps");
+        if main {
+            eprintln!(
+                "expert {i}/{n}: t in [{lo:.4}, {hi:.4}], {} steps → {}",
+                cfg.train.steps,
+                dir.display()
+            );
+            crate::commands::print_init(&cfg.train, opts.resume);
+        }
+        let pb = if main {
+            bar(cfg.train.steps, "steps")
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         let res = cbs_train::train(&dir, &cfg, data.as_ref(), &opts, &mut |r| {
             pb.set_position(r.step);
             pb.set_message(format!(
@@ -57,6 +68,9 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
         });
         pb.finish_and_clear();
         let s = res.with_context(|| format!("expert {i}"))?;
+        if !main {
+            continue;
+        }
         eprintln!(
             "expert {i}: steps {}..{} in {:.1}s, last loss {:.4}",
             s.start_step,
@@ -83,12 +97,12 @@ fn parallel_devices(a: &TrainExpertsArgs) -> Result<Option<Vec<String>>> {
 /// process, at most one per device at a time.
 mod parallel {
     use std::collections::VecDeque;
-    use std::io::{BufRead, BufReader};
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Child, Command};
 
     use anyhow::{bail, Context, Result};
 
     use crate::cli::{DeviceArgs, TrainExpertsArgs};
+    use crate::launch::spawn_prefixed;
 
     /// This command line without the parallelism flags and the device (each child gets its
     /// expert and device).
@@ -138,22 +152,14 @@ mod parallel {
                 let Some(i) = queue.pop_front() else { break };
                 let mut cmd = Command::new(&exe);
                 cmd.args(&args)
-                    .args(["--expert", &i.to_string(), "--device", d])
-                    .stdout(Stdio::inherit())
-                    .stderr(Stdio::piped());
+                    .args(["--expert", &i.to_string(), "--device", d]);
                 if d == "cpu" && std::env::var_os("RAYON_NUM_THREADS").is_none() {
                     cmd.env(
                         "RAYON_NUM_THREADS",
                         (threads / cpus.max(1)).max(1).to_string(),
                     );
                 }
-                let mut child = cmd.spawn().context("starting an expert process")?;
-                let err = child.stderr.take().expect("piped");
-                let echo = std::thread::spawn(move || {
-                    for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
-                        eprintln!("[expert {i}] {line}");
-                    }
-                });
+                let (child, echo) = spawn_prefixed(&mut cmd, format!("expert {i}"))?;
                 running.push((i, d.clone(), child, echo));
             }
             if running.is_empty() {

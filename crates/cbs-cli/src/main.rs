@@ -13,6 +13,7 @@ mod eval_gmm;
 mod experiment;
 mod experts;
 mod forward;
+mod launch;
 mod plot;
 mod progress;
 mod report;
@@ -57,6 +58,7 @@ fn run(command: cli::Command) -> anyhow::Result<()> {
         Command::Forward(a) => forward::forward(a),
         Command::EncodeLatents(a) => vae::encode_latents(a),
         Command::Decode(a) => vae::decode(a),
+        Command::Launch(a) => launch::launch(a),
         Command::Inspect(a) => commands::inspect(a),
         Command::Bench(a) => bench::bench(a),
         Command::DeviceCheck(a) => device_check::device_check(a),

@@ -263,6 +263,12 @@ pub fn train(
         }
     };
     if world > 1 {
+        let json = serde_json::to_string(cfg).map_err(|e| TrainError::Invalid {
+            field: "config",
+            value: e.to_string(),
+            expected: "a serialisable configuration".into(),
+        })?;
+        crate::dist::check_same_run(dist.as_ref(), &json, start, device)?;
         // Every rank starts from rank 0's weights (also a barrier: no rank writes a checkpoint
         // before every rank has read the directory).
         let local: Vec<candle_core::Tensor> =

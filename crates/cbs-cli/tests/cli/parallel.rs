@@ -1,18 +1,130 @@
-//! Expert parallelism: `train-experts --devices` trains every expert in its own process and
-//! gives what training them one after the other gives.
+//! Parallel processes: `train-experts --devices` trains every expert in its own process and
+//! gives what training them one after the other gives; `cbs launch` runs a data-parallel group
+//! (TCP on the CPU) that trains what one process trains.
 
 use super::{cbs, fake_setup, stderr};
 
-fn losses(dir: &std::path::Path) -> Vec<f64> {
+fn metric(dir: &std::path::Path, key: &str) -> Vec<f64> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+            serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
                 .as_f64()
                 .unwrap()
         })
         .collect()
+}
+
+fn losses(dir: &std::path::Path) -> Vec<f64> {
+    metric(dir, "loss")
+}
+
+fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= tol * x.abs(), "{what}: {x} vs {y}");
+    }
+}
+
+#[test]
+fn a_launched_data_parallel_group_trains_what_one_process_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fake_setup(dir.path());
+    let cfg = cfg.to_str().unwrap();
+    let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+    let aux = |out: &str, steps: &str| {
+        vec![
+            "train-aux".to_string(),
+            "--config".into(),
+            cfg.into(),
+            "--steps".into(),
+            steps.into(),
+            "--out".into(),
+            p(out),
+        ]
+    };
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cbs(&args)
+    };
+    let launch = |n: &str, cmd: Vec<String>| {
+        let mut v: Vec<String> = vec!["launch".into(), "--gpus".into(), n.into(), "--".into()];
+        v.extend(cmd);
+        v
+    };
+    let o = run(&aux("single", "6"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Two processes × half the batch, stopped after 4 steps and resumed to 6.
+    let o = run(&launch("2", aux("dp", "4")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("data parallel: 2 ranks"),
+        "{}",
+        stderr(&o)
+    );
+    let mut resume = aux("dp", "6");
+    resume.push("--resume".into());
+    let o = run(&launch("2", resume));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (single, dp) = (dir.path().join("single"), dir.path().join("dp"));
+    assert_close(&losses(&single), &losses(&dp), 1e-5, "loss");
+    assert_close(
+        &metric(&single, "grad_norm"),
+        &metric(&dp, "grad_norm"),
+        1e-4,
+        "gradient norm",
+    );
+    // Only rank 0 wrote: one metrics line per step.
+    assert_eq!(losses(&dp).len(), 6);
+
+    // Experts, each trained by the group in turn.
+    let o = run(&launch(
+        "2",
+        vec![
+            "train-experts".into(),
+            "--uniform".into(),
+            "2".into(),
+            "--config".into(),
+            cfg.into(),
+            "--steps".into(),
+            "3".into(),
+            "--out".into(),
+            p("experts"),
+        ],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in 0..2 {
+        assert_eq!(
+            losses(&dir.path().join(format!("experts/expert-{i}"))).len(),
+            3
+        );
+    }
+
+    // A rank that fails stops the group, and the launcher says which.
+    let o = run(&launch(
+        "2",
+        vec![
+            "train-aux".into(),
+            "--config".into(),
+            p("missing.toml"),
+            "--out".into(),
+            p("x"),
+        ],
+    ));
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("failed") && e.contains("rank"), "{e}");
+    assert!(e.contains("missing.toml"), "{e}");
+
+    // A global batch the group cannot split evenly is refused on every rank.
+    let o = run(&launch("3", aux("odd", "2")));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("divisible by the number of data-parallel ranks"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

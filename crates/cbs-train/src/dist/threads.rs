@@ -1,55 +1,14 @@
-//! Data-parallel training: the collective operations a step needs, behind one small trait.
-//!
-//! Every rank holds the same weights, draws the same global batch of each step from the run's
-//! seeded stream and keeps its own contiguous shard of it (`B / world` samples, rank order),
-//! computes the gradients of its shard's mean loss, and the ranks average them
-//! ([`Collective::all_reduce_sum`] then `/ world`): with equal shards that is the gradient of the
-//! global batch's mean loss, so the loss curve, the weights and resume do not depend on the
-//! world size beyond the order of the floating-point reduction. Clipping, AdamW and the EMA then
-//! run identically on every rank. Only rank 0 writes checkpoints, metrics and progress.
-//!
-//! [`ThreadGroup`] is the in-process implementation (one thread per rank, the sum taken in rank
-//! order, so every rank gets bit-identical results); the tests use it to check that N ranks ×
-//! B/N samples train the weights 1 rank × B samples trains. A rank that does not arrive at a
-//! collective within the group's timeout makes the others fail with an error naming it,
-//! instead of waiting forever.
+//! [`ThreadGroup`]: the ranks of a data-parallel group as threads of one process (the tests'
+//! collective). Sums are taken in rank order, so every rank gets bit-identical results, the same
+//! bits [`super::TcpGroup`] gives.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
+use super::{from_host, sum_in_rank_order, to_host, Collective, Contributions};
 use crate::{Result, TrainError};
-
-/// The operations of data-parallel training.
-pub trait Collective: Send + Sync {
-    fn rank(&self) -> usize;
-    fn world_size(&self) -> usize;
-    /// The element-wise sum over ranks of each tensor (same shapes and dtypes on every rank),
-    /// returned to every rank.
-    fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>>;
-    /// Rank `root`'s tensors, returned to every rank.
-    fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<Vec<Tensor>>;
-}
-
-/// A world of one: every collective is the identity.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Single;
-
-impl Collective for Single {
-    fn rank(&self) -> usize {
-        0
-    }
-    fn world_size(&self) -> usize {
-        1
-    }
-    fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
-        Ok(tensors.to_vec())
-    }
-    fn broadcast(&self, tensors: &[Tensor], _root: usize) -> Result<Vec<Tensor>> {
-        Ok(tensors.to_vec())
-    }
-}
 
 /// What the ranks of a [`ThreadGroup`] share.
 struct Shared {
@@ -70,9 +29,6 @@ struct Round {
     /// Ranks that have read the finished round's result.
     readers: usize,
 }
-
-/// Every rank's tensors as host vectors (one `Vec<f64>` per tensor), in rank order.
-type Contributions = [Vec<Vec<f64>>];
 
 /// One rank of an in-process group of threads (see the module documentation).
 #[derive(Clone)]
@@ -160,21 +116,6 @@ impl ThreadGroup {
     }
 }
 
-fn to_host(tensors: &[Tensor]) -> Result<Vec<Vec<f64>>> {
-    tensors
-        .iter()
-        .map(|t| Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?))
-        .collect()
-}
-
-fn from_host(values: &[Vec<f64>], like: &[Tensor]) -> Result<Vec<Tensor>> {
-    values
-        .iter()
-        .zip(like)
-        .map(|(v, t)| Ok(Tensor::from_slice(v, t.shape(), t.device())?.to_dtype(t.dtype())?))
-        .collect()
-}
-
 impl Collective for ThreadGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -183,28 +124,11 @@ impl Collective for ThreadGroup {
         self.shared.world
     }
     fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
-        let sum = self.exchange(to_host(tensors)?, &|all| {
-            // In rank order, so every rank gets the same rounding.
-            let mut acc = all[0].clone();
-            for other in &all[1..] {
-                for (a, b) in acc.iter_mut().zip(other) {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x += y;
-                    }
-                }
-            }
-            acc
-        })?;
+        let sum = self.exchange(to_host(tensors)?, &sum_in_rank_order)?;
         from_host(&sum, tensors)
     }
     fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<Vec<Tensor>> {
         let got = self.exchange(to_host(tensors)?, &|all| all[root].clone())?;
         from_host(&got, tensors)
     }
-}
-
-/// The shard `[rank·B/world, (rank+1)·B/world)` of a global batch of `batch` samples.
-pub fn shard_range(batch: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
-    let per = batch / world;
-    rank * per..(rank + 1) * per
 }

@@ -1,0 +1,185 @@
+//! [`NcclGroup`]: NVIDIA's collectives, the engine of data parallelism on GPUs.
+//!
+//! The communicator lives on candle's own CUDA stream, so a collective is ordered after the
+//! kernels that produced its input and before those that read its output, with no extra
+//! synchronisation. Gradients go in [`super::Buckets`] of [`super::BUCKET_BYTES`] (f32). The
+//! communicator id is made by rank 0 and handed to the others over the TCP rendezvous
+//! ([`super::TcpGroup`]).
+//!
+//! A rank that stops leaves the others blocked inside NCCL, which cannot be cancelled from the
+//! caller: a watchdog thread ends the process (exit status 1) with an error naming the rank and
+//! the call when a collective has not completed within the group's timeout, as PyTorch's NCCL
+//! watchdog does. `cbs launch` and torchrun then stop the remaining ranks.
+//!
+//! Unverified: no GPU was available where this was written; scripts/gpu-check.sh runs it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use candle_core::cuda::cudarc::nccl::{Comm, Id, ReduceOp};
+use candle_core::cuda::{CudaDevice, CudaStorage};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+
+use super::{Buckets, Collective, ProcessGroup, TcpGroup, BUCKET_BYTES};
+use crate::{Result, TrainError};
+
+/// The communicator, used by one thread at a time (the mutex in [`NcclGroup`]).
+struct SharedComm(Comm);
+// SAFETY: an NCCL communicator may be used from any thread as long as calls are not concurrent;
+// every use goes through `NcclGroup::comm`'s mutex.
+unsafe impl Send for SharedComm {}
+
+/// One rank of an NCCL group (see the module documentation).
+pub struct NcclGroup {
+    rank: usize,
+    world: usize,
+    comm: Arc<Mutex<SharedComm>>,
+    device: CudaDevice,
+    watchdog: Arc<Mutex<Option<(Instant, &'static str)>>>,
+}
+
+fn nccl_err(what: &str, e: impl std::fmt::Debug) -> TrainError {
+    TrainError::Invalid {
+        field: "NCCL",
+        value: format!("{what}: {e:?}"),
+        expected: "a working NCCL (libnccl.so.2 next to the CUDA libraries, one GPU per rank)"
+            .into(),
+    }
+}
+
+impl NcclGroup {
+    /// Joins the group on `device` (a CUDA device): rank 0 makes the communicator id and sends
+    /// it to the others over TCP, then every rank initialises its communicator.
+    pub fn connect(pg: &ProcessGroup, device: &Device) -> Result<Self> {
+        let Device::Cuda(dev) = device else {
+            return Err(nccl_err(
+                "device",
+                format!("{device:?} is not a CUDA device"),
+            ));
+        };
+        let rendezvous = TcpGroup::connect(pg)?;
+        let mine: Vec<u8> = if pg.rank == 0 {
+            let id = Id::new().map_err(|e| nccl_err("ncclGetUniqueId", e))?;
+            id.internal().iter().map(|&c| c as u8).collect()
+        } else {
+            vec![0; 128]
+        };
+        let bytes = rendezvous.broadcast_bytes(&mine)?;
+        let mut internal = [0 as std::ffi::c_char; 128];
+        for (d, s) in internal.iter_mut().zip(&bytes) {
+            *d = *s as std::ffi::c_char;
+        }
+        let comm = Comm::from_rank(
+            dev.cuda_stream(),
+            pg.rank,
+            pg.world_size,
+            Id::uninit(internal),
+        )
+        .map_err(|e| nccl_err("ncclCommInitRank", e))?;
+        let watchdog: Arc<Mutex<Option<(Instant, &'static str)>>> = Arc::default();
+        spawn_watchdog(watchdog.clone(), pg.rank, pg.timeout);
+        Ok(Self {
+            rank: pg.rank,
+            world: pg.world_size,
+            comm: Arc::new(Mutex::new(SharedComm(comm))),
+            device: dev.clone(),
+            watchdog,
+        })
+    }
+
+    /// Runs `op` on every bucket of `tensors` (f32) and waits for the stream, under the watchdog.
+    fn bucketed(&self, tensors: &[Tensor], what: &'static str, op: Op) -> Result<Vec<Tensor>> {
+        let buckets = Buckets::new(tensors, DType::F32, BUCKET_BYTES);
+        let flat = buckets.flatten(tensors)?;
+        *self.watchdog.lock().expect("watchdog") = Some((Instant::now(), what));
+        let custom = NcclOp {
+            comm: self.comm.clone(),
+            op,
+        };
+        let reduced = flat
+            .iter()
+            .map(|t| t.apply_op1_no_bwd(&custom))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // Completion of the collectives (a stopped peer blocks here, under the watchdog).
+        self.device
+            .cuda_stream()
+            .synchronize()
+            .map_err(|e| nccl_err(what, e))?;
+        *self.watchdog.lock().expect("watchdog") = None;
+        buckets.unflatten(&reduced)
+    }
+}
+
+impl Collective for NcclGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.bucketed(tensors, "all-reduce", Op::Sum)
+    }
+    fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<Vec<Tensor>> {
+        self.bucketed(tensors, "broadcast", Op::Broadcast(root))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Sum,
+    Broadcast(usize),
+}
+
+/// One collective on one contiguous f32 buffer, as a candle op on the device's stream.
+struct NcclOp {
+    comm: Arc<Mutex<SharedComm>>,
+    op: Op,
+}
+
+impl CustomOp1 for NcclOp {
+    fn name(&self) -> &'static str {
+        "nccl"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("NCCL collectives need CUDA tensors")
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s.device.clone();
+        let Some((lo, hi)) = l.contiguous_offsets() else {
+            candle_core::bail!("NCCL collectives need contiguous tensors")
+        };
+        let src = s.as_cuda_slice::<f32>()?.slice(lo..hi);
+        // SAFETY: fully written by the collective before any read (same stream).
+        let mut dst = unsafe { dev.alloc::<f32>(hi - lo)? };
+        let comm = self.comm.lock().expect("NCCL communicator poisoned");
+        let status = match self.op {
+            Op::Sum => comm.0.all_reduce(&src, &mut dst, &ReduceOp::Sum),
+            Op::Broadcast(root) => comm.0.broadcast(Some(&src), &mut dst, root as i32),
+        };
+        status.map_err(|e| candle_core::Error::Msg(format!("NCCL: {e:?}")))?;
+        Ok((CudaStorage::wrap_cuda_slice(dst, dev), l.shape().clone()))
+    }
+}
+
+fn spawn_watchdog(
+    state: Arc<Mutex<Option<(Instant, &'static str)>>>,
+    rank: usize,
+    timeout: Duration,
+) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(1).min(timeout));
+        let pending = *state.lock().expect("watchdog");
+        if let Some((since, what)) = pending {
+            if since.elapsed() > timeout {
+                eprintln!(
+                    "error: rank {rank}: an NCCL {what} did not complete within {timeout:?}: \
+                     another rank stopped or failed (see its error); exiting"
+                );
+                std::process::exit(1);
+            }
+        }
+    });
+}
