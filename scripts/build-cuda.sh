@@ -14,8 +14,8 @@
 #    binary.
 #
 # Run-time libraries: libcuda.so.1 (the NVIDIA driver), libcublas.so.13, libcublasLt.so.13,
-# libcurand.so.10, libnvrtc.so.13 and libcudart.so.13 (a CUDA 13 install or PyTorch's wheels
-# provide them; point LD_LIBRARY_PATH at their directory).
+# libcurand.so.10, libnvrtc.so.13, libcudart.so.13 and libnccl.so.2 (a CUDA 13 install or
+# PyTorch's wheels provide them; point LD_LIBRARY_PATH at their directories).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -25,6 +25,8 @@ WHEELS=(
   nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cublas==13.0.2.14
   nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-crt==13.0.88
   nvidia-cuda-cccl==13.0.85 nvidia-nvvm==13.0.88
+  # NCCL 2.30: the version of cudarc's default NCCL bindings (its `nccl` feature).
+  nvidia-nccl-cu13==2.30.7
 )
 stamp="$TOOLS/installed-$(printf '%s\n' "${WHEELS[@]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
@@ -37,10 +39,13 @@ CUDA=$(realpath "$TOOLS/py/nvidia/cu13")
 [ -x "$CUDA/bin/nvcc" ] || { echo "nvcc missing in $CUDA/bin (broken toolchain in $TOOLS?)" >&2; exit 1; }
 
 # Unversioned links for the linker.
-for lib in cublas cublasLt curand nvrtc cudart; do
-  real=$(ls "$CUDA/lib/lib$lib.so."* 2>/dev/null | sort | head -1 || true)
-  [ -n "$real" ] || { echo "lib$lib.so.* missing in $CUDA/lib" >&2; exit 1; }
-  ln -sf "$(basename "$real")" "$CUDA/lib/lib$lib.so"
+NCCL=$(realpath "$TOOLS/py/nvidia/nccl")
+for lib in cublas cublasLt curand nvrtc cudart nccl; do
+  dir="$CUDA/lib"
+  [ "$lib" = nccl ] && dir="$NCCL/lib"
+  real=$(ls "$dir/lib$lib.so."* 2>/dev/null | sort | head -1 || true)
+  [ -n "$real" ] || { echo "lib$lib.so.* missing in $dir" >&2; exit 1; }
+  ln -sf "$(basename "$real")" "$dir/lib$lib.so"
 done
 
 # The driver stub: every `cu*` function of cudarc's driver bindings, as a dummy.

@@ -18,6 +18,10 @@
 #                 byte for byte (weights, EMA, optimizer)
 #   experts       estimate-splits → train-experts → sample --experts on the device; samples
 #                 must agree with the CPU's sampling of the same experts
+#   data_parallel the `train` run through the data-parallel code: one rank on the NCCL
+#                 backend (TCP on cpu) must give the device run's losses; with two or more
+#                 GPUs visible, `cbs launch --gpus 2` must give them to reduction-order
+#                 rounding ("skip" on one GPU); on cpu, two launched processes over TCP
 #   bench         `cbs bench train` against the PyTorch twin (eager, torch.compile) on the
 #                 same device: images/s, ratio, peak memory, MFU
 # Exit status: 0 when every section that ran passed.
@@ -70,7 +74,7 @@ import glob, site, os
 roots = site.getsitepackages() + [site.getusersitepackages()]
 found = set()
 for r in roots:
-    for name in ("libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libcudart.so.13", "libnvrtc.so.13"):
+    for name in ("libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libcudart.so.13", "libnvrtc.so.13", "libnccl.so.2"):
         for p in glob.glob(os.path.join(r, "nvidia", "**", name), recursive=True):
             found.add(os.path.dirname(p))
 print(":".join(sorted(found)))
@@ -200,7 +204,56 @@ EOF
 fi
 record experts $st "$(since "$t0")" "$figs"
 
-# --- 5. benchmarks against the PyTorch twin on the same device -------------------------------
+# --- 5. data parallelism: the collective path on one device, and a group of two -------------
+t0=$(now)
+if [ "$DEVICE" = cpu ]; then BACKEND=tcp; REF="$WORK/cpu"; else BACKEND=nccl; REF="$WORK/dev"; fi
+GPUS=0
+if [ "$DEVICE" != cpu ] && command -v nvidia-smi >/dev/null; then
+  GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+fi
+ok1=0 ok2=skip
+# One rank through the backend's collectives (world size 1).
+WORLD_SIZE=1 RANK=0 MASTER_PORT=$((20000 + RANDOM % 20000)) \
+  train "$WORK/dp1" "$STEPS" "$DEVICE" f32 "--dist-backend $BACKEND" && ok1=1
+# Two ranks: two GPUs, or two CPU processes.
+if [ "$DEVICE" = cpu ] || [ "$GPUS" -ge 2 ]; then
+  dev2=$DEVICE; [ "$DEVICE" != cpu ] && dev2=cuda
+  if CBS launch --gpus 2 -- train-aux --config "$CFG" --out "$WORK/dp2" --steps "$STEPS" \
+        --device "$dev2" --precision f32 >> "$LOG" 2>&1; then ok2=1; else ok2=0; fi
+fi
+figs=$(python3 - "$REF" "$WORK/dp1" "$WORK/dp2" "$ok1" "$ok2" "$GPUS" <<'EOF'
+import json, sys
+ref, dp1, dp2, ok1, ok2, gpus = sys.argv[1:]
+def losses(run):
+    try:
+        return [json.loads(l)["loss"] for l in open(f"{run}/metrics.jsonl")]
+    except OSError:
+        return None
+def worst(a, b):
+    if not a or not b or len(a) != len(b):
+        return None
+    return max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b))
+r = losses(ref)
+out = {"gpus_visible": int(gpus)}
+d1 = worst(r, losses(dp1)) if ok1 == "1" else None
+# One rank: the arithmetic of the plain run (a sum over one rank is exact).
+out["one_rank"] = {"max_rel_loss_diff": d1, "tolerance": 1e-6, "pass": d1 is not None and d1 <= 1e-6}
+if ok2 == "skip":
+    out["two_ranks"] = {"status": "skip", "reason": "one GPU visible"}
+    two = True
+else:
+    d2 = worst(r, losses(dp2)) if ok2 == "1" else None
+    # Two ranks: each half batch's gradients, summed in another order.
+    out["two_ranks"] = {"max_rel_loss_diff": d2, "tolerance": 1e-3, "pass": d2 is not None and d2 <= 1e-3}
+    two = out["two_ranks"]["pass"]
+out["pass"] = out["one_rank"]["pass"] and two
+print(json.dumps(out))
+EOF
+)
+case "$figs" in *'"pass": true}'*) st=pass ;; *) st=fail ;; esac
+record data_parallel $st "$(since "$t0")" "${figs:-{\}}"
+
+# --- 6. benchmarks against the PyTorch twin on the same device -------------------------------
 t0=$(now)
 if [ "$SKIP_BENCH" = 1 ]; then
   record bench skip 0 '{"reason": "--skip-bench"}'

@@ -229,7 +229,7 @@ impl Stepper {
             })
         };
         let world = self.dist.world_size();
-        let (loss_val, grads) = if world == 1 {
+        let (loss_val, grads) = if !self.dist.reduces() {
             let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !loss_val.is_finite() {
                 return Ok(StepOutcome::NonFinite {

@@ -262,7 +262,7 @@ pub fn train(
             0
         }
     };
-    if world > 1 {
+    if dist.reduces() {
         let json = serde_json::to_string(cfg).map_err(|e| TrainError::Invalid {
             field: "config",
             value: e.to_string(),
@@ -361,7 +361,7 @@ pub fn train(
                 checkpoint: None,
             };
             let mut stop = opts.stop.is_some_and(|f| f.load(Ordering::SeqCst));
-            if world > 1 {
+            if dist.reduces() {
                 // A stop asked of any rank stops all of them at the same step.
                 let flag = candle_core::Tensor::new(&[f32::from(u8::from(stop))], device)?;
                 stop = dist.all_reduce_sum(&[flag])?[0].to_vec1::<f32>()?[0] > 0.0;
@@ -383,7 +383,7 @@ pub fn train(
         }
         Ok(())
     })?;
-    if world > 1 {
+    if dist.reduces() {
         // Rank 0 has written the last checkpoint before it arrives here.
         dist.all_reduce_sum(&[candle_core::Tensor::zeros(
             1,

@@ -49,6 +49,11 @@ pub trait Collective: Send + Sync {
     fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<Vec<Tensor>>;
     /// Rank `root`'s tensors, returned to every rank.
     fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<Vec<Tensor>>;
+    /// Whether training goes through the collectives: true for every group, also a group of
+    /// one (so a single process checks a backend's code path), false for [`Single`].
+    fn reduces(&self) -> bool {
+        true
+    }
 }
 
 /// A world of one: every collective is the identity.
@@ -67,6 +72,9 @@ impl Collective for Single {
     }
     fn broadcast(&self, tensors: &[Tensor], _root: usize) -> Result<Vec<Tensor>> {
         Ok(tensors.to_vec())
+    }
+    fn reduces(&self) -> bool {
+        false
     }
 }
 

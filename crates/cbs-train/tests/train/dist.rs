@@ -200,6 +200,20 @@ fn processes_over_tcp_train_the_bits_of_threads() {
     let lb = train_ranks_with(Kind::Tcp, b.path(), &cfg, 2, false);
     assert_eq!(la, lb);
     assert_eq!(final_weights(a.path()), final_weights(b.path()));
+    // A group of one goes through the collectives (the path a backend check on one device
+    // takes) and changes no bit.
+    let (c, d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alone = train(
+        c.path(),
+        &cfg,
+        &toy_data(),
+        &TrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let lone: Vec<f64> = alone.losses.iter().map(|l| l.1).collect();
+    assert_eq!(lone, train_ranks_with(Kind::Tcp, d.path(), &cfg, 1, false));
+    assert_eq!(final_weights(c.path()), final_weights(d.path()));
 }
 
 /// Connects `world` TCP ranks on threads and runs `f` on each.
