@@ -263,6 +263,10 @@ pub struct TrainExpertsArgs {
     /// process gets its share of the cores unless RAYON_NUM_THREADS is set).
     #[arg(long, value_delimiter = ',', conflicts_with = "expert")]
     pub devices: Option<Vec<String>>,
+    /// With --gpus/--devices: each expert data-parallel on K devices at once (a `cbs launch`
+    /// group per expert; --gpus 8 --gpus-per-expert 2 trains four experts at a time).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub gpus_per_expert: usize,
     #[command(flatten)]
     pub run: RunArgs,
 }

@@ -22,7 +22,11 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
     let mut base = TrainConfig::from_file(&a.config)?;
     a.run.apply(&mut base);
     let n = splits.edges().len() - 1;
-    if let Some(devices) = parallel_devices(&a)? {
+    let devices = parallel_devices(&a)?;
+    if devices.is_none() && a.gpus_per_expert != 1 {
+        bail!("--gpus-per-expert needs --gpus N or --devices LIST");
+    }
+    if let Some(devices) = devices {
         if a.run.dist.is_distributed() {
             bail!(
                 "--gpus/--devices start one process per expert; within a data-parallel group \
@@ -94,7 +98,8 @@ fn parallel_devices(a: &TrainExpertsArgs) -> Result<Option<Vec<String>>> {
 }
 
 /// Expert parallelism: every expert in its own `cbs train-experts --expert i --device D`
-/// process, at most one per device at a time.
+/// process, at most one per device (or per group of `--gpus-per-expert` devices, a data-parallel
+/// `cbs launch` group) at a time.
 mod parallel {
     use std::collections::VecDeque;
     use std::process::{Child, Command};
@@ -111,7 +116,10 @@ mod parallel {
         let mut args = std::env::args().skip(1);
         while let Some(x) = args.next() {
             let flag = x.split('=').next().unwrap_or("").to_string();
-            if matches!(flag.as_str(), "--gpus" | "--devices" | "--device") {
+            if matches!(
+                flag.as_str(),
+                "--gpus" | "--devices" | "--device" | "--gpus-per-expert"
+            ) {
                 if !x.contains('=') {
                     args.next();
                 }
@@ -122,11 +130,61 @@ mod parallel {
         out
     }
 
+    /// The command of expert `i` on `slot` (one device, or a data-parallel group of devices of
+    /// one kind: all `cpu`, or all `cuda:N`, made visible as cuda:0… of the group).
+    fn expert_command(
+        exe: &std::path::Path,
+        args: &[String],
+        i: usize,
+        slot: &[String],
+    ) -> Result<Command> {
+        let mut cmd = Command::new(exe);
+        let expert = ["--expert".to_string(), i.to_string()];
+        if let [d] = slot {
+            cmd.args(args).args(&expert).args(["--device", d]);
+            return Ok(cmd);
+        }
+        let device = if slot.iter().all(|d| d == "cpu") {
+            "cpu"
+        } else {
+            let ordinals = slot
+                .iter()
+                .map(|d| {
+                    d.strip_prefix("cuda:")
+                        .and_then(|n| n.parse::<usize>().ok())
+                })
+                .collect::<Option<Vec<_>>>()
+                .with_context(|| {
+                    format!(
+                        "--gpus-per-expert: the devices {} of one expert must be all `cpu` or \
+                         all `cuda:N`",
+                        slot.join(",")
+                    )
+                })?;
+            let visible: Vec<String> = ordinals.iter().map(|o| o.to_string()).collect();
+            cmd.env("CUDA_VISIBLE_DEVICES", visible.join(","));
+            "cuda"
+        };
+        cmd.args(["launch", "--gpus", &slot.len().to_string(), "--"])
+            .args(args)
+            .args(&expert)
+            .args(["--device", device]);
+        Ok(cmd)
+    }
+
     pub fn run(a: &TrainExpertsArgs, n: usize, devices: &[String]) -> Result<()> {
         for d in devices {
             // Fails early, and clearly, on a device this binary or machine cannot open.
             DeviceArgs { device: d.clone() }.open()?;
         }
+        let per = a.gpus_per_expert;
+        if per == 0 || devices.len() % per != 0 {
+            bail!(
+                "--gpus-per-expert {per}: expected a divisor of the {} device(s)",
+                devices.len()
+            );
+        }
+        let slots: Vec<Vec<String>> = devices.chunks(per).map(<[String]>::to_vec).collect();
         let args = base_args();
         if !args.iter().any(|x| x == "train-experts") {
             bail!("--gpus/--devices: run from the `cbs train-experts` command line");
@@ -135,47 +193,46 @@ mod parallel {
         let cpus = devices.iter().filter(|d| d.as_str() == "cpu").count();
         let threads = std::thread::available_parallelism().map_or(1, |c| c.get());
         let mut queue: VecDeque<usize> = (0..n).collect();
-        let mut running: Vec<(usize, String, Child, std::thread::JoinHandle<()>)> = vec![];
+        let mut running: Vec<(usize, usize, Child, std::thread::JoinHandle<()>)> = vec![];
         let mut failed = vec![];
         eprintln!(
-            "{n} experts on {} device(s): {} → {}",
+            "{n} experts on {} device(s), {per} per expert: {} → {}",
             devices.len(),
             devices.join(", "),
             a.out.display()
         );
         loop {
-            // Start an expert on every free device.
-            for d in devices {
-                if running.iter().any(|r| &r.1 == d) {
+            // Start an expert on every free slot.
+            for (k, slot) in slots.iter().enumerate() {
+                if running.iter().any(|r| r.1 == k) {
                     continue;
                 }
                 let Some(i) = queue.pop_front() else { break };
-                let mut cmd = Command::new(&exe);
-                cmd.args(&args)
-                    .args(["--expert", &i.to_string(), "--device", d]);
-                if d == "cpu" && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-                    cmd.env(
-                        "RAYON_NUM_THREADS",
-                        (threads / cpus.max(1)).max(1).to_string(),
-                    );
+                let mut cmd = expert_command(&exe, &args, i, slot)?;
+                if slot.iter().all(|d| d == "cpu")
+                    && std::env::var_os("RAYON_NUM_THREADS").is_none()
+                {
+                    // Per process (a group's launcher keeps it for each rank).
+                    let share = (threads / cpus.max(1)).max(1);
+                    cmd.env("RAYON_NUM_THREADS", share.to_string());
                 }
                 let (child, echo) = spawn_prefixed(&mut cmd, format!("expert {i}"))?;
-                running.push((i, d.clone(), child, echo));
+                running.push((i, k, child, echo));
             }
             if running.is_empty() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
-            let mut k = 0;
-            while k < running.len() {
-                if let Some(status) = running[k].2.try_wait()? {
-                    let (i, d, _, echo) = running.remove(k);
+            let mut j = 0;
+            while j < running.len() {
+                if let Some(status) = running[j].2.try_wait()? {
+                    let (i, k, _, echo) = running.remove(j);
                     let _ = echo.join();
                     if !status.success() {
-                        failed.push(format!("expert {i} on {d} ({status})"));
+                        failed.push(format!("expert {i} on {} ({status})", slots[k].join(",")));
                     }
                 } else {
-                    k += 1;
+                    j += 1;
                 }
             }
         }

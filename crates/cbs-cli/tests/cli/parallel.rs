@@ -164,6 +164,47 @@ fn experts_in_parallel_processes_train_as_in_sequence() {
             );
         }
     }
+    // Each expert data-parallel on two processes, two experts at a time.
+    let o = cbs(&[
+        &common[..],
+        &[
+            "--out",
+            &p("dp"),
+            "--devices",
+            "cpu,cpu,cpu,cpu",
+            "--gpus-per-expert",
+            "2",
+        ],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 per expert"), "{}", stderr(&o));
+    for i in 0..3 {
+        assert_close(
+            &losses(&dir.path().join(format!("seq/expert-{i}"))),
+            &losses(&dir.path().join(format!("dp/expert-{i}"))),
+            1e-5,
+            &format!("expert {i}"),
+        );
+    }
+    let o = cbs(&[
+        &common[..],
+        &[
+            "--out",
+            &p("bad"),
+            "--devices",
+            "cpu,cpu,cpu",
+            "--gpus-per-expert",
+            "2",
+        ],
+    ]
+    .concat());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("expected a divisor of the 3 device(s)"),
+        "{}",
+        stderr(&o)
+    );
     // A device this binary cannot open is refused before anything starts.
     if !cfg!(feature = "cuda") {
         let o = cbs(&[&common[..], &["--out", &p("gpu"), "--gpus", "2"]].concat());
