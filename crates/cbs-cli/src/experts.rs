@@ -178,7 +178,7 @@ mod parallel {
             DeviceArgs { device: d.clone() }.open()?;
         }
         let per = a.gpus_per_expert;
-        if per == 0 || devices.len() % per != 0 {
+        if per == 0 || !devices.len().is_multiple_of(per) {
             bail!(
                 "--gpus-per-expert {per}: expected a divisor of the {} device(s)",
                 devices.len()
