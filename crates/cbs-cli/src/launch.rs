@@ -163,10 +163,14 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
         a.master_addr,
         command.join(" ")
     );
+    let signals = forward::install();
     let mut running = Vec::new();
     for local in 0..a.gpus {
         let rank = a.node_rank * a.gpus + local;
         let mut cmd = Command::new(&exe);
+        // Their own process group: a terminal's Ctrl-C reaches the launcher only, which passes
+        // each signal on once (two would make a rank quit without its checkpoint).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.args(&command)
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", world.to_string())
@@ -188,8 +192,16 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
     }
     // Wait for all; the first failure stops the others (they could only wait for it).
     let mut failure: Option<String> = None;
+    let mut forwarded = 0;
     while !running.is_empty() {
         std::thread::sleep(Duration::from_millis(50));
+        let received = signals.load(std::sync::atomic::Ordering::SeqCst);
+        if received > forwarded {
+            forwarded = received;
+            for (_, c, _) in &running {
+                forward::terminate(c);
+            }
+        }
         let mut k = 0;
         while k < running.len() {
             if let Some(status) = running[k].1.try_wait()? {
@@ -197,7 +209,7 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
                 if let Some(e) = echo {
                     let _ = e.join();
                 }
-                if !status.success() && failure.is_none() {
+                if !status.success() && failure.is_none() && forwarded == 0 {
                     failure = Some(format!("rank {rank} failed ({status})"));
                     for (_, c, _) in running.iter_mut() {
                         let _ = c.kill();
@@ -208,6 +220,12 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
             }
         }
     }
+    if forwarded > 0 {
+        bail!(
+            "stopped by a signal: every rank stopped after the same step and rank 0 wrote its \
+             checkpoint; rerun with --resume to continue"
+        );
+    }
     if let Some(f) = failure {
         bail!(
             "{f}; the other ranks were stopped. The run keeps its last checkpoint: rerun with \
@@ -215,4 +233,36 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Signals to the launcher, passed on to the ranks.
+mod forward {
+    use std::process::Child;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        RECEIVED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts SIGINT and SIGTERM instead of dying: the launcher's loop passes each on.
+    pub fn install() -> &'static AtomicUsize {
+        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: a handler that only touches an atomic.
+        unsafe {
+            libc::signal(libc::SIGINT, handler);
+            libc::signal(libc::SIGTERM, handler);
+        }
+        &RECEIVED
+    }
+
+    /// SIGTERM to a rank: the first stops it after the step all ranks agree on, with a
+    /// checkpoint; a second ends it at once.
+    pub fn terminate(child: &Child) {
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: a signal to our own child process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
 }

@@ -213,3 +213,73 @@ fn experts_in_parallel_processes_train_as_in_sequence() {
         assert!(!dir.path().join("gpu/expert-0").exists());
     }
 }
+
+#[test]
+fn a_signal_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fake_setup(dir.path());
+    let out = dir.path().join("dp");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cbs"))
+        .args([
+            "launch",
+            "--gpus",
+            "2",
+            "--",
+            "train-aux",
+            "--steps",
+            "100000",
+            "--config",
+        ])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let steps = || {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    while steps() < 3 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(e.contains("stopped by a signal"), "{e}");
+    // Rank 0 wrote the step every rank stopped at; the run continues from it.
+    let ck = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .filter_map(|d| {
+            let n = d.unwrap().file_name().into_string().unwrap();
+            n.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok())
+        })
+        .max()
+        .unwrap();
+    assert!((3..100000).contains(&ck), "{ck}");
+    assert_eq!(steps() as u64, ck);
+    let more = (ck + 2).to_string();
+    let (c, o2) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+    let o = cbs(&[
+        "launch",
+        "--gpus",
+        "2",
+        "--",
+        "train-aux",
+        "--config",
+        c,
+        "--out",
+        o2,
+        "--steps",
+        &more,
+        "--resume",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(steps() as u64, ck + 2);
+}
