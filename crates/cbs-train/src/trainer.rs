@@ -263,7 +263,10 @@ pub fn train(
         }
     };
     if dist.reduces() {
-        let json = serde_json::to_string(cfg).map_err(|e| TrainError::Invalid {
+        // The memory limit belongs to each machine, not to the run.
+        let mut shared = cfg.clone();
+        shared.data.max_memory_gib = None;
+        let json = serde_json::to_string(&shared).map_err(|e| TrainError::Invalid {
             field: "config",
             value: e.to_string(),
             expected: "a serialisable configuration".into(),
