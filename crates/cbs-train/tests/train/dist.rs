@@ -368,3 +368,22 @@ fn buckets_respect_the_cap_and_give_the_tensors_back() {
         );
     }
 }
+
+#[test]
+fn a_run_resumed_with_another_world_size_continues_the_same_batches() {
+    let mut cfg = backbone_config("sit-nano-4", 6);
+    cfg.train.checkpoint_every = 3;
+    let whole = tempfile::tempdir().unwrap();
+    let lw = train_ranks(whole.path(), &cfg, 1, false);
+    let parts = tempfile::tempdir().unwrap();
+    let mut half = cfg.clone();
+    half.train.steps = 3;
+    let mut lp = train_ranks(parts.path(), &half, 2, false);
+    lp.extend(train_ranks(parts.path(), &cfg, 4, true));
+    assert_eq!(lw.len(), lp.len());
+    for (a, b) in lw.iter().zip(&lp) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "loss {a} vs {b}");
+    }
+    let d = max_rel_diff(&final_weights(whole.path()), &final_weights(parts.path()));
+    assert!(d < 1e-4, "weights differ by {d:e}");
+}
