@@ -69,13 +69,14 @@ impl NcclGroup {
         for (d, s) in internal.iter_mut().zip(&bytes) {
             *d = *s as std::ffi::c_char;
         }
-        let comm = Comm::from_rank(
-            dev.cuda_stream(),
-            pg.rank,
-            pg.world_size,
-            Id::uninit(internal),
-        )
-        .map_err(|e| nccl_err("ncclCommInitRank", e))?;
+        // NCCL initialises on the calling thread's current device: make it this rank's.
+        let stream = dev.cuda_stream();
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| nccl_err("binding the CUDA context", e))?;
+        let comm = Comm::from_rank(stream, pg.rank, pg.world_size, Id::uninit(internal))
+            .map_err(|e| nccl_err("ncclCommInitRank", e))?;
         let watchdog: Arc<Mutex<Option<(Instant, &'static str)>>> = Arc::default();
         spawn_watchdog(watchdog.clone(), pg.rank, pg.timeout);
         Ok(Self {
