@@ -283,3 +283,70 @@ fn a_signal_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(steps() as u64, ck + 2);
 }
+
+#[test]
+fn two_launchers_as_two_nodes_form_one_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fake_setup(dir.path());
+    let cfg = cfg.to_str().unwrap();
+    let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+    let o = cbs(&[
+        "train-aux",
+        "--config",
+        cfg,
+        "--steps",
+        "4",
+        "--out",
+        &p("single"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let port = {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let node = |rank: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cbs"))
+            .args([
+                "launch",
+                "--gpus",
+                "1",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                rank,
+            ])
+            .args(["--master-addr", "127.0.0.1", "--master-port", &port, "--"])
+            .args([
+                "train-aux",
+                "--config",
+                cfg,
+                "--steps",
+                "4",
+                "--out",
+                &p("nodes"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (node("0"), node("1"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(b.status.success(), "{}", stderr(&b));
+    assert!(stderr(&b).contains("ranks 1..1 of 2"), "{}", stderr(&b));
+    assert_close(
+        &losses(&dir.path().join("single")),
+        &losses(&dir.path().join("nodes")),
+        1e-5,
+        "loss",
+    );
+    // Several nodes need an agreed port.
+    let o = cbs(&["launch", "--gpus", "1", "--nnodes", "2", "--", "train-aux"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--master-port is needed"),
+        "{}",
+        stderr(&o)
+    );
+}
