@@ -68,8 +68,16 @@ pub fn train_aux(a: TrainArgs) -> Result<()> {
     if !main {
         return Ok(());
     }
-    let last = summary.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
     let steps_run = summary.final_step - summary.start_step;
+    let Some(&(_, last)) = summary.losses.last() else {
+        eprintln!(
+            "already complete at step {} (checkpoint {}): nothing to train; raise --steps to \
+             continue",
+            summary.final_step,
+            summary.checkpoint.display()
+        );
+        return Ok(());
+    };
     eprintln!(
         "done: steps {}..{} in {:.1}s ({:.1} img/s), last loss {last:.4}, checkpoint {}",
         summary.start_step,

@@ -1446,3 +1446,14 @@ fn sample_with_dopri5_reports_its_evaluations() {
         stderr(&o)
     );
 }
+
+#[test]
+fn resuming_a_finished_run_says_so_and_trains_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, run) = trained_fake_run(tmp.path(), &[]);
+    let o = cbs(&["train-aux", "--out", run.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("already complete at step 4"), "{e}");
+    assert!(!e.contains("NaN"), "{e}");
+}
