@@ -263,7 +263,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
                     solver: format!("{:?}", cfg.sample.solver).to_lowercase(),
                     per_t_mean: per_t.iter().sum::<f64>() / per_t.len() as f64,
                     per_t_max_segment: seg.iter().cloned().fold(f64::NAN, f64::max),
-                    segment_errors: seg.clone(),
+                    segment_errors: seg.iter().map(|&e| e.is_finite().then_some(e)).collect(),
                 };
                 eprintln!(
                     "seed {seed}, {} at cfg {scale}: FID {:.3} [{:.3}, {:.3}], per-t error \

@@ -42,9 +42,10 @@ pub struct ArmResult {
     pub sample_steps: usize,
     pub solver: String,
     /// The per-time velocity error (test images, conditional target): its mean over the grid,
-    /// its mean within each of the arm's segments, and the largest of those.
+    /// its mean within each of the arm's segments (`None`: no time of the grid falls in that
+    /// segment), and the largest of those.
     pub per_t_mean: f64,
-    pub segment_errors: Vec<f64>,
+    pub segment_errors: Vec<Option<f64>>,
     pub per_t_max_segment: f64,
 }
 
@@ -109,7 +110,8 @@ pub fn results_tsv(rows: &[ArmResult]) -> String {
         cols.extend(fmt_est(r.recall));
         cols.push(format!("{:.6}", r.per_t_mean));
         cols.push(format!("{:.6}", r.per_t_max_segment));
-        cols.push(join(&r.segment_errors, 6));
+        let segs: Vec<f64> = r.segment_errors.iter().map(|e| e.unwrap_or(f64::NAN)).collect();
+        cols.push(join(&segs, 6));
         cols.push(r.num_samples.to_string());
         cols.push(r.sample_steps.to_string());
         cols.push(r.solver.clone());

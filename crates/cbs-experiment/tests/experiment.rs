@@ -164,7 +164,7 @@ fn row(arm: &str, kind: ArmKind, seed: u64, fid: f64) -> ArmResult {
         sample_steps: 2,
         solver: "heun".into(),
         per_t_mean: 1.0,
-        segment_errors: vec![1.0, 2.0, 0.5],
+        segment_errors: vec![Some(1.0), Some(2.0), None],
         per_t_max_segment: 2.0,
     }
 }
@@ -183,6 +183,12 @@ fn the_table_has_one_row_per_result_and_the_summary_every_arm() {
     assert_eq!(tsv.lines().count(), 5);
     assert!(tsv.lines().all(|l| l.split('\t').count() == width), "{tsv}");
     assert!(tsv.contains("\t0.400000,0.800000\t"), "{tsv}");
+    // A segment without a time of the grid: NaN in the table, null in JSON, read back as None.
+    assert!(tsv.contains("\t1.000000,2.000000,NaN\t"), "{tsv}");
+    let json = serde_json::to_string(&rows[0]).unwrap();
+    assert!(json.contains("\"segment_errors\":[1.0,2.0,null]"), "{json}");
+    let back: ArmResult = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.segment_errors, vec![Some(1.0), Some(2.0), None]);
     let md = summary_markdown(&cfg, &rows, &[]);
     // mono: FIDs 10 and 12 → mean 11, std √2.
     assert!(md.contains("| mono | 2 | 11.00 ± 1.41"), "{md}");
