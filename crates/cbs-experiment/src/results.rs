@@ -110,7 +110,11 @@ pub fn results_tsv(rows: &[ArmResult]) -> String {
         cols.extend(fmt_est(r.recall));
         cols.push(format!("{:.6}", r.per_t_mean));
         cols.push(format!("{:.6}", r.per_t_max_segment));
-        let segs: Vec<f64> = r.segment_errors.iter().map(|e| e.unwrap_or(f64::NAN)).collect();
+        let segs: Vec<f64> = r
+            .segment_errors
+            .iter()
+            .map(|e| e.unwrap_or(f64::NAN))
+            .collect();
         cols.push(join(&segs, 6));
         cols.push(r.num_samples.to_string());
         cols.push(r.sample_steps.to_string());
