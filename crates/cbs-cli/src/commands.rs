@@ -12,7 +12,7 @@ use cbs_sample::images::{self, OutputOptions};
 use cbs_sample::{SampleOptions, SampleShape};
 
 use crate::cli::{InspectArgs, SampleArgs, TrainArgs};
-use crate::progress::bar;
+use crate::progress::{bar, bar_if};
 
 pub fn train_aux(a: TrainArgs) -> Result<()> {
     let stored = a.out.join(checkpoint::CONFIG_FILE);
@@ -51,11 +51,7 @@ pub fn train_aux(a: TrainArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let pb = if main {
-        bar(cfg.train.steps, "steps")
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let pb = bar_if(main, cfg.train.steps, "steps");
     let summary = cbs_train::train(&a.out, &cfg, data.as_ref(), &opts, &mut |r| {
         pb.set_position(r.step);
         pb.set_message(format!("loss {:.4} | {:.1} img/s", r.loss, r.images_per_s));

@@ -6,7 +6,7 @@ use cbs_run::experts::{expert_config, expert_dir, init_dir};
 use cbs_run::{SplitsFile, TrainConfig};
 
 use crate::cli::TrainExpertsArgs;
-use crate::progress::bar;
+use crate::progress::bar_if;
 
 pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
     let splits = match (&a.splits, a.uniform) {
@@ -58,11 +58,7 @@ pub fn train_experts(a: TrainExpertsArgs) -> Result<()> {
             );
             crate::commands::print_init(&cfg.train, opts.resume);
         }
-        let pb = if main {
-            bar(cfg.train.steps, "steps")
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let pb = bar_if(main, cfg.train.steps, "steps");
         let res = cbs_train::train(&dir, &cfg, data.as_ref(), &opts, &mut |r| {
             pb.set_position(r.step);
             pb.set_message(format!(

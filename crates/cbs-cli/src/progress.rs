@@ -2,6 +2,15 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// [`bar`] on the process that reports (rank 0 of a data-parallel group), hidden elsewhere.
+pub fn bar_if(shown: bool, total: u64, unit: &str) -> ProgressBar {
+    if shown {
+        bar(total, unit)
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
 pub fn bar(total: u64, unit: &str) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     pb.set_style(
