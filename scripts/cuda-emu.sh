@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Runs the attention CUDA kernels' source (crates/cbs-kernels/src/ops/attention.cu) on the CPU
-# under a thread-per-CUDA-thread emulator (crates/cbs-kernels/tests/cuda_emu) against an f64
-# reference: the plain FMA path and, with -DCBS_EMU_WMMA, the WMMA tensor-core path. It checks
-# the kernels' indexing, tiling, tails and shared-memory sizes; it cannot check what only real
-# hardware shows (memory ordering, the hardware's WMMA fragment layout, speed).
+# Runs CUDA kernels' source on the CPU under a thread-per-CUDA-thread emulator
+# (crates/cbs-kernels/tests/cuda_emu) against host references:
+# - attention.cu against an f64 attention: the plain FMA path and, with -DCBS_EMU_WMMA, the WMMA
+#   tensor-core path;
+# - optim.cu and mse.cu: the squared norm, the step control values, the AdamW/EMA passes reading
+#   them (a refused step writes nothing), the loss and its backward.
+# It checks the kernels' indexing, tiling, tails, reductions and shared-memory sizes; it cannot
+# check what only real hardware shows (memory ordering, the hardware's WMMA fragment layout,
+# speed).
 set -euo pipefail
 cd "$(dirname "$0")/../crates/cbs-kernels/tests/cuda_emu"
 out=$(mktemp -d)
@@ -16,3 +20,5 @@ for variant in fma wmma; do
   echo "attention.cu on the CPU emulator ($variant):"
   "$out/attention_emu_$variant"
 done
+g++ -std=c++20 -O2 -pthread -Iinclude -I../../src/ops optim_emu.cpp -o "$out/optim_emu"
+"$out/optim_emu"

@@ -15,7 +15,9 @@
 #   train         a Fashion-MNIST run on the device (f32 and bf16) whose loss must fall like
 #                 the CPU run's with the same seed
 #   resume        the device run split in two halves (--resume) must equal the whole run,
-#                 byte for byte (weights, EMA, optimizer)
+#                 byte for byte (weights, EMA, optimizer); the halves log every 7th step and
+#                 read from the device only then (--host-reads logging), the whole run after
+#                 every step
 #   experts       estimate-splits → train-experts → sample --experts on the device; samples
 #                 must agree with the CPU's sampling of the same experts
 #   data_parallel the `train` run through the data-parallel code: one rank on the NCCL
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
     --data) DATA=$2; shift 2 ;;
     --out) OUTDIR=$2; shift 2 ;;
     --skip-bench) SKIP_BENCH=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -116,7 +118,7 @@ record device_check $st "$(since "$t0")" "$figs"
 # --- 2. a Fashion-MNIST run: device (f32, half) against the CPU ---------------------------
 CFG="$WORK/fashion.toml"
 sed "s|^source = \"fashion_mnist\"|source = \"fashion_mnist\"\ndir = \"$DATA\"|; s|^checkpoint_every = .*|checkpoint_every = $STEPS|; s|^log_every = .*|log_every = 1|" configs/fashion-aux.toml > "$CFG"
-train() { CBS train-aux --config "$CFG" --out "$1" --steps "$2" --device "$3" --precision "$4" ${5:-} >> "$LOG" 2>&1; }
+train() { CBS train-aux --config "${TRAIN_CFG:-$CFG}" --out "$1" --steps "$2" --device "$3" --precision "$4" ${5:-} >> "$LOG" 2>&1; }
 t0=$(now)
 ok=1
 train "$WORK/cpu" "$STEPS" cpu f32 || ok=0
@@ -154,7 +156,10 @@ record train $st "$(since "$t0")" "${figs:-{\}}"
 t0=$(now)
 HALFWAY=$((STEPS / 2))
 st=fail figs='{}'
-if train "$WORK/resumed" "$HALFWAY" "$DEVICE" f32 && train "$WORK/resumed" "$STEPS" "$DEVICE" f32 --resume; then
+SPARSE="$WORK/fashion-sparse.toml"
+sed "s|^log_every = .*|log_every = 7|" "$CFG" > "$SPARSE"
+if TRAIN_CFG=$SPARSE train "$WORK/resumed" "$HALFWAY" "$DEVICE" f32 "--host-reads logging" &&
+  TRAIN_CFG=$SPARSE train "$WORK/resumed" "$STEPS" "$DEVICE" f32 "--host-reads logging --resume"; then
   figs=$(python3 - "$WORK/dev" "$WORK/resumed" <<'EOF'
 import hashlib, json, os, sys
 def latest(run):

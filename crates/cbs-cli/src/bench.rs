@@ -205,13 +205,14 @@ fn bench_train(c: BenchCommon) -> Result<()> {
     for i in 0..c.warmup + c.steps {
         let t0 = Instant::now();
         let mut step_phases = PhaseTimes::default();
-        let out = st.step_timed(&batch, tc.lr, Some(&mut step_phases))?;
+        let out = st.step_pending(&batch, tc.lr, Some(&mut step_phases))?;
         dev.synchronize()?;
-        if let StepOutcome::NonFinite { loss, .. } = out {
+        let elapsed = t0.elapsed();
+        if let StepOutcome::NonFinite { loss, .. } = out.read()? {
             bail!("loss became {loss} during the benchmark");
         }
         if i >= c.warmup {
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            ms.push(elapsed.as_secs_f64() * 1e3);
             phases.forward_ms += step_phases.forward_ms;
             phases.backward_ms += step_phases.backward_ms;
             phases.optimizer_ms += step_phases.optimizer_ms;

@@ -183,6 +183,13 @@ pub struct RunArgs {
     /// Override train.init_weights: which weights of --init-from (`ema` or `model`).
     #[arg(long, value_enum)]
     pub init_weights: Option<WeightsKind>,
+    /// When to read each step's loss and gradient norm back from the device: `auto` (after
+    /// every step on the CPU, at logging intervals elsewhere), `every-step` (a non-finite step
+    /// stops the run at that step), `logging` (the GPU never waits for the host between
+    /// logging steps; a non-finite step is still never applied, and stops the run at the next
+    /// logging step, before any checkpoint).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub host_reads: cbs_train::HostReads,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
@@ -207,6 +214,7 @@ impl RunArgs {
             device,
             stop: Some(crate::signals::stop_after_step()),
             dist,
+            host_reads: self.host_reads,
         })
     }
 

@@ -34,16 +34,26 @@ impl Ema {
     }
 
     pub fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
+        let Some((_, v)) = vars.first() else {
+            return Ok(());
+        };
+        self.update_with(vars, &inplace::fixed_control(1.0, v.device())?)
+    }
+
+    /// [`Ema::update`] when the step's control tensor says the step was applied (see
+    /// [`crate::optim::step_control`]); otherwise nothing changes.
+    pub fn update_with(&mut self, vars: &[(String, Var)], ctrl: &Tensor) -> Result<()> {
         for ((_, e), (_, v)) in self.tensors.iter_mut().zip(vars) {
             let p = v.as_tensor();
             let fused = self.kernels == Kernels::Fused;
             if fused && inplace::applies(e) && inplace::applies(p) && e.dtype() == p.dtype() {
-                e.inplace_op2(p, &EmaUpdate { decay: self.decay })?;
+                e.inplace_op3(p, ctrl, &EmaUpdate { decay: self.decay })?;
                 continue;
             }
             // Detached: otherwise each average holds the previous one's op graph, and the
             // whole history stays alive.
-            *e = ((&*e * self.decay)? + (v.as_tensor().detach() * (1.0 - self.decay))?)?.detach();
+            let new = ((&*e * self.decay)? + (v.as_tensor().detach() * (1.0 - self.decay))?)?;
+            *e = crate::optim::gate(ctrl, &new, e)?.detach();
         }
         Ok(())
     }

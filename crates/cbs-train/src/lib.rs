@@ -23,7 +23,8 @@ pub mod weighting;
 pub use cbs_run::config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
 pub use cbs_run::{checkpoint, config};
 pub use trainer::{
-    load_data, load_dataset, train, Dist, StepReport, TrainOptions, TrainSummary, LOSS_T_BINS,
+    load_data, load_dataset, train, Dist, HostReads, StepReport, TrainOptions, TrainSummary,
+    LOSS_T_BINS,
 };
 
 use std::path::PathBuf;

@@ -1,12 +1,25 @@
 //! AdamW whose moment buffers can be saved and restored (candle's own keeps them private,
-//! which rules out exact resume). The update is `torch.optim.AdamW`'s, term for term. On the
-//! CPU it runs as two in-place passes per parameter ([`cbs_kernels::ops::optim`]).
+//! which rules out exact resume). The update is `torch.optim.AdamW`'s, term for term. With
+//! the fused kernels it runs as two in-place passes per parameter
+//! ([`cbs_kernels::ops::optim`]).
+//!
+//! Gradient clipping and the non-finite guard are decided on the device: [`grad_sums`] and
+//! [`step_control`] give the step's control tensor (`[grad_scale, apply, grad_norm]`), which
+//! [`AdamW::step_with`] and the EMA read where they run, so a training step never waits for
+//! the host.
 
-use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 
 use crate::Result;
-use cbs_kernels::ops::optim::{self as inplace, MomentUpdate, ParamUpdate};
+use cbs_kernels::ops::optim::{self as inplace, control_dtype, MomentUpdate, ParamUpdate};
 use cbs_models::Kernels;
+
+/// `new` where the control tensor says to apply the step, else `old` (the composed paths'
+/// version of the kernels' early return).
+pub(crate) fn gate(ctrl: &Tensor, new: &Tensor, old: &Tensor) -> Result<Tensor> {
+    let apply = ctrl.narrow(0, 1, 1)?.ne(0.0)?; // [1] u8
+    Ok(apply.broadcast_as(new.shape())?.where_cond(new, old)?)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWParams {
@@ -54,6 +67,19 @@ impl AdamW {
     /// One update with learning rate `lr`; gradients are multiplied by `grad_scale` first
     /// (gradient clipping). Variables without a gradient are left untouched (as torch does).
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        let Some((_, v)) = self.vars.first() else {
+            self.step += 1;
+            return Ok(());
+        };
+        let ctrl = inplace::fixed_control(grad_scale, v.device())?;
+        self.step_with(grads, lr, &ctrl)
+    }
+
+    /// [`AdamW::step`] with the gradient scale, and whether to apply the update at all, read
+    /// from the control tensor `ctrl` on the device ([`step_control`]). A step the control
+    /// refuses leaves moments and weights unchanged but still counts in [`AdamW::step`]: the
+    /// trainer ends the run before such a state reaches a checkpoint.
+    pub fn step_with(&mut self, grads: &GradStore, lr: f64, ctrl: &Tensor) -> Result<()> {
         self.step += 1;
         let AdamWParams {
             beta1,
@@ -75,16 +101,10 @@ impl AdamW {
             let fused = self.kernels == Kernels::Fused;
             if fused && inplace::applies(p) && inplace::applies(mv) && g.dtype() == p.dtype() {
                 let g = g.contiguous()?;
-                mv.inplace_op2(
-                    &g,
-                    &MomentUpdate {
-                        beta1,
-                        beta2,
-                        grad_scale,
-                    },
-                )?;
-                p.inplace_op2(
+                mv.inplace_op3(&g, ctrl, &MomentUpdate { beta1, beta2 })?;
+                p.inplace_op3(
                     mv,
+                    ctrl,
                     &ParamUpdate {
                         decay: 1.0 - lr * weight_decay,
                         step_size,
@@ -94,20 +114,19 @@ impl AdamW {
                 )?;
                 continue;
             }
-            let g = if grad_scale != 1.0 {
-                (g * grad_scale)?
-            } else {
-                g
-            };
-            let m = ((mv.get(0)? * beta1)? + (&g * (1.0 - beta1))?)?;
-            let v = ((mv.get(1)? * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            let g = g.broadcast_mul(&ctrl.narrow(0, 0, 1)?.to_dtype(g.dtype())?)?;
+            let (m0, v0) = (mv.get(0)?, mv.get(1)?);
+            let m = ((&m0 * beta1)? + (&g * (1.0 - beta1))?)?;
+            let v = ((&v0 * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
-            let mut p = p.detach();
+            let p0 = p.detach();
+            let mut p = p0.clone();
             if weight_decay != 0.0 {
                 p = (p * (1.0 - lr * weight_decay))?;
             }
             let p = (p - ((&m / &denom)? * step_size)?)?;
-            var.set(&p)?;
+            var.set(&gate(ctrl, &p, &p0)?)?;
+            let (m, v) = (gate(ctrl, &m, &m0)?, gate(ctrl, &v, &v0)?);
             self.moments[i] = Tensor::stack(&[m, v], 0)?.detach();
         }
         Ok(())
@@ -155,21 +174,83 @@ impl AdamW {
     }
 }
 
-/// Global L2 norm of all gradients present in `grads` for `vars`.
-pub fn grad_norm(vars: &[(String, Var)], grads: &GradStore, kernels: Kernels) -> Result<f64> {
-    let mut sum = 0f64;
+/// The squared L2 norm of each gradient present in `grads` for `vars`, in the variables'
+/// order, as one `[k]` tensor of [`control_dtype`] on their device (`None` without gradients).
+pub fn grad_sums(
+    vars: &[(String, Var)],
+    grads: &GradStore,
+    kernels: Kernels,
+) -> Result<Option<Tensor>> {
+    let mut sums = Vec::new();
     for (_, v) in vars {
         if let Some(g) = grads.get(v) {
-            if kernels == Kernels::Fused && inplace::applies(g) {
-                sum += inplace::sum_sq(g)?;
-                continue;
-            }
-            sum += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
+            sums.push(if kernels == Kernels::Fused && inplace::applies(g) {
+                inplace::sum_sq_tensor(g)?
+            } else {
+                g.sqr()?
+                    .sum_all()?
+                    .to_dtype(control_dtype(g.device()))?
+                    .reshape(1)?
+            });
         }
     }
-    Ok(sum.sqrt())
+    Ok(if sums.is_empty() {
+        None
+    } else {
+        Some(Tensor::cat(&sums, 0)?)
+    })
+}
+
+/// The step's control tensor `[grad_scale, apply, grad_norm]` from its loss and
+/// [`grad_sums`] (see [`cbs_kernels::ops::optim::step_control`]): `apply` when the loss and
+/// the gradient norm are finite; the scale clips the norm to `max_norm` (when > 0).
+pub fn step_control(
+    loss: &Tensor,
+    sums: Option<&Tensor>,
+    max_norm: f64,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    let dev = loss.device();
+    let dt = control_dtype(dev);
+    let zero;
+    let sums = match sums {
+        Some(s) => s,
+        None => {
+            zero = Tensor::zeros(1, dt, dev)?;
+            &zero
+        }
+    };
+    let fused = kernels == Kernels::Fused && inplace::control_applies(dev) && sums.dtype() == dt;
+    if fused {
+        return Ok(inplace::step_control(loss, sums, max_norm)?);
+    }
+    // Composed: the same decisions as tensor ops (`0·x = 0` exactly when x is finite).
+    let norm = sums.to_dtype(dt)?.sum_all()?.sqrt()?;
+    let loss = loss.to_dtype(dt)?.flatten_all()?.sum_all()?;
+    let finite = |x: &Tensor| -> Result<Tensor> { Ok(x.affine(0.0, 0.0)?.eq(0.0)?.to_dtype(dt)?) };
+    let apply = (finite(&loss)? * finite(&norm)?)?;
+    let one = Tensor::ones((), dt, dev)?;
+    let scale = if max_norm > 0.0 {
+        let clipped = (Tensor::full(max_norm, (), &Device::Cpu)?
+            .to_dtype(dt)?
+            .to_device(dev)?
+            / (&norm + 1e-6)?)?;
+        norm.gt(max_norm)?.where_cond(&clipped, &one)?
+    } else {
+        one
+    };
+    Ok(Tensor::stack(&[scale, apply, norm], 0)?)
+}
+
+/// Global L2 norm of all gradients present in `grads` for `vars`, read back to the host.
+pub fn grad_norm(vars: &[(String, Var)], grads: &GradStore, kernels: Kernels) -> Result<f64> {
+    Ok(match grad_sums(vars, grads, kernels)? {
+        Some(s) => s
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?
+            .iter()
+            .sum::<f64>()
+            .sqrt(),
+        None => 0.0,
+    })
 }

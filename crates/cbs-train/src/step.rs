@@ -11,7 +11,7 @@ use cbs_models::{Architecture, Kernels, Trainable};
 use crate::config::TrainSection;
 use crate::dist::{Collective, Single};
 use crate::ema::Ema;
-use crate::optim::{grad_norm, AdamW, AdamWParams};
+use crate::optim::{grad_sums, step_control, AdamW, AdamWParams};
 use crate::{Result, TrainError};
 
 /// Noise, data, times and labels of one step (`x0`, `x1`: `[B, ...]`, `t`, `y`: `[B]`).
@@ -35,7 +35,8 @@ pub enum StepOutcome {
         /// per-time-bin losses of `metrics.jsonl`.
         per_sample: Vec<f32>,
     },
-    /// The loss or the gradient norm was NaN or infinite; nothing was updated.
+    /// The loss or the gradient norm was NaN or infinite; nothing was updated (weights,
+    /// moments and EMA are as before the step).
     NonFinite {
         loss: f64,
         /// Set when the loss was finite but the gradient norm was not.
@@ -43,10 +44,78 @@ pub enum StepOutcome {
     },
 }
 
-/// Milliseconds spent in each phase of [`Stepper::step_timed`] (accumulated over calls).
+/// The numbers of one step, still on the device.
+#[derive(Clone, Debug)]
+pub struct PendingStep {
+    /// The batch loss (averaged over the data-parallel group), one value.
+    pub loss: Tensor,
+    /// `[grad_scale, apply, grad_norm]` ([`crate::optim::step_control`]).
+    pub control: Tensor,
+    /// Each sample's unweighted squared error, mean over its elements (`[B]`).
+    pub per_sample: Tensor,
+}
+
+impl PendingStep {
+    pub fn read(&self) -> Result<StepOutcome> {
+        Ok(read_pending(std::slice::from_ref(self))?.remove(0))
+    }
+
+    /// `[loss, grad_scale, apply, grad_norm, per_sample…]` in f64 (exact for the f32 values).
+    fn row(&self) -> Result<Tensor> {
+        Ok(Tensor::cat(
+            &[
+                self.loss.flatten_all()?.to_dtype(DType::F64)?,
+                self.control.to_dtype(DType::F64)?,
+                self.per_sample.to_dtype(DType::F64)?,
+            ],
+            0,
+        )?)
+    }
+}
+
+/// The outcomes of several steps in order, read back in one transfer (one host
+/// synchronisation for all of them).
+pub fn read_pending(steps: &[PendingStep]) -> Result<Vec<StepOutcome>> {
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = steps
+        .iter()
+        .map(PendingStep::row)
+        .collect::<Result<Vec<_>>>()?;
+    let all = Tensor::cat(&rows, 0)?.to_vec1::<f64>()?;
+    let mut at = 0;
+    let mut out = Vec::with_capacity(steps.len());
+    for s in steps {
+        let n = 1 + cbs_kernels::ops::optim::CONTROL_LEN + s.per_sample.elem_count();
+        let r = &all[at..at + n];
+        at += n;
+        let (loss, apply, norm) = (r[0], r[2], r[3]);
+        out.push(if !loss.is_finite() {
+            StepOutcome::NonFinite {
+                loss,
+                grad_norm: None,
+            }
+        } else if apply == 0.0 {
+            StepOutcome::NonFinite {
+                loss,
+                grad_norm: Some(norm),
+            }
+        } else {
+            StepOutcome::Updated {
+                loss,
+                grad_norm: norm,
+                per_sample: r[4..].iter().map(|&v| v as f32).collect(),
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// Milliseconds spent in each phase of [`Stepper::step_pending`] (accumulated over calls).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PhaseTimes {
-    /// Interpolation, forward pass, target, loss (and reading the loss back).
+    /// Interpolation, forward pass, target, loss.
     pub forward_ms: f64,
     pub backward_ms: f64,
     /// Gradient norm, clipping and the AdamW update.
@@ -139,20 +208,23 @@ impl Stepper {
         Ok(Some(source))
     }
 
-    /// Forward, loss, backward, gradient clipping, AdamW at `lr`, EMA.
+    /// Forward, loss, backward, gradient clipping, AdamW at `lr`, EMA; the step's numbers
+    /// read back to the host.
     pub fn step(&mut self, b: &Batch, lr: f64) -> Result<StepOutcome> {
-        self.step_timed(b, lr, None)
+        self.step_pending(b, lr, None)?.read()
     }
 
-    /// [`Stepper::step`], recording the wall time of each phase into `times` when given
-    /// (the device is synchronised at each phase boundary then, so the split is exact on
+    /// [`Stepper::step`] without reading anything back: on an asynchronous device the host
+    /// only queues work, and the numbers stay on the device until [`PendingStep::read`] or
+    /// [`read_pending`]. Records the wall time of each phase into `times` when given (the
+    /// device is synchronised at each phase boundary then, so the split is exact on
     /// asynchronous devices too).
-    pub fn step_timed(
+    pub fn step_pending(
         &mut self,
         b: &Batch,
         lr: f64,
         mut times: Option<&mut PhaseTimes>,
-    ) -> Result<StepOutcome> {
+    ) -> Result<PendingStep> {
         let device = b.x0.device().clone();
         let mut clock = std::time::Instant::now();
         let mut lap = |slot: fn(&mut PhaseTimes) -> &mut f64| -> Result<()> {
@@ -215,39 +287,21 @@ impl Stepper {
             .detach()
             .sqr()?
             .flatten_from(1)?
-            .mean(1)? // [B]
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
+            .mean(1)?; // [B]
         let (loss, mut staged_grads) = match staged {
             Some(c) => (c.loss, Some(c.grads)),
             None => (loss_of(&pred)?, None),
         };
-        let mut backward = || -> Result<candle_core::backprop::GradStore> {
-            Ok(match staged_grads.take() {
-                Some(g) => g,
-                None => loss.backward()?,
-            })
+        lap(|t| &mut t.forward_ms)?;
+        let mut grads = match staged_grads.take() {
+            Some(g) => g,
+            None => loss.backward()?,
         };
-        let world = self.dist.world_size();
-        let (loss_val, grads) = if !self.dist.reduces() {
-            let loss_val = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !loss_val.is_finite() {
-                return Ok(StepOutcome::NonFinite {
-                    loss: loss_val,
-                    grad_norm: None,
-                });
-            }
-            lap(|t| &mut t.forward_ms)?;
-            let grads = backward()?;
-            lap(|t| &mut t.backward_ms)?;
-            (loss_val, grads)
-        } else {
-            // Every rank runs its backward, then the ranks average the loss and gradients in
-            // one collective: a rank's non-finite loss makes the sum non-finite on every rank,
-            // so all of them skip the update together.
-            lap(|t| &mut t.forward_ms)?;
-            let mut grads = backward()?;
-            lap(|t| &mut t.backward_ms)?;
+        lap(|t| &mut t.backward_ms)?;
+        let loss_out = if self.dist.reduces() {
+            // The ranks average the loss and gradients in one collective: a rank's non-finite
+            // loss makes the sum non-finite on every rank, so all of them skip the update.
+            let world = self.dist.world_size();
             let mut local = vec![loss.to_dtype(DType::F32)?.reshape(1)?];
             for (_, v) in &self.vars {
                 local.push(match grads.get(v) {
@@ -257,41 +311,27 @@ impl Stepper {
             }
             let summed = self.dist.all_reduce_sum(&local)?;
             let inv = 1.0 / world as f64;
-            let loss_val = summed[0].to_dtype(DType::F64)?.to_vec1::<f64>()?[0] * inv;
-            if !loss_val.is_finite() {
-                return Ok(StepOutcome::NonFinite {
-                    loss: loss_val,
-                    grad_norm: None,
-                });
-            }
             for ((_, v), g) in self.vars.iter().zip(&summed[1..]) {
                 grads.insert(v, (g * inv)?);
             }
-            (loss_val, grads)
-        };
-        let gnorm = grad_norm(&self.vars, &grads, self.kernels)?;
-        // A finite loss can still have an overflowing gradient: never let it reach the weights
-        // or the optimizer state.
-        if !gnorm.is_finite() {
-            return Ok(StepOutcome::NonFinite {
-                loss: loss_val,
-                grad_norm: Some(gnorm),
-            });
-        }
-        let scale = if self.grad_clip > 0.0 && gnorm > self.grad_clip {
-            self.grad_clip / (gnorm + 1e-6)
+            (&summed[0] * inv)?
         } else {
-            1.0
+            loss.detach()
         };
-        self.opt.step(&grads, lr, scale)?;
+        // Clipping and the non-finite guard, decided on the device: a finite loss can still
+        // have an overflowing gradient, and neither may reach the weights or the optimizer
+        // state (the control tensor stops the update kernels).
+        let sums = grad_sums(&self.vars, &grads, self.kernels)?;
+        let control = step_control(&loss_out, sums.as_ref(), self.grad_clip, self.kernels)?;
+        self.opt.step_with(&grads, lr, &control)?;
         // Freeing the step's gradients and graph is part of the update's cost.
         drop((grads, loss, pred, target));
         lap(|t| &mut t.optimizer_ms)?;
-        self.ema.update(&self.vars)?;
+        self.ema.update_with(&self.vars, &control)?;
         lap(|t| &mut t.ema_ms)?;
-        Ok(StepOutcome::Updated {
-            loss: loss_val,
-            grad_norm: gnorm,
+        Ok(PendingStep {
+            loss: loss_out,
+            control,
             per_sample,
         })
     }

@@ -14,7 +14,7 @@ use crate::batches::BatchPlan;
 use crate::checkpoint::{self, CheckpointData, CheckpointState, RngState};
 use crate::config::{DataConfig, DataSource, TrainConfig};
 use crate::dist::{Collective, Single};
-use crate::step::{StepOutcome, Stepper};
+use crate::step::{read_pending, PendingStep, StepOutcome, Stepper};
 use crate::{io_err, Result, TrainError};
 
 /// How to run (as opposed to what to train, which is the config).
@@ -28,6 +28,38 @@ pub struct TrainOptions {
     pub stop: Option<&'static AtomicBool>,
     /// This process's place in a data-parallel group (see [`crate::dist`]).
     pub dist: Dist,
+    /// When the loop reads each step's numbers back to the host.
+    pub host_reads: HostReads,
+}
+
+/// When the training loop reads a step's numbers (loss, gradient norm, per-sample losses) back
+/// to the host. Reading waits for the device; on a GPU that wait, every step, leaves it idle
+/// while the host prepares the next one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum HostReads {
+    /// `every-step` on the CPU (where nothing runs ahead of the host, so reading is free),
+    /// `logging` on other devices.
+    #[default]
+    Auto,
+    /// After every step: a non-finite step stops the run at that step.
+    EveryStep,
+    /// At logging steps (`train.log_every`), checkpoint steps, the last step and a requested
+    /// stop: every step since the previous read in one transfer. A non-finite step is never
+    /// applied either way (the update kernels read the device-side guard); it stops the run at
+    /// the next read, before any checkpoint is written, naming the step.
+    Logging,
+}
+
+impl HostReads {
+    /// Whether the loop reads after every step on `device`.
+    pub fn every_step(self, device: &Device) -> bool {
+        match self {
+            HostReads::Auto => device.is_cpu(),
+            HostReads::EveryStep => true,
+            HostReads::Logging => false,
+        }
+    }
 }
 
 impl Default for TrainOptions {
@@ -37,6 +69,7 @@ impl Default for TrainOptions {
             device: Device::Cpu,
             stop: None,
             dist: Dist::default(),
+            host_reads: HostReads::Auto,
         }
     }
 }
@@ -309,11 +342,15 @@ pub fn train(
     let mut last_ckpt = existing;
     let started = Instant::now();
 
+    let every_step = opts.host_reads.every_step(device);
+    // Steps run but not yet read back, and the wall time since the last read.
+    let mut pending: Vec<(u64, f64, Vec<f32>, PendingStep)> = Vec::new();
+    let mut window = Instant::now();
+
     std::thread::scope(|scope| -> Result<()> {
         let batches = plan.prefetch(scope, start..tc.steps);
         for s in start..tc.steps {
             let step = s + 1;
-            let t0 = Instant::now();
             let host = batches.recv().map_err(|_| TrainError::Invalid {
                 field: "data",
                 value: format!("no batch for step {step}"),
@@ -323,60 +360,82 @@ pub fn train(
             let times = host.times.clone();
             let batch = host.upload(&shape, device)?;
             let lr = lr_at(cfg, s);
-            let (loss_val, gnorm) = match st.step(&batch, lr)? {
-                StepOutcome::Updated {
-                    loss,
-                    grad_norm,
-                    per_sample,
-                } => {
-                    bins.add(&times, &per_sample);
-                    (loss, grad_norm)
-                }
-                StepOutcome::NonFinite { loss, grad_norm } => {
-                    return Err(TrainError::NonFinite {
-                        step,
-                        loss,
-                        grad_norm,
-                        last_checkpoint: last_ckpt.clone(),
-                    })
-                }
-            };
-            let images_per_s = b as f64 / t0.elapsed().as_secs_f64();
-            losses.push((step, loss_val));
+            pending.push((step, lr, times, st.step_pending(&batch, lr, None)?));
 
-            if let (true, Some(m)) = (step % tc.log_every == 0 || step == tc.steps, &mut metrics) {
-                // loss_t_bins: rank 0's shard (the loss itself is the global batch's).
-                let line = serde_json::json!({
-                    "step": step, "loss": loss_val, "lr": lr,
-                    "grad_norm": gnorm, "images_per_s": images_per_s,
-                    "loss_t_bins": bins.take(),
-                });
-                writeln!(m, "{line}").map_err(io_err(&metrics_path))?;
-                tracing::info!(step, loss = loss_val, lr, grad_norm = gnorm, images_per_s);
-            }
-            let mut report = StepReport {
-                step,
-                total: tc.steps,
-                loss: loss_val,
-                lr,
-                grad_norm: gnorm,
-                images_per_s,
-                checkpoint: None,
-            };
+            // Steps every rank reads at alike (a stop is agreed on there).
+            let boundary = every_step
+                || step % tc.log_every == 0
+                || step % tc.checkpoint_every == 0
+                || step == tc.steps;
             let mut stop = opts.stop.is_some_and(|f| f.load(Ordering::SeqCst));
-            if dist.reduces() {
+            if dist.reduces() && boundary {
                 // A stop asked of any rank stops all of them at the same step.
                 let flag = candle_core::Tensor::new(&[f32::from(u8::from(stop))], device)?;
                 stop = dist.all_reduce_sum(&[flag])?[0].to_vec1::<f32>()?[0] > 0.0;
+            } else if dist.reduces() {
+                stop = false;
+            }
+            if !(boundary || stop) {
+                continue;
+            }
+
+            // One transfer for every step since the last read.
+            let outcomes = read_pending(&pending.iter().map(|p| p.3.clone()).collect::<Vec<_>>())?;
+            let images_per_s = (b * pending.len()) as f64 / window.elapsed().as_secs_f64();
+            window = Instant::now();
+            let mut reports = Vec::with_capacity(pending.len());
+            for ((step, lr, times, _), outcome) in pending.drain(..).zip(outcomes) {
+                let (loss_val, gnorm) = match outcome {
+                    StepOutcome::Updated {
+                        loss,
+                        grad_norm,
+                        per_sample,
+                    } => {
+                        bins.add(&times, &per_sample);
+                        (loss, grad_norm)
+                    }
+                    StepOutcome::NonFinite { loss, grad_norm } => {
+                        return Err(TrainError::NonFinite {
+                            step,
+                            loss,
+                            grad_norm,
+                            last_checkpoint: last_ckpt.clone(),
+                        })
+                    }
+                };
+                losses.push((step, loss_val));
+                if let (true, Some(m)) =
+                    (step % tc.log_every == 0 || step == tc.steps, &mut metrics)
+                {
+                    // loss_t_bins: rank 0's shard (the loss itself is the global batch's).
+                    let line = serde_json::json!({
+                        "step": step, "loss": loss_val, "lr": lr,
+                        "grad_norm": gnorm, "images_per_s": images_per_s,
+                        "loss_t_bins": bins.take(),
+                    });
+                    writeln!(m, "{line}").map_err(io_err(&metrics_path))?;
+                    tracing::info!(step, loss = loss_val, lr, grad_norm = gnorm, images_per_s);
+                }
+                reports.push(StepReport {
+                    step,
+                    total: tc.steps,
+                    loss: loss_val,
+                    lr,
+                    grad_norm: gnorm,
+                    images_per_s,
+                    checkpoint: None,
+                });
             }
             let save = step % tc.checkpoint_every == 0 || step == tc.steps || stop;
             if let (true, Some(m)) = (save, &mut metrics) {
-                let dir = save_checkpoint(run_dir, cfg, &arch, &st, step, loss_val)?;
+                let dir = save_checkpoint(run_dir, cfg, &arch, &st, step, losses_last(&losses))?;
                 m.flush().map_err(io_err(&metrics_path))?;
-                report.checkpoint = Some(dir.clone());
+                if let Some(r) = reports.last_mut() {
+                    r.checkpoint = Some(dir.clone());
+                }
                 last_ckpt = Some(dir);
             }
-            progress(&report);
+            reports.iter().for_each(&mut *progress);
             if stop && step < tc.steps {
                 return Err(TrainError::Interrupted {
                     step,
@@ -408,6 +467,11 @@ pub fn train(
         checkpoint,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The loss of the last step read (the checkpoint records it).
+fn losses_last(losses: &[(u64, f64)]) -> f64 {
+    losses.last().map_or(f64::NAN, |l| l.1)
 }
 
 /// Writes the checkpoint of `step` (weights, EMA with the fixed buffers, optimizer state,

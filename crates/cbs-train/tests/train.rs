@@ -13,6 +13,8 @@ use cbs_train::{train, TrainConfig, TrainError, TrainOptions};
 mod checkpointing;
 #[path = "train/dist.rs"]
 mod dist;
+#[path = "train/host_reads.rs"]
+mod host_reads;
 
 /// 48 grey 8×8 images in 3 classes: a class pattern (top half, left half, checkerboard)
 /// plus a little noise.

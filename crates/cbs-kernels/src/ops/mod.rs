@@ -108,6 +108,7 @@ pub mod linear;
 pub mod modulate;
 pub mod mse;
 pub mod optim;
+mod optim_cuda;
 pub mod pool;
 pub mod qk_norm_rope;
 pub mod rms_norm;

@@ -1,7 +1,7 @@
 //! Mean squared error over all elements as one node whose backward gives both inputs their
 //! gradient in one pass (the trainer's loss).
 
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::contiguous;
 #[cfg(feature = "cuda")]
@@ -23,8 +23,9 @@ pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// Forward: (a, b) → scalar mean of `(a − b)²`.
 struct Mse;
-/// Backward: (a, b) → `[2, …]` packed (da, db) for the upstream scalar gradient `.0`.
-struct MseBwd(f64);
+/// Backward: (a, b, g) → `[2, …]` packed (da, db) for the upstream scalar gradient `g`, read
+/// where it lives (on CUDA the host never waits for it).
+struct MseBwd;
 
 fn mse_fwd<T: candle_core::WithDType>(a: &[T], b: &[T]) -> T {
     let s: f64 = a
@@ -116,9 +117,8 @@ impl CustomOp2 for Mse {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = grad.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let k = 2.0 * g / a.elem_count() as f64;
-        let packed = a.apply_op2_no_bwd(b, &MseBwd(k))?;
+        let grad = grad.reshape(1)?.contiguous()?;
+        let packed = a.apply_op3_no_bwd(b, &grad, &MseBwd)?;
         let n = a.elem_count();
         let da = packed.narrow(0, 0, n)?.reshape(a.shape())?;
         let db = packed.narrow(0, n, n)?.reshape(b.shape())?;
@@ -126,7 +126,7 @@ impl CustomOp2 for Mse {
     }
 }
 
-impl CustomOp2 for MseBwd {
+impl CustomOp3 for MseBwd {
     fn name(&self) -> &'static str {
         "fused-mse-bwd"
     }
@@ -137,17 +137,28 @@ impl CustomOp2 for MseBwd {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let Some((o, _)) = l3.contiguous_offsets() else {
+            bail!("fused-mse-bwd: the upstream gradient must be contiguous");
+        };
+        let g = match s3 {
+            CpuStorage::F32(x) => f64::from(x[o]),
+            CpuStorage::F64(x) => x[o],
+            _ => bail!("fused-mse-bwd: the upstream gradient must be f32 or f64"),
+        };
+        let k = 2.0 * g / l1.shape().elem_count() as f64;
         let out = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(mse_bwd::<f32>(
                 contiguous(s1, l1, "fused-mse")?,
                 contiguous(s2, l2, "fused-mse")?,
-                self.0,
+                k,
             )),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(mse_bwd::<f64>(
                 contiguous(s1, l1, "fused-mse")?,
                 contiguous(s2, l2, "fused-mse")?,
-                self.0,
+                k,
             )),
             _ => bail!("fused-mse-bwd: only f32 and f64 (matching) are supported"),
         };
@@ -161,17 +172,26 @@ impl CustomOp2 for MseBwd {
         l1: &Layout,
         s2: &CudaStorage,
         l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let op = self.name();
         if l1.shape() != l2.shape() {
             bail!("{op}: shape mismatch {:?} vs {:?}", l1.shape(), l2.shape());
         }
-        let (dev, n, k) = (&s1.device, l1.shape().elem_count(), self.0 as f32);
+        if s3.dtype() != s1.dtype() || l3.shape().elem_count() != 1 {
+            bail!(
+                "{op}: the upstream gradient must be one {:?} value",
+                s1.dtype()
+            );
+        }
+        let (dev, n) = (&s1.device, l1.shape().elem_count());
         let out = dispatch!(op, s1.dtype(), |T| {
             let (a, b) = (cuda::view::<T>(s1, l1, op)?, cuda::view::<T>(s2, l2, op)?);
+            let g = cuda::view::<T>(s3, l3, op)?;
             let mut out = cuda::alloc::<T>(dev, 2 * n, op)?;
             launch!(CUDA.func::<T>(dev, "mse_bwd")?, cuda::elementwise(n);
-                &a, &b, &mut out, &n, &k);
+                &a, &b, &g, &mut out, &n);
             cuda::wrap(out, dev)
         });
         Ok((out, Shape::from(2 * n)))

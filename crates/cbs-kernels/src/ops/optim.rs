@@ -1,22 +1,58 @@
 //! In-place kernels for the per-step parameter passes: AdamW's moment and weight updates, the
-//! EMA, and the squared gradient norm. CPU (f32/f64), and CUDA (f32/bf16, f32 arithmetic;
-//! `optim.cu`) with the `cuda` feature.
+//! EMA, and the gradient norm with its clipping decision. CPU (f32/f64), and CUDA (f32/bf16,
+//! f32 arithmetic; `optim.cu`, launched from `optim_cuda.rs`) with the `cuda` feature.
 //!
 //! Composed from tensor ops, AdamW alone is about fifteen passes over every parameter, each
 //! allocating a fresh tensor (measured on sit-s-4: 175 ms of a 2.1 s step, and the EMA 42 ms
 //! more). Here each update is one pass that writes into the existing buffers. Arithmetic is in
-//! f64 and rounded once per stored value, except the f32 weight update (see `ParamKernel`); the composed versions remain the path on other
-//! devices and for non-contiguous or other-dtype tensors ([`applies`]).
+//! f64 and rounded once per stored value, except the f32 weight update (see `ParamKernel`);
+//! the composed versions remain the path on other devices and for non-contiguous or
+//! other-dtype tensors ([`applies`]).
+//!
+//! **No host round trip per step.** The gradient norm, the clipping scale and whether the step
+//! may be applied at all (loss and norm finite) are computed on the device into a small
+//! *control* tensor ([`step_control`]: `[grad_scale, apply, grad_norm]`), which the update
+//! kernels read where they run: a non-finite step leaves moments, weights and EMA untouched
+//! without the host having looked at a single value. The trainer reads the step's numbers back
+//! only at its logging intervals.
 
 use crate::par;
 use crate::simd::simd_kernel;
 use crate::slices::contiguous;
 use candle_core::{
-    bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Storage, Tensor, WithDType,
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, InplaceOp3, Layout, Result, Shape,
+    Tensor, WithDType,
 };
 
 /// Elements per parallel task: large enough that the split costs nothing next to the work.
 const CHUNK: usize = 1 << 15;
+
+/// Values of a control tensor: `[grad_scale, apply (1 or 0), grad_norm]`.
+pub const CONTROL_LEN: usize = 3;
+
+/// The dtype of control tensors and squared-norm partials on `device`: f64 on the CPU (the
+/// norm and clipping scale as exact as the f64 host arithmetic they replace), f32 on CUDA
+/// (what the kernels read).
+pub fn control_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// Whether [`step_control`] and [`sum_sq_tensor`] have a kernel for `device` (the CPU, and
+/// CUDA with the `cuda` feature).
+pub fn control_applies(device: &Device) -> bool {
+    device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda())
+}
+
+/// A control tensor that always applies the update, with gradients scaled by `grad_scale`.
+pub fn fixed_control(grad_scale: f64, device: &Device) -> Result<Tensor> {
+    Tensor::new(&[grad_scale, 1.0, 0.0], &Device::Cpu)?
+        .to_dtype(control_dtype(device))?
+        .to_device(device)
+}
 
 /// Whether the in-place kernels handle `t`: contiguous, and on the CPU f32/f64 or (with the
 /// `cuda` feature) on CUDA f32/bf16.
@@ -42,11 +78,10 @@ fn zip_chunks<T: WithDType, S: WithDType>(
 }
 
 /// Moments stored as one `[2, …]` tensor (first `m`, then `v`): `m ← β₁m + (1−β₁)g'`,
-/// `v ← β₂v + (1−β₂)g'²` with `g' = scale·g`.
+/// `v ← β₂v + (1−β₂)g'²` with `g' = grad_scale·g`, the scale taken from the control tensor.
 pub struct MomentUpdate {
     pub beta1: f64,
     pub beta2: f64,
-    pub grad_scale: f64,
 }
 
 /// `θ ← θ(1 − lr·wd) − step_size · m / (√v / bc2_sqrt + eps)` from the `[2, …]` moments.
@@ -62,7 +97,7 @@ pub struct EmaUpdate {
     pub decay: f64,
 }
 
-fn moments<T: WithDType>(mv: &mut [T], g: &[T], u: &MomentUpdate) -> Result<()> {
+fn moments<T: WithDType>(mv: &mut [T], g: &[T], u: &MomentUpdate, scale: f64) -> Result<()> {
     let n = g.len();
     if mv.len() != 2 * n {
         bail!(
@@ -71,13 +106,12 @@ fn moments<T: WithDType>(mv: &mut [T], g: &[T], u: &MomentUpdate) -> Result<()> 
         );
     }
     let (m, v) = mv.split_at_mut(n);
-    let (b1, b2, s) = (u.beta1, u.beta2, u.grad_scale);
+    let (b1, b2, s) = (u.beta1, u.beta2, scale);
     par::chunks_mut2(m, CHUNK, v, CHUNK, |i, m, v| {
         moments_chunk(m, v, &g[i * CHUNK..][..m.len()], b1, b2, s)
     });
     Ok(())
 }
-
 simd_kernel! {
     fn moments_chunk<T: WithDType>(m: &mut [T], v: &mut [T], g: &[T], b1: f64, b2: f64, s: f64) {
         for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
@@ -88,7 +122,7 @@ simd_kernel! {
     }
 }
 
-fn params<T: ParamKernel>(p: &mut [T], mv: &[T], u: &ParamUpdate) -> Result<()> {
+fn params<T: ParamKernel>(p: &mut [T], mv: &[T], u: &ParamUpdate, _: f64) -> Result<()> {
     let n = p.len();
     if mv.len() != 2 * n {
         bail!(
@@ -157,7 +191,7 @@ simd_kernel! {
     }
 }
 
-fn ema<T: WithDType>(e: &mut [T], p: &[T], u: &EmaUpdate) -> Result<()> {
+fn ema<T: WithDType>(e: &mut [T], p: &[T], u: &EmaUpdate, _: f64) -> Result<()> {
     if e.len() != p.len() {
         bail!(
             "ema: {} averaged values for {} parameters",
@@ -185,9 +219,26 @@ fn offsets(l: &Layout, op: &str) -> Result<(usize, usize)> {
     }
 }
 
+/// The gradient scale of a CPU control tensor, or `None` when it says not to apply the step.
+fn cpu_control(s: &CpuStorage, l: &Layout, op: &str) -> Result<Option<f64>> {
+    let (a, b) = offsets(l, op)?;
+    let c: Vec<f64> = match s {
+        CpuStorage::F64(x) => x[a..b].to_vec(),
+        CpuStorage::F32(x) => x[a..b].iter().map(|&v| f64::from(v)).collect(),
+        _ => bail!("{op}: the control tensor must be f32 or f64"),
+    };
+    if c.len() != CONTROL_LEN {
+        bail!(
+            "{op}: a control tensor has {CONTROL_LEN} values, got {}",
+            c.len()
+        );
+    }
+    Ok((c[1] != 0.0).then_some(c[0]))
+}
+
 macro_rules! inplace_op {
     ($ty:ty, $name:literal, $kernel:ident, $cuda:ident) => {
-        impl InplaceOp2 for $ty {
+        impl InplaceOp3 for $ty {
             fn name(&self) -> &'static str {
                 $name
             }
@@ -198,16 +249,21 @@ macro_rules! inplace_op {
                 dst_l: &Layout,
                 src: &CpuStorage,
                 src_l: &Layout,
+                ctrl: &CpuStorage,
+                ctrl_l: &Layout,
             ) -> Result<()> {
                 let op = $name;
+                let Some(scale) = cpu_control(ctrl, ctrl_l, op)? else {
+                    return Ok(());
+                };
                 let (a, b) = offsets(dst_l, op)?;
                 let (c, d) = offsets(src_l, op)?;
                 match (dst, src) {
                     (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-                        $kernel(&mut x[a..b], &y[c..d], self)
+                        $kernel(&mut x[a..b], &y[c..d], self, scale)
                     }
                     (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-                        $kernel(&mut x[a..b], &y[c..d], self)
+                        $kernel(&mut x[a..b], &y[c..d], self, scale)
                     }
                     _ => bail!("{op}: only f32 and f64 (matching) are supported"),
                 }
@@ -220,8 +276,10 @@ macro_rules! inplace_op {
                 dst_l: &Layout,
                 src: &candle_core::CudaStorage,
                 src_l: &Layout,
+                ctrl: &candle_core::CudaStorage,
+                ctrl_l: &Layout,
             ) -> Result<()> {
-                gpu::$cuda(self, dst, dst_l, src, src_l)
+                super::optim_cuda::$cuda(self, dst, dst_l, src, src_l, ctrl, ctrl_l)
             }
         }
     };
@@ -231,149 +289,146 @@ inplace_op!(MomentUpdate, "adamw-moments", moments, moments);
 inplace_op!(ParamUpdate, "adamw-update", params, params);
 inplace_op!(EmaUpdate, "ema-update", ema, ema);
 
-/// `Σ g²` in f64 over a CPU or CUDA tensor (any layout is made contiguous first; on CUDA, f32
-/// per-block partial sums added on the host in f64).
-pub fn sum_sq(g: &Tensor) -> Result<f64> {
-    let g = g.contiguous()?;
-    let (storage, layout) = g.storage_and_layout();
-    simd_kernel! {
-        /// Eight interleaved partial sums, so the loop vectorises.
-        fn chunk_sum_sq<T: WithDType>(c: &[T]) -> f64 {
-            let mut acc = [0.0f64; 8];
-            let split = c.len() - c.len() % 8;
-            for x in c[..split].chunks_exact(8) {
-                for l in 0..8 {
-                    acc[l] += x[l].to_f64() * x[l].to_f64();
-                }
+simd_kernel! {
+    /// Eight interleaved partial sums, so the loop vectorises.
+    fn chunk_sum_sq<T: WithDType>(c: &[T]) -> f64 {
+        let mut acc = [0.0f64; 8];
+        let split = c.len() - c.len() % 8;
+        for x in c[..split].chunks_exact(8) {
+            for l in 0..8 {
+                acc[l] += x[l].to_f64() * x[l].to_f64();
             }
-            let tail: f64 = c[split..].iter().map(|v| v.to_f64() * v.to_f64()).sum();
-            acc.iter().sum::<f64>() + tail
         }
+        let tail: f64 = c[split..].iter().map(|v| v.to_f64() * v.to_f64()).sum();
+        acc.iter().sum::<f64>() + tail
     }
-    fn sum<T: WithDType>(x: &[T]) -> f64 {
-        // Chunk sums added in chunk order: the norm does not depend on thread timing.
-        par::map(x.len().div_ceil(CHUNK), |i| {
-            chunk_sum_sq(&x[i * CHUNK..x.len().min((i + 1) * CHUNK)])
-        })
-        .iter()
-        .sum()
-    }
-    #[cfg(feature = "cuda")]
-    if let Storage::Cuda(s) = &*storage {
-        return gpu::sum_sq(s, layout);
-    }
-    let Storage::Cpu(s) = &*storage else {
-        bail!("sum_sq: CPU tensors only");
-    };
-    Ok(match s {
-        CpuStorage::F32(_) => sum(contiguous::<f32>(s, layout, "sum_sq")?),
-        CpuStorage::F64(_) => sum(contiguous::<f64>(s, layout, "sum_sq")?),
-        _ => bail!("sum_sq: only f32 and f64 are supported"),
-    })
 }
 
-/// The CUDA versions of the in-place passes: one grid-stride kernel each, writing into the
-/// destination's buffer.
-#[cfg(feature = "cuda")]
-mod gpu {
-    use super::{offsets, EmaUpdate, MomentUpdate, ParamUpdate};
-    use crate::cuda::{self, dispatch, launch, BackendStorage, CudaStorage};
-    use candle_core::{bail, Layout, Result};
+fn cpu_sum_sq<T: WithDType>(x: &[T]) -> f64 {
+    // Chunk sums added in chunk order: the norm does not depend on thread timing.
+    par::map(x.len().div_ceil(CHUNK), |i| {
+        chunk_sum_sq(&x[i * CHUNK..x.len().min((i + 1) * CHUNK)])
+    })
+    .iter()
+    .sum()
+}
 
-    const CUDA: cuda::Module = cuda::ptx_module!("optim");
+/// `Σ g²` in f64 over a CPU or CUDA tensor, read back to the host (any layout is made
+/// contiguous first). The trainer keeps the sum on the device instead ([`sum_sq_tensor`]).
+pub fn sum_sq(g: &Tensor) -> Result<f64> {
+    sum_sq_tensor(g)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()
+        .map(|v| v[0])
+}
 
-    /// The destination's offset range and the element count `n` of the smaller tensor, after
-    /// checking that the destination has `dst_per_n` values per `n` and the source `src_per_n`.
-    fn range(
-        op: &str,
-        dst: &Layout,
-        src: &Layout,
-        (dst_per_n, src_per_n): (usize, usize),
-    ) -> Result<((usize, usize), usize)> {
-        let (d, s) = (offsets(dst, op)?, offsets(src, op)?);
-        let (nd, ns) = (d.1 - d.0, s.1 - s.0);
-        if nd * src_per_n != ns * dst_per_n {
-            bail!("{op}: {nd} destination values for {ns} source values");
+/// `Σ g²` as a one-element tensor on `g`'s device, of the [`control_dtype`]: on the CPU
+/// summed in f64 (chunk sums in chunk order), on CUDA per-block f32 partial sums added by one
+/// block in a fixed order. Deterministic on both.
+pub fn sum_sq_tensor(g: &Tensor) -> Result<Tensor> {
+    g.contiguous()?.apply_op1_no_bwd(&SumSq)
+}
+
+struct SumSq;
+
+impl CustomOp1 for SumSq {
+    fn name(&self) -> &'static str {
+        "sum-sq"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let v = match s {
+            CpuStorage::F32(_) => cpu_sum_sq(contiguous::<f32>(s, l, "sum_sq")?),
+            CpuStorage::F64(_) => cpu_sum_sq(contiguous::<f64>(s, l, "sum_sq")?),
+            _ => bail!("sum_sq: only f32 and f64 are supported"),
+        };
+        Ok((CpuStorage::F64(vec![v]), Shape::from(1)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((super::optim_cuda::sum_sq(s, l)?, Shape::from(1)))
+    }
+}
+
+/// The control tensor of one step (`[grad_scale, apply, grad_norm]`, see the module doc) from
+/// the step's loss and the per-parameter squared gradient norms `sums` (`[k]`, from
+/// [`sum_sq_tensor`]): `grad_norm = √Σ sums` (added in order), `apply` when the loss and the
+/// norm are finite, and `grad_scale = max_norm / (grad_norm + 1e-6)` when `max_norm > 0` and
+/// the norm exceeds it, else 1 (PyTorch's `clip_grad_norm_`). Computed where the tensors live.
+pub fn step_control(loss: &Tensor, sums: &Tensor, max_norm: f64) -> Result<Tensor> {
+    loss.contiguous()?
+        .apply_op2_no_bwd(&sums.contiguous()?, &StepControl { max_norm })
+}
+
+struct StepControl {
+    max_norm: f64,
+}
+
+/// The scalar arithmetic of [`step_control`], shared with the tests' expectations.
+pub fn control_values(loss: f64, sums: impl IntoIterator<Item = f64>, max_norm: f64) -> [f64; 3] {
+    let mut sum = 0f64;
+    for s in sums {
+        sum += s;
+    }
+    let norm = sum.sqrt();
+    let apply = loss.is_finite() && norm.is_finite();
+    let scale = if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    };
+    [scale, f64::from(u8::from(apply)), norm]
+}
+
+impl CustomOp2 for StepControl {
+    fn name(&self) -> &'static str {
+        "step-control"
+    }
+
+    fn cpu_fwd(
+        &self,
+        loss: &CpuStorage,
+        loss_l: &Layout,
+        sums: &CpuStorage,
+        sums_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        if loss_l.shape().elem_count() != 1 {
+            bail!(
+                "{op}: the loss must be one value, got shape {:?}",
+                loss_l.dims()
+            );
         }
-        Ok((d, nd / dst_per_n))
+        let (a, _) = offsets(loss_l, op)?;
+        let loss = match loss {
+            CpuStorage::F32(x) => f64::from(x[a]),
+            CpuStorage::F64(x) => x[a],
+            CpuStorage::BF16(x) => x[a].to_f64(),
+            CpuStorage::F16(x) => x[a].to_f64(),
+            _ => bail!("{op}: the loss must be a float"),
+        };
+        let CpuStorage::F64(_) = sums else {
+            bail!("{op}: the squared norms must be f64 on the CPU");
+        };
+        let sums = contiguous::<f64>(sums, sums_l, op)?;
+        let c = control_values(loss, sums.iter().copied(), self.max_norm);
+        Ok((CpuStorage::F64(c.to_vec()), Shape::from(CONTROL_LEN)))
     }
 
-    pub(super) fn moments(
-        u: &MomentUpdate,
-        dst: &mut CudaStorage,
-        dst_l: &Layout,
-        src: &CudaStorage,
-        src_l: &Layout,
-    ) -> Result<()> {
-        let op = "adamw-moments";
-        let ((a, b), n) = range(op, dst_l, src_l, (2, 1))?;
-        let dev = dst.device.clone();
-        let (b1, b2, s) = (u.beta1 as f32, u.beta2 as f32, u.grad_scale as f32);
-        let (c1, c2) = ((1.0 - u.beta1) as f32, (1.0 - u.beta2) as f32);
-        dispatch!(op, dst.dtype(), |T| {
-            let g = cuda::view::<T>(src, src_l, op)?;
-            let mut mv = dst.as_cuda_slice_mut::<T>()?.slice_mut(a..b);
-            launch!(CUDA.func::<T>(&dev, "adamw_moments")?, cuda::elementwise(n);
-                &mut mv, &g, &n, &b1, &c1, &b2, &c2, &s);
-        });
-        Ok(())
-    }
-
-    pub(super) fn params(
-        u: &ParamUpdate,
-        dst: &mut CudaStorage,
-        dst_l: &Layout,
-        src: &CudaStorage,
-        src_l: &Layout,
-    ) -> Result<()> {
-        let op = "adamw-update";
-        let ((a, b), n) = range(op, dst_l, src_l, (1, 2))?;
-        let dev = dst.device.clone();
-        let f = |x: f64| x as f32;
-        let (decay, step, bc2, eps) = (f(u.decay), f(u.step_size), f(u.bc2_sqrt), f(u.eps));
-        dispatch!(op, dst.dtype(), |T| {
-            let mv = cuda::view::<T>(src, src_l, op)?;
-            let mut p = dst.as_cuda_slice_mut::<T>()?.slice_mut(a..b);
-            launch!(CUDA.func::<T>(&dev, "adamw_params")?, cuda::elementwise(n);
-                &mut p, &mv, &n, &decay, &step, &bc2, &eps);
-        });
-        Ok(())
-    }
-
-    pub(super) fn ema(
-        u: &EmaUpdate,
-        dst: &mut CudaStorage,
-        dst_l: &Layout,
-        src: &CudaStorage,
-        src_l: &Layout,
-    ) -> Result<()> {
-        let op = "ema-update";
-        let ((a, b), n) = range(op, dst_l, src_l, (1, 1))?;
-        let dev = dst.device.clone();
-        let (d, c) = (u.decay as f32, (1.0 - u.decay) as f32);
-        dispatch!(op, dst.dtype(), |T| {
-            let p = cuda::view::<T>(src, src_l, op)?;
-            let mut e = dst.as_cuda_slice_mut::<T>()?.slice_mut(a..b);
-            launch!(CUDA.func::<T>(&dev, "ema_update")?, cuda::elementwise(n);
-                &mut e, &p, &n, &d, &c);
-        });
-        Ok(())
-    }
-
-    pub(super) fn sum_sq(s: &CudaStorage, l: &Layout) -> Result<f64> {
-        let op = "sum_sq";
-        let n = l.shape().elem_count();
-        if n == 0 {
-            return Ok(0.0);
-        }
-        let cfg = cuda::elementwise(n);
-        let dev = &s.device;
-        let part = dispatch!(op, s.dtype(), |T| {
-            let x = cuda::view::<T>(s, l, op)?;
-            let mut part = cuda::scratch(dev, cfg.grid_dim.0 as usize, op)?;
-            launch!(CUDA.func::<T>(dev, "sum_sq_partial")?, cfg; &x, &mut part, &n);
-            part
-        });
-        Ok(dev.clone_dtoh(&part)?.iter().map(|&v| v as f64).sum())
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        loss: &candle_core::CudaStorage,
+        loss_l: &Layout,
+        sums: &candle_core::CudaStorage,
+        sums_l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = super::optim_cuda::step_control(self.max_norm, loss, loss_l, sums, sums_l)?;
+        Ok((out, Shape::from(CONTROL_LEN)))
     }
 }

@@ -6,16 +6,20 @@
 //! communicator id is made by rank 0 and handed to the others over the TCP rendezvous
 //! ([`super::TcpGroup`]).
 //!
-//! A rank that stops leaves the others blocked inside NCCL, which cannot be cancelled from the
-//! caller: a watchdog thread ends the process (exit status 1) with an error naming the rank and
-//! the call when a collective has not completed within the group's timeout, as PyTorch's NCCL
-//! watchdog does. `cbs launch` and torchrun then stop the remaining ranks.
+//! No call waits for a collective: each is queued on the stream with an event recorded after it,
+//! and the host waits only where it reads a result (the trainer's read points). A rank that
+//! stops leaves the others' streams blocked inside NCCL, which cannot be cancelled from the
+//! caller: a watchdog thread polls the events and ends the process (exit status 1) with an error
+//! naming the rank and the call when a collective has not completed within the group's timeout,
+//! as PyTorch's NCCL watchdog does. `cbs launch` and torchrun then stop the remaining ranks.
 //!
 //! Unverified: no GPU was available where this was written; scripts/gpu-check.sh runs it.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use candle_core::cuda::cudarc::driver::CudaEvent;
 use candle_core::cuda::cudarc::nccl::{Comm, Id, ReduceOp};
 use candle_core::cuda::{CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
@@ -35,8 +39,12 @@ pub struct NcclGroup {
     world: usize,
     comm: Arc<Mutex<SharedComm>>,
     device: CudaDevice,
-    watchdog: Arc<Mutex<Option<(Instant, &'static str)>>>,
+    watchdog: Watched,
 }
+
+/// Collectives queued on the stream and not yet seen complete: when each was queued, what it
+/// was, and the event recorded after it.
+type Watched = Arc<Mutex<VecDeque<(Instant, &'static str, CudaEvent)>>>;
 
 fn nccl_err(what: &str, e: impl std::fmt::Debug) -> TrainError {
     TrainError::Invalid {
@@ -77,7 +85,7 @@ impl NcclGroup {
             .map_err(|e| nccl_err("binding the CUDA context", e))?;
         let comm = Comm::from_rank(stream, pg.rank, pg.world_size, Id::uninit(internal))
             .map_err(|e| nccl_err("ncclCommInitRank", e))?;
-        let watchdog: Arc<Mutex<Option<(Instant, &'static str)>>> = Arc::default();
+        let watchdog: Watched = Arc::default();
         spawn_watchdog(watchdog.clone(), pg.rank, pg.timeout);
         Ok(Self {
             rank: pg.rank,
@@ -88,11 +96,13 @@ impl NcclGroup {
         })
     }
 
-    /// Runs `op` on every bucket of `tensors` (f32) and waits for the stream, under the watchdog.
+    /// Queues `op` on every bucket of `tensors` (f32) on candle's stream, under the watchdog.
+    /// Nothing waits here: the results are ordered after the collectives on the stream, and
+    /// the host sees them (and waits) only when it reads them.
     fn bucketed(&self, tensors: &[Tensor], what: &'static str, op: Op) -> Result<Vec<Tensor>> {
         let buckets = Buckets::new(tensors, DType::F32, BUCKET_BYTES);
         let flat = buckets.flatten(tensors)?;
-        *self.watchdog.lock().expect("watchdog") = Some((Instant::now(), what));
+        let queued = Instant::now();
         let custom = NcclOp {
             comm: self.comm.clone(),
             op,
@@ -101,12 +111,16 @@ impl NcclGroup {
             .iter()
             .map(|t| t.apply_op1_no_bwd(&custom))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        // Completion of the collectives (a stopped peer blocks here, under the watchdog).
-        self.device
+        // The watchdog polls this event: a stopped peer leaves it incomplete.
+        let done = self
+            .device
             .cuda_stream()
-            .synchronize()
+            .record_event(None)
             .map_err(|e| nccl_err(what, e))?;
-        *self.watchdog.lock().expect("watchdog") = None;
+        self.watchdog
+            .lock()
+            .expect("watchdog")
+            .push_back((queued, what, done));
         buckets.unflatten(&reduced)
     }
 }
@@ -165,21 +179,34 @@ impl CustomOp1 for NcclOp {
     }
 }
 
-fn spawn_watchdog(
-    state: Arc<Mutex<Option<(Instant, &'static str)>>>,
-    rank: usize,
-    timeout: Duration,
-) {
+/// Polls the queued collectives' events (without blocking the stream or the training thread)
+/// and ends the process when one has not completed within `timeout`, or the device reports an
+/// error.
+fn spawn_watchdog(state: Watched, rank: usize, timeout: Duration) {
     std::thread::spawn(move || loop {
-        std::thread::sleep(Duration::from_secs(1).min(timeout));
-        let pending = *state.lock().expect("watchdog");
-        if let Some((since, what)) = pending {
-            if since.elapsed() > timeout {
-                eprintln!(
-                    "error: rank {rank}: an NCCL {what} did not complete within {timeout:?}: \
-                     another rank stopped or failed (see its error); exiting"
-                );
-                std::process::exit(1);
+        std::thread::sleep(Duration::from_millis(100).min(timeout));
+        let mut queue = state.lock().expect("watchdog");
+        while let Some((since, what, event)) = queue.front() {
+            let status = event
+                .context()
+                .bind_to_thread()
+                .and_then(|()| event.try_is_complete());
+            match status {
+                Ok(true) => {
+                    queue.pop_front();
+                }
+                Ok(false) if since.elapsed() <= timeout => break,
+                Ok(false) => {
+                    eprintln!(
+                        "error: rank {rank}: an NCCL {what} did not complete within {timeout:?}: \
+                         another rank stopped or failed (see its error); exiting"
+                    );
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    eprintln!("error: rank {rank}: the GPU failed during an NCCL {what}: {e:?}");
+                    std::process::exit(1);
+                }
             }
         }
     });
