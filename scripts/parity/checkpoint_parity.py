@@ -22,26 +22,18 @@ Exit status 0 when every check passes.
 """
 import argparse
 import copy
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from venv_bootstrap import reexec_in_venv
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = {"SiT-S/2": "sit-s-2", "SiT-B/2": "sit-b-2", "SiT-S/4": "sit-s-4", "SiT-XL/2": "sit-xl-2"}
 
 
 def ensure_venv(venv: Path):
-    if os.environ.get("CBS_CKPT_PARITY_INNER") == "1":
-        return
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
-        subprocess.check_call([str(python), "-m", "pip", "install", "-q", "torch", "numpy",
-                               "timm", "safetensors"])
-    env = dict(os.environ, CBS_CKPT_PARITY_INNER="1")
-    sys.exit(subprocess.call([str(python), __file__, *sys.argv[1:]], env=env))
-
+    reexec_in_venv(venv, ['torch', 'numpy', 'timm', 'safetensors'], ['torch', 'numpy', 'timm', 'safetensors'], __file__)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

@@ -32,35 +32,19 @@ Exit status 0 when every check passes.
 
 import argparse
 import json
-import os
 import subprocess
 import time
 import sys
-import venv
 from pathlib import Path
 
+from venv_bootstrap import reexec_in_venv
+
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = "CBS_INCEPTION_PARITY_IN_VENV"
 PACKAGES = ["torch", "torchvision", "pytorch-fid", "numpy", "scipy"]
 
 
-def ensure_venv(venv_dir: Path) -> None:
-    if os.environ.get(MARKER) == "1":
-        return
-    py = venv_dir / "bin" / "python"
-    if not py.exists():
-        print(f"creating venv {venv_dir}", flush=True)
-        venv.create(venv_dir, with_pip=True)
-    check = subprocess.run(
-        [str(py), "-c", "import torch, torchvision, pytorch_fid, scipy, numpy"],
-        capture_output=True,
-    )
-    if check.returncode != 0:
-        print(f"installing {' '.join(PACKAGES)} (large download)", flush=True)
-        subprocess.run([str(py), "-m", "pip", "install", *PACKAGES], check=True)
-    env = dict(os.environ, **{MARKER: "1"})
-    os.execve(str(py), [str(py), __file__, *sys.argv[1:]], env)
-
+def ensure_venv(venv: Path):
+    reexec_in_venv(venv, PACKAGES, ['torch', 'torchvision', 'pytorch_fid', 'scipy', 'numpy'], __file__)
 
 def run(cmd):
     print("+", " ".join(str(c) for c in cmd), flush=True)

@@ -51,15 +51,15 @@ import ast
 import contextlib
 import copy
 import json
-import os
 import re
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
+from venv_bootstrap import reexec_in_venv
+
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = "CBS_JIT_PARITY_INNER"
 PACKAGES = ["torch", "numpy", "safetensors", "einops", "timm"]
 TOLERANCE = 1e-4
 PRESETS = {
@@ -74,20 +74,7 @@ ENTRY = re.compile(r"entry `([^`]+)`")
 
 
 def ensure_venv(venv: Path):
-    if os.environ.get(MARKER) == "1":
-        return
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"creating venv {venv}", flush=True)
-        subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
-    check = subprocess.run(
-        [str(python), "-c", "import torch, numpy, safetensors, einops, timm"], capture_output=True)
-    if check.returncode != 0:
-        print(f"installing {' '.join(PACKAGES)} into {venv} (large download)", flush=True)
-        subprocess.check_call([str(python), "-m", "pip", "install", "-q", *PACKAGES])
-    env = dict(os.environ, **{MARKER: "1"})
-    sys.exit(subprocess.call([str(python), __file__, *sys.argv[1:]], env=env))
-
+    reexec_in_venv(venv, PACKAGES, ['torch', 'numpy', 'safetensors', 'einops', 'timm'], __file__)
 
 def reference_args(jit: Path, argv):
     """Parse `argv` with `get_args_parser()` of the checkout's main_jit.py (that function only)."""

@@ -16,24 +16,15 @@ itself inside it and writes, with deterministic values:
 """
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from venv_bootstrap import reexec_in_venv
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def ensure_venv(venv: Path):
-    if os.environ.get("CBS_TORCH_FIXTURES_INNER") == "1":
-        return
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
-        subprocess.check_call([str(python), "-m", "pip", "install", "-q", "torch", "numpy"])
-    env = dict(os.environ, CBS_TORCH_FIXTURES_INNER="1")
-    sys.exit(subprocess.call([str(python), __file__, *sys.argv[1:]], env=env))
-
+    reexec_in_venv(venv, ['torch', 'numpy'], ['torch', 'numpy'], __file__)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

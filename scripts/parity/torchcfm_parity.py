@@ -36,14 +36,14 @@ Exit status 0 when every check passes, 1 when one fails, 2 when the cbs binary i
 import argparse
 import copy
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from venv_bootstrap import reexec_in_venv
+
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = "CBS_TORCHCFM_PARITY_INNER"
 PACKAGES = ["torch", "numpy", "safetensors", "torchcfm"]
 TOLERANCE = 1e-4
 PRESET = "unet-cifar"
@@ -66,21 +66,7 @@ ENTRY = re.compile(r"entry `([^`]+)`")
 
 
 def ensure_venv(venv: Path):
-    if os.environ.get(MARKER) == "1":
-        return
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"creating venv {venv}", flush=True)
-        subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
-    check = subprocess.run(
-        [str(python), "-c", "import torch, numpy, safetensors, torchcfm.models.unet"],
-        capture_output=True)
-    if check.returncode != 0:
-        print(f"installing {' '.join(PACKAGES)} into {venv} (large download)", flush=True)
-        subprocess.check_call([str(python), "-m", "pip", "install", "-q", *PACKAGES])
-    env = dict(os.environ, **{MARKER: "1"})
-    sys.exit(subprocess.call([str(python), __file__, *sys.argv[1:]], env=env))
-
+    reexec_in_venv(venv, PACKAGES, ['torch', 'numpy', 'safetensors', 'torchcfm.models.unet'], __file__)
 
 def randomize(model, gen):
     """Seeded random values for every parameter, scaled so activations stay O(1)."""

@@ -45,15 +45,15 @@ committed golden fixture:
         --fixture crates/cbs-models/tests/fixtures/vae-tiny
 """
 import argparse
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from venv_bootstrap import reexec_in_venv
+
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = "CBS_VAE_PARITY_INNER"
 PACKAGES = ["torch", "numpy", "safetensors", "diffusers"]
 TOLERANCE = 1e-4
 
@@ -93,20 +93,7 @@ LEGACY_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "pr
 
 
 def ensure_venv(venv: Path):
-    if os.environ.get(MARKER) == "1":
-        return
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"creating venv {venv}", flush=True)
-        subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
-    check = subprocess.run([str(python), "-c", "import torch, numpy, safetensors, diffusers"],
-                           capture_output=True)
-    if check.returncode != 0:
-        print(f"installing {' '.join(PACKAGES)} into {venv} (large download)", flush=True)
-        subprocess.check_call([str(python), "-m", "pip", "install", "-q", *PACKAGES])
-    env = dict(os.environ, **{MARKER: "1"})
-    sys.exit(subprocess.call([str(python), __file__, *sys.argv[1:]], env=env))
-
+    reexec_in_venv(venv, PACKAGES, ['torch', 'numpy', 'safetensors', 'diffusers'], __file__)
 
 def randomize(model, gen):
     """Seeded random values for every parameter, scaled so activations stay O(1)."""

@@ -355,6 +355,19 @@ pub struct SampleArgs {
     /// only up to floating-point rounding).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    #[command(flatten)]
+    pub images: ImageOutputArgs,
+    /// Output directory: grid.png, samples.npz (arr_0 = uint8 [N, H, W, C]), labels.txt
+    /// (point models: samples.npz with float32 [N, D] and scatter.png).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// How image outputs are laid out (`cbs sample`, `cbs decode`).
+#[derive(Args, Debug)]
+pub struct ImageOutputArgs {
     /// Images per grid row (default: √ of the images shown).
     #[arg(long)]
     pub nrow: Option<usize>,
@@ -364,12 +377,16 @@ pub struct SampleArgs {
     /// Also write every image as DIR/images/NNNNNN.png.
     #[arg(long)]
     pub individual: bool,
-    /// Output directory: grid.png, samples.npz (arr_0 = uint8 [N, H, W, C]), labels.txt
-    /// (point models: samples.npz with float32 [N, D] and scatter.png).
-    #[arg(long)]
-    pub out: PathBuf,
-    #[command(flatten)]
-    pub device: DeviceArgs,
+}
+
+impl ImageOutputArgs {
+    pub fn options(&self) -> cbs_sample::images::OutputOptions {
+        cbs_sample::images::OutputOptions {
+            nrow: self.nrow,
+            grid_max: self.grid_max,
+            individual: self.individual,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -8,7 +8,7 @@ use cbs_models::{shapes, ModelSpec};
 use cbs_run::checkpoint;
 use cbs_run::outputs::LATENTS_NPZ;
 use cbs_run::TrainConfig;
-use cbs_sample::images::{self, OutputOptions};
+use cbs_sample::images;
 use cbs_sample::{SampleOptions, SampleShape};
 
 use crate::cli::{InspectArgs, SampleArgs, TrainArgs};
@@ -211,11 +211,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             a.atol, a.rtol
         );
     }
-    let out_opts = OutputOptions {
-        nrow: a.nrow,
-        grid_max: a.grid_max,
-        individual: a.individual,
-    };
+    let out_opts = a.images.options();
     let latent = x.rank() == 4 && !matches!(x.dim(1)?, 1 | 3);
     match (&a.vae, latent) {
         (Some(dir), true) => {

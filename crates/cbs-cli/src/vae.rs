@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use cbs_models::vae::AutoencoderKl;
 use cbs_models::Kernels;
-use cbs_sample::images::{self, OutputOptions};
+use cbs_sample::images;
 use cbs_sample::vae::{EncodeOptions, PosteriorDraw};
 use clap::Args;
 
@@ -68,15 +68,8 @@ pub struct DecodeArgs {
     /// Latents per VAE call.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Images per grid row (default: √ of the images shown).
-    #[arg(long)]
-    pub nrow: Option<usize>,
-    /// grid.png shows the first this many images (samples.npz holds all of them).
-    #[arg(long, default_value_t = 100)]
-    pub grid_max: usize,
-    /// Also write every image as DIR/images/NNNNNN.png.
-    #[arg(long)]
-    pub individual: bool,
+    #[command(flatten)]
+    pub images: crate::cli::ImageOutputArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -169,16 +162,7 @@ pub fn decode(a: DecodeArgs) -> Result<()> {
     let vae = load_vae(&a.vae, &dev)?;
     let (z, labels) = cbs_sample::vae::read_latents(&a.latents, &dev)?;
     let x = decode_with_bar(&vae, &z, a.batch)?;
-    images::write_outputs(
-        &a.out,
-        &x,
-        labels.as_deref(),
-        &OutputOptions {
-            nrow: a.nrow,
-            grid_max: a.grid_max,
-            individual: a.individual,
-        },
-    )?;
+    images::write_outputs(&a.out, &x, labels.as_deref(), &a.images.options())?;
     eprintln!(
         "decoded {} latents {:?} to {}",
         z.dim(0)?,

@@ -91,7 +91,20 @@ pub fn torch_weights(
     arch: &Architecture,
     which: WeightsKind,
 ) -> Result<(HashMap<String, Tensor>, String)> {
-    let file = cbs_torch::TorchFile::open(path).map_err(|e| RunError::Torch(Box::new(e)))?;
+    weights_of(&open(path)?, path, arch, which)
+}
+
+fn open(path: &Path) -> Result<cbs_torch::TorchFile> {
+    cbs_torch::TorchFile::open(path).map_err(|e| RunError::Torch(Box::new(e)))
+}
+
+/// [`torch_weights`] from the opened `file` (read from `path`).
+fn weights_of(
+    file: &cbs_torch::TorchFile,
+    path: &Path,
+    arch: &Architecture,
+    which: WeightsKind,
+) -> Result<(HashMap<String, Tensor>, String)> {
     let entry = choose_entry(path, &file.groups(), which)?;
     let (tensors, skipped) = file
         .load_all(entry.as_deref())
@@ -155,9 +168,10 @@ pub fn load_weights(
     Ok((tensors, file.display().to_string()))
 }
 
-/// A network of `arch` from a PyTorch file (see [`torch_weights`]), computing in
-/// `precision`'s dtype.
-pub fn load_torch(
+/// A network of `arch` from the opened PyTorch `file` (read from `path`; see
+/// [`torch_weights`]), computing in `precision`'s dtype.
+fn load_torch(
+    file: &cbs_torch::TorchFile,
     path: &Path,
     arch: &Architecture,
     which: WeightsKind,
@@ -165,7 +179,7 @@ pub fn load_torch(
     precision: Precision,
     device: &Device,
 ) -> Result<TorchLoaded> {
-    let (tensors, entry) = torch_weights(path, arch, which)?;
+    let (tensors, entry) = weights_of(file, path, arch, which)?;
     precision.configure_products();
     let vb = VarBuilder::from_tensors(tensors, precision.compute_dtype(), device);
     let model = Model::new(arch, kernels, vb)?;
@@ -181,14 +195,18 @@ pub fn load_torch(
 /// without a null class (classifier-free guidance is then refused, as for any model trained
 /// without label dropout). Other architectures and tables are returned unchanged (the name
 /// and shape check reports a real mismatch).
-fn fit_label_table(path: &Path, which: WeightsKind, arch: Architecture) -> Result<Architecture> {
+fn fit_label_table(
+    file: &cbs_torch::TorchFile,
+    path: &Path,
+    which: WeightsKind,
+    arch: Architecture,
+) -> Result<Architecture> {
     let Architecture::Unet(mut cfg) = arch else {
         return Ok(arch);
     };
     if cfg.null_class().is_none() {
         return Ok(Architecture::Unet(cfg));
     }
-    let file = cbs_torch::TorchFile::open(path).map_err(|e| RunError::Torch(Box::new(e)))?;
     let entry = choose_entry(path, &file.groups(), which)?;
     let prefix = entry.map(|e| format!("{e}.")).unwrap_or_default();
     let rows = ["", "net.", "module."].iter().find_map(|wrapper| {
@@ -227,13 +245,16 @@ pub fn load_any(
         ));
     };
     let (shape, classes) = spec.default_geometry()?;
-    let architecture = fit_label_table(path, which, spec.resolve(&shape, classes)?)?;
+    // One parse of the file for both the label-table check and the weights.
+    let file = open(path)?;
+    let architecture = fit_label_table(&file, path, which, spec.resolve(&shape, classes)?)?;
     let config = TrainConfig {
         model: spec.clone(),
         data: Default::default(),
         train: Default::default(),
     };
     let loaded = load_torch(
+        &file,
         path,
         &architecture,
         which,
