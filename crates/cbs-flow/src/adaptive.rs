@@ -121,7 +121,7 @@ pub fn dopri5(
     if span <= 0.0 {
         return Ok((x.clone(), 0));
     }
-    let f = |x: &Tensor, t: f64| field.velocity(x, &time(t, x)?, y);
+    let f = |x: &Tensor, t: f64| field.velocity_shared(x, &time(t, x)?, t, y);
     let mut x = x.clone();
     let mut k1 = f(&x, t0)?;
     let mut evals = 1;

@@ -1,6 +1,6 @@
 //! Classifier-free guidance as a velocity-field wrapper.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use crate::VelocityField;
 
@@ -27,21 +27,13 @@ impl<F> Guided<F> {
     }
 }
 
-impl<F: VelocityField> VelocityField for Guided<F> {
-    fn velocity(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
+impl<F: VelocityField> Guided<F> {
+    /// The guided velocity, with guidance on when `inside` (of the interval).
+    fn guided(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>, inside: bool) -> Result<Tensor> {
         let (Some(y), Some(null)) = (y, self.inner.null_class()) else {
             return self.inner.velocity(x, t, y);
         };
-        let outside = match self.interval {
-            // Every sample of a sampling batch shares one time; the first one decides.
-            Some((lo, hi)) => {
-                let t0 = t.flatten_all()?.get(0)?.to_dtype(candle_core::DType::F64)?;
-                let t0 = t0.to_scalar::<f64>()?;
-                !(lo < t0 && t0 < hi)
-            }
-            None => false,
-        };
-        if self.scale == 1.0 || outside {
+        if self.scale == 1.0 || !inside {
             return self.inner.velocity(x, t, Some(y));
         }
         let b = x.dim(0)?;
@@ -53,6 +45,41 @@ impl<F: VelocityField> VelocityField for Guided<F> {
         let v_cond = v.narrow(0, 0, b)?;
         let v_uncond = v.narrow(0, b, b)?;
         &v_uncond + ((v_cond - &v_uncond)? * self.scale)?
+    }
+
+    fn inside(&self, t0: f64) -> bool {
+        self.interval.is_none_or(|(lo, hi)| lo < t0 && t0 < hi)
+    }
+}
+
+impl<F: VelocityField> VelocityField for Guided<F> {
+    fn velocity(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
+        let inside = match (self.interval, y) {
+            // Every sample of a sampling batch shares one time; the first one decides (read
+            // back from the device: samplers call `velocity_shared` instead).
+            (Some(_), Some(_)) => {
+                let t0 = t.flatten_all()?.get(0)?.to_dtype(DType::F64)?;
+                self.inside(t0.to_scalar::<f64>()?)
+            }
+            _ => true,
+        };
+        self.guided(x, t, y, inside)
+    }
+
+    fn velocity_shared(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        t_host: f64,
+        y: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        // The time as the device holds it (rounded to the state's dtype), so the interval
+        // decides exactly as `velocity` does; rounded on the CPU, no device read.
+        let t0 = Tensor::new(t_host, &Device::Cpu)?
+            .to_dtype(t.dtype())?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        self.guided(x, t, y, self.inside(t0))
     }
 
     fn null_class(&self) -> Option<u32> {

@@ -33,6 +33,21 @@ use candle_core::{Result, Tensor};
 pub trait VelocityField {
     fn velocity(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor>;
 
+    /// [`VelocityField::velocity`] when every sample shares one time, `t_host`, which the
+    /// caller (a sampler) knows on the host: a field that branches on the time (a guidance
+    /// interval) reads it from here instead of waiting for the device. `t` holds `t_host`
+    /// rounded to `x`'s dtype.
+    fn velocity_shared(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        t_host: f64,
+        y: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let _ = t_host;
+        self.velocity(x, t, y)
+    }
+
     /// Label of the null class used for classifier-free guidance, if the field is conditional.
     fn null_class(&self) -> Option<u32> {
         None
@@ -43,6 +58,15 @@ impl<T: VelocityField + ?Sized> VelocityField for &T {
     fn velocity(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
         (**self).velocity(x, t, y)
     }
+    fn velocity_shared(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        t_host: f64,
+        y: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        (**self).velocity_shared(x, t, t_host, y)
+    }
     fn null_class(&self) -> Option<u32> {
         (**self).null_class()
     }
@@ -51,6 +75,15 @@ impl<T: VelocityField + ?Sized> VelocityField for &T {
 impl<T: VelocityField + ?Sized> VelocityField for Box<T> {
     fn velocity(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
         (**self).velocity(x, t, y)
+    }
+    fn velocity_shared(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        t_host: f64,
+        y: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        (**self).velocity_shared(x, t, t_host, y)
     }
     fn null_class(&self) -> Option<u32> {
         (**self).null_class()

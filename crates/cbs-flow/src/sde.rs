@@ -92,7 +92,7 @@ pub fn integrate_sde<'a>(
         let (t0, t1) = (grid[i], grid[i + 1]);
         let h = t1 - t0;
         let t = Tensor::full(t0, b, x.device())?.to_dtype(x.dtype())?;
-        let v = field_for_step(i).velocity(&x, &t, y)?;
+        let v = field_for_step(i).velocity_shared(&x, &t, t0, y)?;
         let first = i == 0;
         let last = i + 1 == steps;
         if first && steps > 1 {

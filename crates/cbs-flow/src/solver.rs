@@ -171,7 +171,7 @@ pub fn integrate_counted<'a>(
             on_step(i + 1, steps);
             continue;
         }
-        let v0 = field.velocity(&x, &time(t0, b, x.dtype(), x.device())?, y)?;
+        let v0 = field.velocity_shared(&x, &time(t0, b, x.dtype(), x.device())?, t0, y)?;
         evals += 1;
         let last = i + 1 == steps;
         x = match solver {
@@ -179,7 +179,8 @@ pub fn integrate_counted<'a>(
             Solver::HeunEulerLast if last => (&x + (v0 * h)?)?,
             Solver::Heun | Solver::HeunEulerLast | Solver::Dopri5 | Solver::EulerMaruyama => {
                 let x_pred = (&x + (&v0 * h)?)?;
-                let v1 = field.velocity(&x_pred, &time(t1, b, x.dtype(), x.device())?, y)?;
+                let v1 =
+                    field.velocity_shared(&x_pred, &time(t1, b, x.dtype(), x.device())?, t1, y)?;
                 evals += 1;
                 (&x + ((v0 + v1)? * (0.5 * h))?)?
             }

@@ -227,6 +227,56 @@ fn guidance_interval_guides_inside_only() {
     }
 }
 
+/// Samplers pass the shared time on the host: the interval decides from it (rounded to the
+/// state's dtype, as the tensor holds it), never from the tensor.
+#[test]
+fn guidance_interval_takes_the_samplers_host_time() {
+    let y = Tensor::new(&[2u32, 5], &Device::Cpu).unwrap();
+    let g = Guided {
+        inner: LabelField,
+        scale: 3.0,
+        interval: Some((0.1, 1.0)),
+    };
+    for dtype in [DType::F64, DType::F32] {
+        let x = x0().to_dtype(dtype).unwrap();
+        // 0.1 in f32 is 0.10000000149 > 0.1: inside for f32 state, outside for f64.
+        for t in [0.05, 0.1, 0.5, 0.99, 1.0] {
+            let tt = Tensor::new(&[t, t], &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let read = vals(
+                &g.velocity(&x, &tt, Some(&y))
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap(),
+            );
+            let shared = g.velocity_shared(&x, &tt, t, Some(&y)).unwrap();
+            let shared = vals(&shared.to_dtype(DType::F64).unwrap());
+            assert_eq!(read, shared, "t = {t}, {dtype:?}");
+        }
+        let tt = Tensor::new(&[0.1f64, 0.1], &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let v = vals(
+            &g.velocity_shared(&x, &tt, 0.1, Some(&y))
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap(),
+        );
+        let factor = if dtype == DType::F32 { 3.0 } else { 1.0 };
+        assert_eq!(v[0], 2.0 * factor, "{dtype:?}");
+    }
+    // The tensor is not read: a tensor saying 0.5 with a host time of 0.05 is unguided.
+    let x = x0();
+    let v = vals(
+        &g.velocity_shared(&x, &t1(&[0.5, 0.5]), 0.05, Some(&y))
+            .unwrap(),
+    );
+    assert_eq!(v, vec![2.0, 2.0, 5.0, 5.0]);
+}
+
 /// v = λ·x for t < knot, μ·x after, recording every time it is evaluated at.
 struct Piecewise {
     rate: f64,
