@@ -11,10 +11,12 @@
 pub mod batches;
 pub mod checkpointing;
 pub mod classifier;
+mod data;
 pub mod dist;
 pub mod ema;
 pub mod floor;
 pub mod optim;
+mod options;
 pub mod step;
 pub mod times;
 mod trainer;
@@ -22,10 +24,9 @@ pub mod weighting;
 
 pub use cbs_run::config::{DataConfig, DataSource, TimeSampling, TrainConfig, TrainSection};
 pub use cbs_run::{checkpoint, config};
-pub use trainer::{
-    load_data, load_dataset, train, Dist, HostReads, StepReport, TrainOptions, TrainSummary,
-    LOSS_T_BINS,
-};
+pub use data::{load_data, load_dataset};
+pub use options::{Dist, HostReads, TrainOptions};
+pub use trainer::{train, StepReport, TrainSummary, LOSS_T_BINS};
 
 use std::path::PathBuf;
 

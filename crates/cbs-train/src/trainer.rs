@@ -2,8 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -12,83 +11,10 @@ use serde::Serialize;
 
 use crate::batches::BatchPlan;
 use crate::checkpoint::{self, CheckpointData, CheckpointState, RngState};
-use crate::config::{DataConfig, DataSource, TrainConfig};
-use crate::dist::{Collective, Single};
+use crate::config::TrainConfig;
+use crate::options::TrainOptions;
 use crate::step::{read_pending, PendingStep, StepOutcome, Stepper};
 use crate::{io_err, Result, TrainError};
-
-/// How to run (as opposed to what to train, which is the config).
-#[derive(Clone, Debug)]
-pub struct TrainOptions {
-    /// Continue from the run directory's latest checkpoint.
-    pub resume: bool,
-    pub device: Device,
-    /// Set (by a signal handler, say) to stop after the current step: a checkpoint of that
-    /// step is written and [`train`] returns [`TrainError::Interrupted`].
-    pub stop: Option<&'static AtomicBool>,
-    /// This process's place in a data-parallel group (see [`crate::dist`]).
-    pub dist: Dist,
-    /// When the loop reads each step's numbers back to the host.
-    pub host_reads: HostReads,
-}
-
-/// When the training loop reads a step's numbers (loss, gradient norm, per-sample losses) back
-/// to the host. Reading waits for the device; on a GPU that wait, every step, leaves it idle
-/// while the host prepares the next one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum HostReads {
-    /// `every-step` on the CPU (where nothing runs ahead of the host, so reading is free),
-    /// `logging` on other devices.
-    #[default]
-    Auto,
-    /// After every step: a non-finite step stops the run at that step.
-    EveryStep,
-    /// At logging steps (`train.log_every`), checkpoint steps, the last step and a requested
-    /// stop: every step since the previous read in one transfer. A non-finite step is never
-    /// applied either way (the update kernels read the device-side guard); it stops the run at
-    /// the next read, before any checkpoint is written, naming the step.
-    Logging,
-}
-
-impl HostReads {
-    /// Whether the loop reads after every step on `device`.
-    pub fn every_step(self, device: &Device) -> bool {
-        match self {
-            HostReads::Auto => device.is_cpu(),
-            HostReads::EveryStep => true,
-            HostReads::Logging => false,
-        }
-    }
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        Self {
-            resume: false,
-            device: Device::Cpu,
-            stop: None,
-            dist: Dist::default(),
-            host_reads: HostReads::Auto,
-        }
-    }
-}
-
-/// A handle on a [`Collective`] (a world of one by default).
-#[derive(Clone)]
-pub struct Dist(pub Arc<dyn Collective>);
-
-impl Default for Dist {
-    fn default() -> Self {
-        Dist(Arc::new(Single))
-    }
-}
-
-impl std::fmt::Debug for Dist {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rank {} of {}", self.0.rank(), self.0.world_size())
-    }
-}
 
 /// Reported to the caller after every step (the CLI draws its progress bar from it).
 #[derive(Clone, Debug, Serialize)]
@@ -112,84 +38,6 @@ pub struct TrainSummary {
     pub losses: Vec<(u64, f64)>,
     pub checkpoint: PathBuf,
     pub seconds: f64,
-}
-
-/// Load the configured data set (and its seeded subset).
-///
-/// Every image source keeps uint8 pixels and batches them as `x / 127.5 - 1`; `data_fraction`
-/// keeps a subset seeded by `train.seed` (an image folder is subsampled before decoding, with
-/// the same selection).
-pub fn load_dataset(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
-    load_data(&cfg.data, cfg.train.seed)
-}
-
-/// [`load_dataset`] from the `[data]` table alone; `seed` selects the `data_fraction` subset.
-pub fn load_data(d: &DataConfig, seed: u64) -> Result<Box<dyn Dataset>> {
-    d.validate()?;
-    let subset = |data: cbs_data::ImageDataset| -> Result<Box<dyn Dataset>> {
-        if d.data_fraction < 1.0 {
-            return Ok(Box::new(data.subset(d.data_fraction, seed)?));
-        }
-        Ok(Box::new(data))
-    };
-    // Every declared array size is checked against this before anything is allocated.
-    let limit = d.memory_limit();
-    match d.source {
-        DataSource::FashionMnist => {
-            let dir = d.dir_or_default();
-            subset(cbs_data::load_fashion_mnist_limited(
-                &dir, d.split, d.resize, limit,
-            )?)
-        }
-        DataSource::Cifar10 => subset(cbs_data::load_cifar10_limited(
-            d.required_dir()?,
-            d.split,
-            limit,
-        )?),
-        DataSource::Cifar100 => subset(cbs_data::load_cifar100_limited(
-            d.required_dir()?,
-            d.split,
-            limit,
-        )?),
-        DataSource::ImageFolder => {
-            let index =
-                cbs_data::scan_image_folder(d.required_dir()?)?.subset(d.data_fraction, seed)?;
-            let opts = cbs_data::FolderOptions {
-                image_size: d.folder_image_size()?,
-                channels: d.folder_channels()?,
-                threads: 0,
-            };
-            Ok(Box::new(cbs_data::load_image_index_limited(
-                &index, &opts, limit,
-            )?))
-        }
-        DataSource::Npz => subset(cbs_data::load_npz_limited(
-            d.npz_path()?,
-            d.num_classes,
-            limit,
-        )?),
-        DataSource::Latents => {
-            let scale = d.latent_scale.unwrap_or(cbs_data::SD_VAE_SCALE);
-            let data = cbs_data::load_latents_limited(d.npz_path()?, d.num_classes, scale, limit)?;
-            Ok(Box::new(data.subset(d.data_fraction, seed)?))
-        }
-        DataSource::Gmm => {
-            let path = d.gmm.as_ref().ok_or_else(|| TrainError::Invalid {
-                field: "data.gmm",
-                value: "(unset)".into(),
-                expected: "the path of a mixture JSON (means, stds, weights) for source = \"gmm\""
-                    .into(),
-            })?;
-            let oracle = cbs_split::GmmOracle::from_file(path).map_err(|e| TrainError::Config {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            let n = ((d.num_samples as f64) * d.data_fraction).round().max(1.0);
-            let pts = oracle.sample(n as usize, d.sample_seed);
-            let pts = pts.into_iter().map(|v| v as f32).collect();
-            Ok(Box::new(cbs_data::PointDataset::new(pts, oracle.dim())?))
-        }
-    }
 }
 
 /// Bins of `[0, 1]` the per-time training loss of `metrics.jsonl` is reported on.
