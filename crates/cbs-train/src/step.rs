@@ -45,7 +45,7 @@ pub enum StepOutcome {
 }
 
 /// The numbers of one step, still on the device.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct PendingStep {
     /// The batch loss (averaged over the data-parallel group), one value.
     pub loss: Tensor,
@@ -57,7 +57,7 @@ pub struct PendingStep {
 
 impl PendingStep {
     pub fn read(&self) -> Result<StepOutcome> {
-        Ok(read_pending(std::slice::from_ref(self))?.remove(0))
+        Ok(read_pending([self])?.remove(0))
     }
 
     /// `[loss, grad_scale, apply, grad_norm, per_sample…]` in f64 (exact for the f32 values).
@@ -75,14 +75,14 @@ impl PendingStep {
 
 /// The outcomes of several steps in order, read back in one transfer (one host
 /// synchronisation for all of them).
-pub fn read_pending(steps: &[PendingStep]) -> Result<Vec<StepOutcome>> {
+pub fn read_pending<'a>(
+    steps: impl IntoIterator<Item = &'a PendingStep>,
+) -> Result<Vec<StepOutcome>> {
+    let steps: Vec<&PendingStep> = steps.into_iter().collect();
     if steps.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = steps
-        .iter()
-        .map(PendingStep::row)
-        .collect::<Result<Vec<_>>>()?;
+    let rows = steps.iter().map(|s| s.row()).collect::<Result<Vec<_>>>()?;
     let all = Tensor::cat(&rows, 0)?.to_vec1::<f64>()?;
     let mut at = 0;
     let mut out = Vec::with_capacity(steps.len());

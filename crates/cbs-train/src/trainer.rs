@@ -216,19 +216,20 @@ pub fn train(
                 || step % tc.checkpoint_every == 0
                 || step == tc.steps;
             let mut stop = opts.stop.is_some_and(|f| f.load(Ordering::SeqCst));
-            if dist.reduces() && boundary {
-                // A stop asked of any rank stops all of them at the same step.
-                let flag = candle_core::Tensor::new(&[f32::from(u8::from(stop))], device)?;
-                stop = dist.all_reduce_sum(&[flag])?[0].to_vec1::<f32>()?[0] > 0.0;
-            } else if dist.reduces() {
-                stop = false;
+            if dist.reduces() {
+                // A stop asked of any rank stops all of them at the same step, agreed at a step
+                // every rank reads at.
+                stop = boundary && {
+                    let flag = candle_core::Tensor::new(&[f32::from(u8::from(stop))], device)?;
+                    dist.all_reduce_sum(&[flag])?[0].to_vec1::<f32>()?[0] > 0.0
+                };
             }
             if !(boundary || stop) {
                 continue;
             }
 
             // One transfer for every step since the last read.
-            let outcomes = read_pending(&pending.iter().map(|p| p.3.clone()).collect::<Vec<_>>())?;
+            let outcomes = read_pending(pending.iter().map(|p| &p.3))?;
             let images_per_s = (b * pending.len()) as f64 / window.elapsed().as_secs_f64();
             window = Instant::now();
             let mut reports = Vec::with_capacity(pending.len());
